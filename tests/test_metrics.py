@@ -83,3 +83,22 @@ def test_bad_input_is_refused():
         metrics.psnr(np.zeros((4, 4)), np.ones((4, 4)), data_range=0)
     with pytest.raises(ValueError, match="mask selects no pixel"):
         metrics.mse(np.zeros((4, 4)), np.ones((4, 4)), mask=np.zeros((4, 4)))
+
+
+def test_bootstrap_ci_agrees_with_scipy_percentile_bootstrap():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    values = rng.gamma(2.0, 0.01, size=60)
+    mean, low, high = metrics.bootstrap_ci(values, n_boot=4000, seed=1)
+    ref = stats.bootstrap(
+        (values,), np.mean, n_resamples=4000, method="percentile", random_state=2
+    ).confidence_interval
+    assert mean == pytest.approx(values.mean())
+    assert low < mean < high
+    # two independent Monte Carlo estimates of the same quantiles agree within 10% of the width
+    width = ref.high - ref.low
+    assert abs(low - ref.low) < 0.1 * width and abs(high - ref.high) < 0.1 * width
+
+
+def test_bootstrap_ci_of_constant_values_is_a_point():
+    assert metrics.bootstrap_ci([0.5] * 10) == (0.5, 0.5, 0.5)
