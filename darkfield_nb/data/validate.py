@@ -1,0 +1,204 @@
+"""Check a paired data folder against the contract and report every problem at once.
+
+The contract (DESIGN section 3)::
+
+    <root>/attenuation/<id>.<ext>   input radiograph
+    <root>/darkfield/<id>.<ext>     dark-field target, same id, same shape
+    <root>/masks/<id>.<ext>         optional multi-label masks (integer bit flags)
+    <root>/manifest.csv             id, patient, split[, case, ood, ...]
+    <root>/dataset.json             optional, {"darkfield_units": "D" | "visibility"}
+
+Errors make a data set unusable (``PairedDataset`` refuses it). Warnings do not: a colour image
+that is converted to grey, an image file that the manifest does not list (it is ignored), a mask
+without an image, visibility values <= 0 (clipped before the log).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from darkfield_nb.io import (
+    IMAGE_SUFFIXES,
+    ManifestError,
+    check_manifest,
+    read_image,
+    read_sidecar,
+)
+
+FOLDERS = ("attenuation", "darkfield")
+MASK_FOLDER = "masks"
+
+
+@dataclass
+class DatasetReport:
+    """What ``inspect_dataset`` found: ``errors`` and ``warnings`` name the file each."""
+
+    root: Path
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_pairs: int = 0
+    split_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def scan_folder(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Map id -> file for the images in ``folder``; collect problems with its entries.
+
+    Hidden names (starting with ".", e.g. temporary files of an unfinished atomic write) are
+    skipped. Problems: a sub-directory, an unknown extension, one id with two files.
+    """
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            problems.append(f"{entry}: is a directory, expected an image file")
+            continue
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(
+                f"{entry}: unknown image extension {entry.suffix!r}; "
+                f"known: {', '.join(IMAGE_SUFFIXES)}"
+            )
+            continue
+        if entry.stem in files:
+            problems.append(
+                f"{entry}: id {entry.stem!r} has two files: {files[entry.stem].name} and "
+                f"{entry.name}; keep one"
+            )
+            continue
+        files[entry.stem] = entry
+    return files, problems
+
+
+def _read(path: Path, report: DatasetReport) -> np.ndarray | None:
+    """Read an image, turning its exceptions into errors and its warnings into warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            image = read_image(path)
+        except (ValueError, ImportError) as exc:
+            report.errors.append(str(exc))
+            return None
+        except Exception as exc:  # anything else a broken file may raise
+            report.errors.append(f"{path}: unreadable ({type(exc).__name__}: {exc})")
+            return None
+    report.warnings += [str(w.message) for w in caught]
+    return image
+
+
+def inspect_dataset(root: str | os.PathLike, *, progress: bool = False) -> DatasetReport:
+    """Check every part of a paired data set; never raises for a problem in the data.
+
+    Reads every image once (use ``progress=True`` for a progress bar on large folders).
+    """
+    root = Path(root)
+    report = DatasetReport(root=root)
+    if not root.exists():
+        report.errors.append(f"{root}: data folder not found")
+        return report
+    if not root.is_dir():
+        report.errors.append(f"{root}: is not a directory (expected a data folder)")
+        return report
+
+    files: dict[str, dict[str, Path]] = {}
+    for name in (*FOLDERS, MASK_FOLDER):
+        folder = root / name
+        if not folder.is_dir():
+            if name != MASK_FOLDER:
+                what = "is not a directory" if folder.exists() else "missing folder"
+                report.errors.append(f"{folder}: {what} (a data set needs {name}/)")
+            files[name] = {}
+            continue
+        files[name], problems = scan_folder(folder)
+        report.errors += problems
+
+    rows, problems = check_manifest(root)
+    report.errors += problems
+    units = "D"
+    try:
+        units = read_sidecar(root)["darkfield_units"]
+    except ManifestError as exc:
+        report.errors.append(str(exc))
+
+    att, dfd, masks = files["attenuation"], files["darkfield"], files[MASK_FOLDER]
+    listed = {row["id"] for row in rows}
+    for row in rows:
+        i = row["id"]
+        if i not in att and i not in dfd:
+            report.errors.append(
+                f"{root / 'manifest.csv'}: id {i!r} names missing files "
+                f"{root / 'attenuation' / i}.* and {root / 'darkfield' / i}.*"
+            )
+    for here, there, name in ((att, dfd, "darkfield"), (dfd, att, "attenuation")):
+        for i, path in here.items():
+            if i not in there:
+                report.errors.append(f"{path}: missing partner {root / name / i}.*")
+    for i in sorted((set(att) | set(dfd)) - listed):
+        if rows or not problems:  # only meaningful when the manifest could be read
+            report.warnings.append(
+                f"{att.get(i) or dfd.get(i)}: id {i!r} not listed in manifest.csv; ignored"
+            )
+    for i, path in masks.items():
+        if i not in att:
+            report.warnings.append(f"{path}: mask has no attenuation image with id {i!r}")
+
+    ids = sorted(set(att) | set(dfd))
+    for i in tqdm(ids, desc="validate", disable=not progress):
+        a = _read(att[i], report) if i in att else None
+        d = _read(dfd[i], report) if i in dfd else None
+        if a is not None and d is not None:
+            if a.shape != d.shape:
+                report.errors.append(
+                    f"{att[i]}: shape {a.shape} does not match its partner {dfd[i]} {d.shape}"
+                )
+            elif i in listed:
+                report.n_pairs += 1
+        if d is not None and units == "visibility" and (d <= 0).any():
+            report.warnings.append(
+                f"{dfd[i]}: {int((d <= 0).sum())} visibility values <= 0 (clipped before -ln)"
+            )
+        if i in masks:
+            m = _read(masks[i], report)
+            if m is None:
+                continue
+            if np.any(m < 0) or np.any(m != np.round(m)):
+                report.errors.append(
+                    f"{masks[i]}: mask values must be non-negative integers (label bit flags)"
+                )
+            if a is not None and m.shape != a.shape:
+                report.errors.append(
+                    f"{masks[i]}: mask shape {m.shape} does not match {att[i]} {a.shape}"
+                )
+    for row in rows:
+        report.split_counts[row["split"]] = report.split_counts.get(row["split"], 0) + 1
+    return report
+
+
+def validate_dataset(root: str | os.PathLike, *, progress: bool = False) -> list[str]:
+    """Every error in the paired data set at ``root``; an empty list when it is valid.
+
+    Each message starts with the file (or folder) it is about and names the problem: missing
+    ``attenuation/`` or ``darkfield/`` folder, missing partner, one id with two extensions,
+    shape mismatch (both shapes), NaN/Inf values, empty, corrupt or unreadable file, wrong
+    dimensionality, unknown extension, a sub-directory among the images, a manifest row naming
+    missing files, manifest problems (missing columns, unknown split, duplicate id, a patient
+    in two splits), malformed ``dataset.json``, and mask problems (shape, non-integer values).
+
+    Problems that do not stop training are issued as ``UserWarning`` rather than returned:
+    colour images converted to grey, images missing from the manifest, masks without an image.
+    Use ``inspect_dataset`` to get both lists and the split counts.
+    """
+    report = inspect_dataset(root, progress=progress)
+    for message in report.warnings:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return report.errors
