@@ -288,7 +288,7 @@ def write_image(path: str | os.PathLike, array) -> None:
             )
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
-    arr = np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))  # native byte order
 
     if suffix == ".png":
         if arr.dtype not in (np.uint8, np.uint16):

@@ -445,3 +445,16 @@ def test_real_dicom_and_monochrome1():
     assert r < -0.99
     # the range is kept: max + min - x maps [min, max] onto itself
     assert mono1.min() == mono2.min() and mono1.max() == mono2.max()
+
+
+def test_tiff_min_is_white_inverted(tmp_path):
+    """TIFF photometric MINISWHITE is inverted like DICOM MONOCHROME1: max + min - value."""
+    arr = np.array([[10, 20], [30, 50]], np.uint16)
+    tifffile.imwrite(tmp_path / "w.tif", arr, photometric="miniswhite")
+    np.testing.assert_array_equal(read_image(tmp_path / "w.tif"), 60 - arr.astype(np.float32))
+
+
+def test_big_endian_array_written_correctly(tmp_path):
+    arr = (np.arange(12) * 5000).astype(">u2").reshape(3, 4)
+    write_image(tmp_path / "be.png", arr)
+    np.testing.assert_array_equal(read_image(tmp_path / "be.png"), arr.astype(np.float32))
