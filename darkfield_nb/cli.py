@@ -65,6 +65,61 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(path: Path | None, device):
+    from darkfield_nb import checkpoint
+    from darkfield_nb.paths import pretrained_checkpoint
+
+    path = path or pretrained_checkpoint()
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"{path}: checkpoint not found "
+            "(train one with `darkfield-nb train`, or pass --checkpoint)"
+        )
+    return checkpoint.load(path, device=device)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from darkfield_nb.data import PairedDataset
+    from darkfield_nb.evaluation import evaluate, format_stage_table
+    from darkfield_nb.hardware import pick_device
+    from darkfield_nb.io import atomic_write_text
+
+    device = pick_device(args.device)
+    model = _load_model(args.checkpoint, device)
+    data = PairedDataset(args.data, split=args.split, pad_multiple=1)
+    result = evaluate(model, data, mc_samples=args.samples, device=device, progress=not args.quiet)
+    result["checkpoint"] = str(args.checkpoint)
+    result["split"] = args.split
+    print(format_stage_table(result))
+    unc = result["uncertainty"]
+    print(", ".join(f"{k} {v:.4g}" for k, v in unc.items()))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from darkfield_nb.hardware import pick_device
+    from darkfield_nb.synthesis import synthesize_folder
+
+    device = pick_device(args.device)
+    model = _load_model(args.checkpoint, device)
+    inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
+    report = synthesize_folder(
+        model, inputs, args.out, samples=args.samples, device=device, progress=not args.quiet
+    )
+    print(
+        f"{args.out}: wrote {len(report.written)}, skipped {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed"
+    )
+    for problem in report.failed.values():
+        print(f"  - {problem}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="darkfield-nb",
@@ -88,6 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("evaluate", help="MSE/PSNR/SSIM per stage and uncertainty figures")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped model")
+    p.add_argument("--data", type=Path, required=True, help="paired data folder")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--samples", type=int, default=20, help="MC dropout passes (0: none)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="synthesize dark-field + uncertainty maps for radiographs")
+    p.add_argument("inputs", type=Path, nargs="+", help="a folder of radiographs, or files")
+    p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped model")
+    p.add_argument("--samples", type=int, default=20, help="MC dropout passes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
 
     return parser
 
