@@ -1,0 +1,146 @@
+"""Losses with one calling convention.
+
+Every loss takes tensors of a common broadcastable shape, typically (B, 1, H, W): the target y
+(physical D units), the predicted mean mu and the distribution parameters, and a
+``reduction``: "mean" (average over all elements, the default), "sum", or "none" (the
+element-wise loss, broadcast shape).
+
+Generalized Gaussian (GGD) with location mu, scale alpha > 0, shape beta > 0:
+
+    p(y) = beta / (2 alpha Gamma(1/beta)) * exp(-(|y - mu| / alpha)^beta)
+    NLL  = (|y - mu| / alpha)^beta - log(beta) + log(2 alpha) + lgamma(1/beta)
+
+beta = 2 is a Gaussian with sigma = alpha / sqrt(2), beta = 1 a Laplacian with scale alpha.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+REDUCTIONS = ("mean", "sum", "none")
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _reduce(loss: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"{name}: reduction={reduction!r} must be one of {REDUCTIONS}")
+
+
+def _log_abs_residual(target: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """log|y - mu| with |y - mu| floored at the dtype's smallest normal number, so that the
+    log is finite and so are the gradients at r = 0."""
+    r = (target - mu).abs()
+    return torch.log(r.clamp_min(torch.finfo(r.dtype).tiny))
+
+
+def ggd_nll(
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Exact generalized-Gaussian negative log-likelihood.
+
+    NLL = (|y - mu| / alpha)^beta - log(beta) + log(2 alpha) + lgamma(1/beta),
+    with the power computed in log space, exp(beta * (log|y - mu| - log alpha)), and |y - mu|
+    floored at ``torch.finfo(dtype).tiny``. Equals ``-scipy.stats.gennorm(beta, loc=mu,
+    scale=alpha).logpdf(y)``.
+    """
+    log_alpha = torch.log(alpha)
+    power = torch.exp(beta * (_log_abs_residual(target, mu) - log_alpha))
+    nll = power - torch.log(beta) + math.log(2.0) + log_alpha + torch.lgamma(1.0 / beta)
+    return _reduce(nll, reduction, "ggd_nll")
+
+
+def ggd_surrogate_nll(
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The linearised "GGD loss" of the UP-GAN reference code, kept for comparison only.
+
+    L = (|y - mu| / alpha) * beta - log(beta) + log(alpha) + lgamma(1/beta)
+
+    (a product where the likelihood has a power, and no log 2). Minimizing over alpha gives
+    alpha = beta E|r| and L = 1 + log E|r| + lgamma(1/beta), which is minimal where Gamma is,
+    at 1/beta = 1.4616..., i.e. beta = 0.6842 whatever the data: its beta carries no
+    information about the residual distribution, and the implied sigma is mis-scaled.
+    """
+    nll = (target - mu).abs() / alpha * beta - torch.log(beta) + torch.log(alpha)
+    nll = nll + torch.lgamma(1.0 / beta)
+    return _reduce(nll, reduction, "ggd_surrogate_nll")
+
+
+def ggd_loss(
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    alpha: torch.Tensor,
+    beta: torch.Tensor,
+    kind: str = "exact",
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """:func:`ggd_nll` (``kind="exact"``) or :func:`ggd_surrogate_nll` (``kind="surrogate"``)."""
+    if kind == "exact":
+        return ggd_nll(target, mu, alpha, beta, reduction)
+    if kind == "surrogate":
+        return ggd_surrogate_nll(target, mu, alpha, beta, reduction)
+    raise ValueError(f"ggd_loss: kind={kind!r} must be 'exact' or 'surrogate'")
+
+
+def gaussian_nll(
+    target: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Gaussian NLL with all constants: (y - mu)^2 / (2 sigma^2) + log(sigma) + log(2 pi) / 2."""
+    nll = 0.5 * ((target - mu) / sigma) ** 2 + torch.log(sigma) + 0.5 * LOG_2PI
+    return _reduce(nll, reduction, "gaussian_nll")
+
+
+def laplace_nll(
+    target: torch.Tensor, mu: torch.Tensor, scale: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Laplace NLL with all constants: |y - mu| / b + log(2 b)."""
+    nll = (target - mu).abs() / scale + torch.log(2.0 * scale)
+    return _reduce(nll, reduction, "laplace_nll")
+
+
+def adversarial_loss(
+    logits: torch.Tensor, target_is_real: bool, kind: str = "lsgan", reduction: str = "mean"
+) -> torch.Tensor:
+    """GAN loss on discriminator logits (any shape, e.g. PatchGAN (B, 1, h, w)).
+
+    lsgan: (D - t)^2 with t = 1 for real, 0 for fake (Mao et al. 2017).
+    bce:   -[t log sigmoid(D) + (1 - t) log(1 - sigmoid(D))], computed from logits.
+    For the generator step call it with ``target_is_real=True`` on the fake's logits.
+    """
+    t = torch.full_like(logits, 1.0 if target_is_real else 0.0)
+    if kind == "lsgan":
+        loss = (logits - t) ** 2
+    elif kind == "bce":
+        loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    else:
+        raise ValueError(f"adversarial_loss: kind={kind!r} must be 'lsgan' or 'bce'")
+    return _reduce(loss, reduction, "adversarial_loss")
+
+
+def uncertainty_weighted_l1(
+    target: torch.Tensor, mu: torch.Tensor, weight: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """L1 weighted per pixel: w * |y - mu|, with w treated as a constant (detached).
+
+    Meant for the attention variant, with w the normalized sigma of the previous stage
+    (``ProgressiveGenerator.attention_map``, mean ~1), so that the loss leans toward regions
+    the previous stage found uncertain.
+    """
+    loss = weight.detach() * (target - mu).abs()
+    return _reduce(loss, reduction, "uncertainty_weighted_l1")

@@ -1,0 +1,149 @@
+"""One U-Net stage with three per-pixel heads: the generalized-Gaussian mean, scale and shape.
+
+Layout (``depth`` = 4, ``base_width`` = 16)::
+
+    encoder   conv-block(16) -> pool -> (32) -> pool -> (64) -> pool -> (128) -> pool -> (256)
+    decoder   [dropout -> up-conv -> concat skip -> conv-block] x depth -> 1x1 heads
+
+Heads (``h`` the last decoder features):
+
+    mu    = conv1x1(h)                                              (dark-field D, unconstrained)
+    alpha = softplus(conv1x1(h)) + alpha_floor                      (scale, > 0)
+    beta  = beta_min + (beta_max - beta_min) * sigmoid(conv1x1(h))  (shape, bounded)
+
+Dropout sits only in the decoder, on multi-channel feature maps, never on the 1-channel outputs.
+So the encoder is a deterministic prefix that Monte Carlo dropout runs once per image
+(:meth:`UNetStage.encode` / :meth:`UNetStage.decode` split the forward there).
+Head biases start at alpha ~ 0.1 and beta ~ 2 (near-Gaussian, a tenth of the D range).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GeneratorConfig
+
+
+class StageOutput(NamedTuple):
+    """Per-pixel generalized-Gaussian parameters of one stage, each (B, 1, H, W)."""
+
+    mu: torch.Tensor
+    alpha: torch.Tensor
+    beta: torch.Tensor
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """Normalization layer by name: "instance" | "batch" | "group" | "none"."""
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        groups = math.gcd(8, channels)
+        return nn.GroupNorm(groups, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm={kind!r} must be one of instance, batch, group, none")
+
+
+def conv_block(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+    """Two 3x3 convolutions, each followed by normalization and LeakyReLU(0.2)."""
+    bias = norm == "none"
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias),
+        make_norm(norm, c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias),
+        make_norm(norm, c_out),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+def _inverse_softplus(y: float) -> float:
+    return math.log(math.expm1(y))
+
+
+class UNetStage(nn.Module):
+    """A U-Net mapping ``in_channels`` maps to a :class:`StageOutput`.
+
+    Inputs must have H and W divisible by ``2**config.depth``
+    (:class:`~darkfield_nb.models.ProgressiveGenerator` pads for you).
+    """
+
+    def __init__(self, in_channels: int, config: GeneratorConfig, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.config = config
+        widths = [config.base_width * 2**i for i in range(config.depth + 1)]
+        self.widths = widths
+        self.down = nn.ModuleList()
+        c = in_channels
+        for w in widths:
+            self.down.append(conv_block(c, w, config.norm))
+            c = w
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.ModuleList()
+        self.upconv = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for i in reversed(range(config.depth)):
+            self.drop.append(_make_dropout(dropout, config.dropout_kind))
+            self.upconv.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
+            self.up.append(conv_block(2 * widths[i], widths[i], config.norm))
+        self.head_mu = nn.Conv2d(widths[0], 1, 1)
+        self.head_alpha = nn.Conv2d(widths[0], 1, 1)
+        self.head_beta = nn.Conv2d(widths[0], 1, 1)
+        with torch.no_grad():
+            self.head_alpha.bias.fill_(_inverse_softplus(max(0.1 - config.alpha_floor, 1e-3)))
+            frac = (2.0 - config.beta_min) / (config.beta_max - config.beta_min)
+            frac = min(max(frac, 0.05), 0.95)
+            self.head_beta.bias.fill_(math.log(frac / (1 - frac)))
+
+    @property
+    def has_dropout(self) -> bool:
+        """True when at least one dropout layer with a positive rate sits in this stage."""
+        return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.drop)
+
+    def encode(self, inp: torch.Tensor, gate: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Encoder features, finest first; the last one is the bottleneck.
+
+        ``gate`` (B, 1, H, W), if given, multiplies every encoder level's output after resizing
+        by average pooling: ``f <- f * gate_l``.
+        """
+        feats = []
+        h = inp
+        for i, block in enumerate(self.down):
+            if i > 0:
+                h = self.pool(h)
+            h = block(h)
+            if gate is not None:
+                g = F.avg_pool2d(gate, 2**i) if i > 0 else gate
+                h = h * g
+            feats.append(h)
+        return feats
+
+    def decode(self, feats: list[torch.Tensor]) -> StageOutput:
+        """Decoder (with dropout) and heads; ``feats`` as returned by :meth:`encode`."""
+        cfg = self.config
+        h = feats[-1]
+        for j, (drop, upconv, block) in enumerate(
+            zip(self.drop, self.upconv, self.up, strict=True)
+        ):
+            skip = feats[-2 - j]
+            h = block(torch.cat([upconv(drop(h)), skip], dim=1))
+        mu = self.head_mu(h)
+        alpha = F.softplus(self.head_alpha(h)) + cfg.alpha_floor
+        beta = cfg.beta_min + (cfg.beta_max - cfg.beta_min) * torch.sigmoid(self.head_beta(h))
+        return StageOutput(mu, alpha, beta)
+
+    def forward(self, inp: torch.Tensor, gate: torch.Tensor | None = None) -> StageOutput:
+        return self.decode(self.encode(inp, gate))
+
+
+def _make_dropout(p: float, kind: str) -> nn.Module:
+    if p <= 0:
+        return nn.Identity()
+    return nn.Dropout2d(p) if kind == "channel" else nn.Dropout(p)
