@@ -1,0 +1,277 @@
+"""Checkpoints: atomic, versioned files that hold a trained generator and, for resuming, the
+whole training state.
+
+A checkpoint is a plain dict written with ``torch.save`` and read back with
+``torch.load(..., weights_only=True)``, so loading never unpickles arbitrary objects: it holds
+only tensors, numbers, strings, lists, tuples and dicts. Keys::
+
+    format             "darkfield-nb-checkpoint" (the marker that says what the file is)
+    format_version     FORMAT_VERSION; a reader refuses files newer than it understands
+    package_version    darkfield_nb.__version__ of the writer
+    generator_config   GeneratorConfig as a plain dict
+    generator          the generator's state dict (float16 when saved with half=True)
+    generator_dtype    "float32" or "float16"
+    stage, epoch       0-based stage the checkpoint belongs to, epochs of it completed
+    stages_trained     number of stages whose training is finished
+    optimizer, discriminator, discriminator_config, disc_optimizer, scaler
+                       state dicts (or None) for resuming
+    history            list of per-epoch dicts (see darkfield_nb.train)
+    train_config       the training settings as a plain dict (or None)
+    rng                Python, NumPy and torch (CPU and CUDA) RNG states (or None)
+
+Writes go through :func:`darkfield_nb.io.atomic_path`: an interrupted save leaves the
+previous file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import darkfield_nb
+from darkfield_nb.io import atomic_path
+from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
+
+FORMAT = "darkfield-nb-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "generator_config",
+    "generator",
+    "stage",
+    "epoch",
+    "stages_trained",
+)
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a darkfield-nb checkpoint (the message names the file)."""
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states
+# --------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch (CPU, and CUDA when available) RNG states, as plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore states captured by :func:`rng_state` (CUDA ones only if CUDA is present)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+
+def _config_dict(module: nn.Module | None, what: str) -> dict[str, Any] | None:
+    if module is None:
+        return None
+    cfg = getattr(module, "config", None)
+    if cfg is None:
+        raise TypeError(
+            f"checkpoint.save: the {what} has no .config; cannot record how to rebuild it"
+        )
+    return dict(cfg) if isinstance(cfg, dict) else cfg.to_dict()
+
+
+def _state(obj) -> dict | None:
+    return None if obj is None else obj.state_dict()
+
+
+def _unwrap(module: nn.Module | None) -> nn.Module | None:
+    """The module inside a DistributedDataParallel / torch.compile wrapper."""
+    while module is not None:
+        inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            break
+        module = inner
+    return module
+
+
+def save(
+    path: str | os.PathLike,
+    generator: nn.Module,
+    *,
+    stage: int,
+    epoch: int,
+    stages_trained: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    discriminator: nn.Module | None = None,
+    disc_optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
+    history: list[dict] | None = None,
+    train_config: Any = None,
+    rng: bool = True,
+    half: bool = False,
+) -> Path:
+    """Write a checkpoint to ``path`` atomically and return the path.
+
+    Args:
+        generator: the ProgressiveGenerator (a DDP or compiled wrapper is unwrapped); it must
+            carry ``.config`` (a GeneratorConfig or a dict) so that :func:`load` can rebuild it.
+        stage: 0-based stage the checkpoint belongs to; ``epoch``: epochs of it completed.
+        stages_trained: stages whose training is finished (default ``stage + 1``: this
+            stage counts as usable).
+        optimizer, discriminator, disc_optimizer, scaler: optional training state.
+        history: list of per-epoch dicts; ``train_config``: a dataclass with ``to_dict`` or a dict.
+        rng: also store the Python, NumPy and torch RNG states (for an exact resume).
+        half: store the generator's floating-point weights as float16 (half the size; for a
+            shipped model). :func:`load` casts them back to float32.
+    """
+    generator = _unwrap(generator)
+    discriminator = _unwrap(discriminator)
+    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    if train_config is not None and not isinstance(train_config, dict):
+        train_config = train_config.to_dict()
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": darkfield_nb.__version__,
+        "generator_config": _config_dict(generator, "generator"),
+        "generator": state,
+        "generator_dtype": "float16" if half else "float32",
+        "stage": int(stage),
+        "epoch": int(epoch),
+        "stages_trained": int(stage + 1 if stages_trained is None else stages_trained),
+        "optimizer": _state(optimizer),
+        "discriminator": _state(discriminator),
+        "discriminator_config": _config_dict(discriminator, "discriminator"),
+        "disc_optimizer": _state(disc_optimizer),
+        "scaler": _state(scaler),
+        "history": [dict(h) for h in (history or [])],
+        "train_config": train_config,
+        "rng": rng_state() if rng else None,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint as the raw dict described in the module docstring (for resuming).
+
+    Uses ``torch.load(..., weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: naming the file: a directory, not a PyTorch file, a PyTorch file
+            holding objects that weights-only loading refuses, a PyTorch file that is not a
+            darkfield-nb checkpoint, a format version newer than this package reads, or a
+            checkpoint missing required entries.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file (.pt)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text or "Weights only" in text:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path}: refusing to load: the file holds a Python object{what} that safe "
+                "(weights_only=True) loading does not allow; a darkfield-nb checkpoint holds "
+                "only tensors and plain data"
+            ) from exc
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint file ({exc})") from exc
+    except Exception as exc:  # torch raises many types for foreign bytes (KeyError, EOFError, ...)
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint file ({exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        what = (
+            f"a dict with keys {sorted(map(str, ckpt))[:8]}"
+            if isinstance(ckpt, dict)
+            else f"a {type(ckpt).__name__}"
+        )
+        raise CheckpointError(
+            f"{path}: a PyTorch file but not a darkfield-nb checkpoint: it holds {what}, "
+            f"without the marker format={FORMAT!r} (write checkpoints with "
+            "darkfield_nb.checkpoint.save)"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: invalid checkpoint format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version} (written by darkfield-nb "
+            f"{ckpt.get('package_version', '?')}) is newer than this darkfield-nb "
+            f"{darkfield_nb.__version__} reads (up to {FORMAT_VERSION}); upgrade darkfield-nb"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint is missing entries {missing}")
+    return ckpt
+
+
+def generator_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the ProgressiveGenerator of a raw checkpoint dict (float32, eval mode)."""
+    model = ProgressiveGenerator(GeneratorConfig.from_dict(dict(ckpt["generator_config"])))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["generator"].items()}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load the generator stored in a checkpoint: a float32 ProgressiveGenerator in eval mode.
+
+    ``load_checkpoint(path)["stages_trained"]`` says how many of its stages were trained.
+    Errors as in :func:`load_checkpoint`; a state dict that does not fit the stored config
+    raises CheckpointError naming the file.
+    """
+    ckpt = load_checkpoint(path)
+    try:
+        return generator_from_checkpoint(ckpt, device)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the generator ({exc})") from exc

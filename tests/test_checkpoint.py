@@ -1,0 +1,221 @@
+"""Checkpoints: round trips, fp16 storage, refusal of foreign files, weights-only loading.
+
+References: the saved module itself (bitwise equality of every parameter and buffer), the
+fp16 rounding bound (relative error <= 2**-11 for normal numbers), and files written by plain
+``torch.save``/``pickle`` that are not checkpoints.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from darkfield_nb import checkpoint
+from darkfield_nb.models import (
+    DiscriminatorConfig,
+    GeneratorConfig,
+    PatchDiscriminator,
+    ProgressiveGenerator,
+)
+
+
+def _tiny_model(seed: int = 0, **kw) -> ProgressiveGenerator:
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(n_stages=2, base_width=4, depth=2, norm="batch", **kw)
+    model = ProgressiveGenerator(cfg)
+    # move the BatchNorm running statistics away from their initial values
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(3, 1, 32, 32))
+    return model
+
+
+def _assert_state_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype, k
+        assert torch.equal(sa[k], sb[k]), k
+
+
+class _Arbitrary:
+    """A class that weights-only loading must refuse to unpickle."""
+
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_round_trip_weights_config_and_training_state(tmp_path):
+    model = _tiny_model(attention_max=5.0, conditioning="attention")
+    disc = PatchDiscriminator(DiscriminatorConfig(width=4, n_layers=2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    model(torch.randn(2, 1, 32, 32))[-1].mu.mean().backward()
+    opt.step()
+    history = [{"stage": 0, "epoch": 1, "train_loss": 0.5}]
+    path = checkpoint.save(
+        tmp_path / "sub" / "c.pt",
+        model,
+        stage=1,
+        epoch=3,
+        stages_trained=1,
+        optimizer=opt,
+        discriminator=disc,
+        history=history,
+        train_config={"seed": 7},
+    )
+    assert path.exists()
+    assert not [p for p in path.parent.iterdir() if p.name != "c.pt"]  # no temp file left
+
+    loaded = checkpoint.load(path)
+    assert isinstance(loaded, ProgressiveGenerator)
+    assert loaded.config == model.config
+    assert not loaded.training
+    _assert_state_equal(model, loaded)
+
+    raw = checkpoint.load_checkpoint(path)
+    assert raw["format"] == checkpoint.FORMAT
+    assert raw["format_version"] == checkpoint.FORMAT_VERSION
+    assert (raw["stage"], raw["epoch"], raw["stages_trained"]) == (1, 3, 1)
+    assert raw["history"] == history
+    assert raw["train_config"] == {"seed": 7}
+    assert raw["generator_config"] == model.config.to_dict()
+    assert raw["discriminator_config"] == disc.config.to_dict()
+    opt2 = torch.optim.Adam(loaded.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt2.load_state_dict(raw["optimizer"])
+    for s1, s2 in zip(opt.state.values(), opt2.state.values(), strict=True):
+        assert torch.equal(s1["exp_avg"], s2["exp_avg"])
+        assert torch.equal(s1["exp_avg_sq"], s2["exp_avg_sq"])
+
+
+def test_half_stores_fp16_and_loads_float32_close(tmp_path):
+    model = _tiny_model()
+    full = checkpoint.save(tmp_path / "full.pt", model, stage=1, epoch=1)
+    half = checkpoint.save(tmp_path / "half.pt", model, stage=1, epoch=1, half=True, rng=False)
+    raw = checkpoint.load_checkpoint(half)
+    assert raw["generator_dtype"] == "float16"
+    floats = [v for v in raw["generator"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    # integer buffers (BatchNorm's num_batches_tracked) keep their dtype
+    assert raw["generator"]["stages.0.down.0.1.num_batches_tracked"].dtype == torch.int64
+    assert half.stat().st_size < 0.7 * full.stat().st_size
+
+    loaded = checkpoint.load(half)
+    ref = model.state_dict()
+    for k, v in loaded.state_dict().items():
+        assert v.dtype == ref[k].dtype, k
+        if v.is_floating_point():
+            # fp16 round-to-nearest: relative error <= 2**-11 for normal numbers, plus the
+            # subnormal spacing 2**-24 near zero
+            bound = ref[k].abs() * 2.0**-11 + 2.0**-24
+            assert bool(((v - ref[k]).abs() <= bound).all()), k
+        else:
+            assert torch.equal(v, ref[k])
+
+
+def test_rng_states_restore_exactly(tmp_path):
+    model = _tiny_model()
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = checkpoint.save(tmp_path / "r.pt", model, stage=0, epoch=0)
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(11)
+    np.random.seed(12)
+    torch.manual_seed(13)
+    checkpoint.set_rng_state(checkpoint.load_checkpoint(path)["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert torch.equal(got[2], expected[2])
+
+
+def test_unwraps_ddp_like_wrappers(tmp_path):
+    model = _tiny_model()
+
+    class Wrapper(torch.nn.Module):  # the shape of DistributedDataParallel: .module
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    path = checkpoint.save(tmp_path / "w.pt", Wrapper(model), stage=0, epoch=1)
+    _assert_state_equal(model, checkpoint.load(path))
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt: checkpoint file not found"):
+        checkpoint.load(tmp_path / "nope.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="is a directory"):
+        checkpoint.load(tmp_path)
+
+
+def test_refuses_files_that_are_not_torch_files(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, I am not a checkpoint\n")
+    with pytest.raises(checkpoint.CheckpointError, match=r"notes\.pt: not a PyTorch checkpoint"):
+        checkpoint.load(text)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError, match=r"empty\.pt: not a PyTorch"):
+        checkpoint.load_checkpoint(empty)
+
+
+def test_refuses_plain_torch_dict_and_state_dict(tmp_path):
+    model = _tiny_model()
+    sd = tmp_path / "state_dict.pt"
+    torch.save(model.state_dict(), sd)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(sd)
+    msg = str(err.value)
+    assert "state_dict.pt" in msg and "not a darkfield-nb checkpoint" in msg
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else", "weights": torch.zeros(2)}, other)
+    with pytest.raises(checkpoint.CheckpointError, match="not a darkfield-nb checkpoint"):
+        checkpoint.load_checkpoint(other)
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(checkpoint.CheckpointError, match="holds a Tensor"):
+        checkpoint.load_checkpoint(tensor)
+
+
+def test_refuses_newer_format_and_incomplete_checkpoint(tmp_path):
+    model = _tiny_model()
+    path = checkpoint.save(tmp_path / "c.pt", model, stage=0, epoch=1)
+    raw = torch.load(path, weights_only=True)
+    raw["format_version"] = checkpoint.FORMAT_VERSION + 1
+    torch.save(raw, tmp_path / "newer.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"newer\.pt: checkpoint format version"):
+        checkpoint.load(tmp_path / "newer.pt")
+    raw["format_version"] = checkpoint.FORMAT_VERSION
+    del raw["generator"]
+    torch.save(raw, tmp_path / "partial.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"partial\.pt: .*missing .*generator"):
+        checkpoint.load(tmp_path / "partial.pt")
+
+
+def test_weights_only_refuses_arbitrary_pickled_objects(tmp_path, capsys):
+    """A file with the right marker but a pickled callable must not be unpickled: with
+    ``weights_only=False`` loading it would call ``print`` (arbitrary code)."""
+    model = _tiny_model()
+    path = checkpoint.save(tmp_path / "c.pt", model, stage=0, epoch=1)
+    raw = torch.load(path, weights_only=True)
+    raw["history"] = [_Arbitrary()]
+    evil = tmp_path / "evil.pt"
+    torch.save(raw, evil)
+    with pytest.raises(checkpoint.CheckpointError, match=r"evil\.pt: refusing to load"):
+        checkpoint.load(evil)
+    assert "arbitrary code ran" not in capsys.readouterr().out
+    # the unsafe loader would indeed have run it: the test above can fail
+    torch.load(evil, weights_only=False)
+    assert "arbitrary code ran" in capsys.readouterr().out
+
+
+def test_state_dict_not_matching_config_is_reported(tmp_path):
+    model = _tiny_model()
+    path = checkpoint.save(tmp_path / "c.pt", model, stage=0, epoch=1)
+    raw = torch.load(path, weights_only=True)
+    raw["generator_config"]["base_width"] = 8
+    torch.save(raw, tmp_path / "mismatch.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"mismatch\.pt: cannot rebuild"):
+        checkpoint.load(tmp_path / "mismatch.pt")
