@@ -66,6 +66,7 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def _load_model(path: Path | None, device):
+    """The generator of ``path`` (default: the shipped model) and its number of trained stages."""
     from darkfield_nb import checkpoint
     from darkfield_nb.paths import pretrained_checkpoint
 
@@ -75,7 +76,8 @@ def _load_model(path: Path | None, device):
             f"{path}: checkpoint not found "
             "(train one with `darkfield-nb train`, or pass --checkpoint)"
         )
-    return checkpoint.load(path, device=device)
+    ckpt = checkpoint.load_checkpoint(path)
+    return checkpoint.generator_from_checkpoint(ckpt, device), int(ckpt["stages_trained"])
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -87,9 +89,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from darkfield_nb.io import atomic_write_text
 
     device = pick_device(args.device)
-    model = _load_model(args.checkpoint, device)
+    model, trained = _load_model(args.checkpoint, device)
     data = PairedDataset(args.data, split=args.split, pad_multiple=1)
-    result = evaluate(model, data, mc_samples=args.samples, device=device, progress=not args.quiet)
+    result = evaluate(
+        model,
+        data,
+        mc_samples=args.samples,
+        device=device,
+        n_stages=trained,
+        progress=not args.quiet,
+    )
     result["checkpoint"] = str(args.checkpoint)
     result["split"] = args.split
     print(format_stage_table(result))
@@ -106,10 +115,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from darkfield_nb.synthesis import synthesize_folder
 
     device = pick_device(args.device)
-    model = _load_model(args.checkpoint, device)
+    model, trained = _load_model(args.checkpoint, device)
     inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
     report = synthesize_folder(
-        model, inputs, args.out, samples=args.samples, device=device, progress=not args.quiet
+        model,
+        inputs,
+        args.out,
+        samples=args.samples,
+        device=device,
+        stage=trained - 1,
+        progress=not args.quiet,
     )
     print(
         f"{args.out}: wrote {len(report.written)}, skipped {len(report.skipped)} already done, "
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
         print(f"darkfield-nb {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from darkfield_nb import metrics
 from darkfield_nb.labels import LUNG
 from darkfield_nb.losses import ggd_nll
-from darkfield_nb.uncertainty import ggd_interval, mc_dropout_predict
+from darkfield_nb.uncertainty import ggd_interval, ggd_std, mc_dropout_predict
 
 QUALITY = ("mse", "psnr", "ssim")
 SPEARMAN_PIXELS = 200_000  # pooled pixels subsampled for the rank correlation
@@ -74,6 +74,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     seed: int = 0,
     coverage_level: float = 0.9,
+    n_stages: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate ``model`` (a ``ProgressiveGenerator``) on every item of ``dataset``.
@@ -83,12 +84,13 @@ def evaluate(
     the same inside the lung under ``lung``, per-image values under ``images``, and
     ``uncertainty`` for the final stage (see the module docstring). ``mc_samples=0`` skips MC
     dropout (the uncertainty block then uses the deterministic aleatoric sigma only).
+    ``n_stages`` evaluates only the first stages (e.g. those a checkpoint says are trained).
     """
     if len(dataset) == 0:
         raise ValueError("evaluate: the data set (split) is empty")
     device = torch.device(device)
     model = model.to(device).eval()
-    n_stages = model.config.n_stages
+    n_stages = model.config.n_stages if n_stages is None else int(n_stages)
     per_image, lung_image = [], []
     nll_sum = covered = n_pix = 0.0
     sig = {"aleatoric": 0.0, "epistemic": 0.0, "total": 0.0}
@@ -98,7 +100,7 @@ def evaluate(
         item = dataset[i]
         x = item["input"][None].to(device)
         y = item["target"][None].to(device)
-        outs = model(x)
+        outs = model(x, n_stages=n_stages)
         target = y[0, 0].cpu().numpy()
         lung = (item["mask"][0].numpy() & LUNG) > 0
         preds = [o.mu[0, 0].float().cpu().numpy() for o in outs]
@@ -110,11 +112,9 @@ def evaluate(
 
         last = outs[-1]
         if mc_samples > 0:
-            mc = mc_dropout_predict(model, x, samples=mc_samples, seed=seed + i)
+            mc = mc_dropout_predict(model, x, samples=mc_samples, seed=seed + i, stage=n_stages - 1)
             mean, alea, epi, total = mc.mean, mc.aleatoric, mc.epistemic, mc.total
         else:
-            from darkfield_nb.uncertainty import ggd_std
-
             mean, alea = last.mu, ggd_std(last.alpha, last.beta)
             epi, total = torch.zeros_like(alea), alea
         nll_sum += float(ggd_nll(y, last.mu, last.alpha, last.beta, reduction="sum"))

@@ -54,13 +54,17 @@ def synthesize(
     samples: int = 20,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    stage: int = -1,
 ) -> Synthesis:
-    """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes)."""
+    """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes).
+
+    ``stage``: which stage's output (0-based; -1 the last).
+    """
     if image.ndim != 2:
         raise ValueError(f"synthesize: expected a 2-D radiograph, got shape {image.shape}")
     x = torch.from_numpy(normalize_input(image).astype(np.float32))[None, None]
     model = model.to(device).eval()
-    result = mc_dropout_predict(model, x.to(device), samples=samples, seed=seed)
+    result = mc_dropout_predict(model, x.to(device), samples=samples, seed=seed, stage=stage)
     maps = [result.mean, result.aleatoric, result.epistemic, result.total]
     return Synthesis(*(m[0, 0].float().cpu().numpy() for m in maps))
 
@@ -85,6 +89,7 @@ def synthesize_folder(
     samples: int = 20,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    stage: int = -1,
     progress: bool = True,
 ) -> SynthesisReport:
     """Synthesize every radiograph of ``inputs`` (a folder or a list of files) into ``out_dir``."""
@@ -107,7 +112,7 @@ def synthesize_folder(
         except (ValueError, ImportError) as err:
             report.failed[str(path)] = str(err)
             continue
-        maps = synthesize(model, image, samples=samples, device=device, seed=seed)
+        maps = synthesize(model, image, samples=samples, device=device, seed=seed, stage=stage)
         for name, target in targets.items():
             write_image(target, getattr(maps, name).astype(np.float32))
         report.written.append(path)
