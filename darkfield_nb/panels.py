@@ -1,0 +1,85 @@
+"""Image panels: radiographs beside dark-field images and their uncertainty maps.
+
+One colour convention everywhere, so panels can be compared across notebooks: attenuation in
+grey (as a radiologist sees it), dark-field D in ``magma`` on a fixed 0..``D_MAX`` scale, standard
+deviations (aleatoric, epistemic, total) in ``viridis`` on a shared scale per figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+D_MAX = 0.6  # top of the dark-field colour scale (D units; simulated lungs reach about 0.5)
+D_CMAP = "magma"
+SIGMA_CMAP = "viridis"
+
+
+def _np(a) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().float().cpu().numpy()
+    a = np.asarray(a, dtype=np.float32)
+    return a.reshape(a.shape[-2:])
+
+
+def _show(ax, image, title: str, cmap: str, vmin=None, vmax=None, colorbar: bool = True):
+    im = ax.imshow(_np(image), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    return im
+
+
+def show_pairs(items: Sequence[dict], titles: Sequence[str] | None = None, mask_bit: int = 0):
+    """Attenuation (top) and dark-field (bottom) for ``PairedDataset`` items, one column each.
+
+    ``mask_bit`` (e.g. ``labels.LUNG``) outlines that label of each item's mask in cyan.
+    """
+    n = len(items)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.2), squeeze=False)
+    for j, item in enumerate(items):
+        title = titles[j] if titles else str(item.get("id", j))
+        _show(axes[0, j], item["input"], title, "gray", colorbar=False)
+        _show(axes[1, j], item["target"], "dark-field D", D_CMAP, 0.0, D_MAX)
+        if mask_bit and "mask" in item:
+            outline = (_np(item["mask"]).astype(np.int64) & mask_bit) > 0
+            for ax in axes[:, j]:
+                ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.6)
+    fig.tight_layout()
+    return fig
+
+
+def case_panel(
+    radiograph,
+    stage_means: Sequence,
+    aleatoric,
+    epistemic,
+    target=None,
+    title: str = "",
+):
+    """One row: input, target (if known), each stage's mean, aleatoric and epistemic sigma."""
+    panels = [("input", radiograph, "gray", None, None)]
+    if target is not None:
+        panels.append(("target D", target, D_CMAP, 0.0, D_MAX))
+    for k, mean in enumerate(stage_means):
+        panels.append((f"stage {k + 1}", mean, D_CMAP, 0.0, D_MAX))
+    smax = float(max(np.percentile(_np(aleatoric), 99), np.percentile(_np(epistemic), 99), 1e-6))
+    panels.append(("aleatoric sigma", aleatoric, SIGMA_CMAP, 0.0, smax))
+    panels.append(("epistemic sigma", epistemic, SIGMA_CMAP, 0.0, smax))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8), squeeze=False)
+    for ax, (name, image, cmap, vmin, vmax) in zip(axes[0], panels, strict=True):
+        _show(ax, image, name, cmap, vmin, vmax, colorbar=cmap != "gray")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def synthesis_panel(radiograph, synthesis, title: str = ""):
+    """A synthesized image (``darkfield_nb.synthesis.Synthesis``) beside its radiograph."""
+    return case_panel(
+        radiograph, [synthesis.darkfield], synthesis.aleatoric, synthesis.epistemic, title=title
+    )

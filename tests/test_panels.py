@@ -1,0 +1,50 @@
+"""Panels show the arrays they are given, on the documented colour scales."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from darkfield_nb.panels import D_MAX, case_panel, show_pairs  # noqa: E402
+
+
+def _images(fig):
+    return [ax.images[0] for ax in fig.axes if ax.images]
+
+
+def test_case_panel_shows_each_map_with_shared_sigma_scale():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 16)), rng.random((16, 16)) * 0.5
+    means = [torch.tensor(rng.random((1, 1, 16, 16)), dtype=torch.float32) for _ in range(3)]
+    alea, epi = rng.random((16, 16)) * 0.05, rng.random((16, 16)) * 0.01
+    fig = case_panel(x, means, alea, epi, target=y)
+    images = _images(fig)
+    assert len(images) == 7  # input, target, 3 stages, aleatoric, epistemic
+    np.testing.assert_allclose(images[0].get_array(), x.astype(np.float32))
+    np.testing.assert_allclose(images[3].get_array(), means[1][0, 0].numpy())
+    assert images[1].get_clim() == (0.0, D_MAX)
+    assert images[5].get_clim() == images[6].get_clim()  # one sigma scale for both kinds
+    assert images[5].get_clim()[1] == np.percentile(alea.astype(np.float32), 99)
+    plt.close(fig)
+
+
+def test_show_pairs_one_column_per_item():
+    rng = np.random.default_rng(1)
+    items = [
+        {
+            "id": f"c{i}",
+            "input": rng.random((1, 8, 8)),
+            "target": rng.random((1, 8, 8)),
+            "mask": np.ones((1, 8, 8), np.int32),
+        }
+        for i in range(3)
+    ]
+    fig = show_pairs(items, mask_bit=1)
+    assert len(_images(fig)) == 6
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["c0", "c1", "c2"]
+    plt.close(fig)
