@@ -1,0 +1,58 @@
+"""Physics-based paired data: a procedural 3-D chest phantom and a CT projector.
+
+Public names::
+
+    generate_dataset(out, n_patients, size, seed, *, ood_patients=0, overwrite=False, ...)
+    make_patient(seed, index=0, case="healthy") -> Patient
+    simulate(patient, size, fov_cm=40.0, acquisition=None) -> Pair
+    project_ct(hu, lung_mask, spacing_mm, *, axis=1, energy_kev=47.0, seed=0, ...)
+    to_radiograph(line_integral, config=None) -> uint16 image
+    AcquisitionConfig, RadiographConfig, darkfield_sigma
+    mu(material, energy_kev), hu_to_mu, mu_to_hu, MU_TABLE
+    write_checksums(root), verify_checksums(root), sample_recipe()
+    phantom_volume(patient, n=96) -> Volume   (voxelized phantom, for pictures and checks)
+
+Modules, one concept each: ``materials`` (mu table, HU), ``geometry`` (closed-form chords),
+``anatomy`` (random body parameters), ``phantom`` (soft tissue, lungs, heart, vessels),
+``skeleton`` (bones), ``pathology``, ``devices``, ``acquisition`` (blur, stripes, noise),
+``radiograph`` (display processing), ``simulate`` (one patient), ``ct`` (CT projector),
+``volume`` (voxelized phantom), ``dataset`` (writing a data set).
+"""
+
+from darkfield_nb.physics.acquisition import AcquisitionConfig, darkfield_sigma
+from darkfield_nb.physics.ct import project_ct, threshold_lung_mask
+from darkfield_nb.physics.dataset import (
+    DEFAULT_OOD_CASES,
+    generate_dataset,
+    plan_cases,
+    sample_recipe,
+    verify_checksums,
+    write_checksums,
+)
+from darkfield_nb.physics.materials import MU_TABLE, hu_to_mu, mu, mu_to_hu
+from darkfield_nb.physics.radiograph import RadiographConfig, to_radiograph
+from darkfield_nb.physics.simulate import CASES, Pair, Patient, make_patient, simulate
+
+__all__ = [
+    "CASES",
+    "DEFAULT_OOD_CASES",
+    "MU_TABLE",
+    "AcquisitionConfig",
+    "Pair",
+    "Patient",
+    "RadiographConfig",
+    "darkfield_sigma",
+    "generate_dataset",
+    "hu_to_mu",
+    "make_patient",
+    "mu",
+    "mu_to_hu",
+    "plan_cases",
+    "project_ct",
+    "sample_recipe",
+    "simulate",
+    "threshold_lung_mask",
+    "to_radiograph",
+    "verify_checksums",
+    "write_checksums",
+]

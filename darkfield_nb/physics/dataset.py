@@ -1,0 +1,299 @@
+"""Write a simulated paired data set in the folder contract, reproducibly.
+
+```
+<out>/attenuation/<id>.png   processed radiograph, 12-bit values in a 16-bit PNG
+<out>/darkfield/<id>.tif     measured D = -ln(V/V0), float32 TIFF
+<out>/masks/<id>.png         uint16 sums of darkfield_nb.labels bits
+<out>/dataset.json           provenance: version, seed, every parameter, darkfield_units "D"
+<out>/manifest.csv           id, patient, split, case, ood   (written last)
+```
+
+One image per patient. Patient ``i`` is drawn from ``SeedSequence(seed, spawn_key=(i,))``, so
+the files do not depend on generation order or on the number of worker processes: the same
+arguments give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from darkfield_nb import __version__, labels
+from darkfield_nb.io import write_image, write_manifest, write_sidecar
+from darkfield_nb.physics.acquisition import AcquisitionConfig
+from darkfield_nb.physics.pathology import PATHOLOGY_CASES
+from darkfield_nb.physics.simulate import CASES, make_patient, simulate
+
+DEFAULT_OOD_CASES = ("pacemaker", "cables", "clips", "high_contrast")
+CHECKSUM_NAME = "checksums.sha256"
+_DATA_DIRS = ("attenuation", "darkfield", "masks")
+_DATA_FILES = ("manifest.csv", "dataset.json")
+
+
+def plan_cases(
+    n_patients: int,
+    seed: int,
+    *,
+    ood_patients: int = 0,
+    pathology_fraction: float = 0.35,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    ood_cases: tuple[str, ...] = DEFAULT_OOD_CASES,
+) -> list[dict]:
+    """The manifest rows (without files): one per patient, with split and case.
+
+    In-distribution patients ``0 .. n-1``: a fraction ``pathology_fraction`` (rounded) carry
+    a pathology, the kinds cycling through emphysema, pneumonia, pneumothorax, effusion,
+    nodule; healthy and pathology patients are each split train/val/test by
+    ``split_fractions`` (so every split gets both). Out-of-distribution patients
+    ``n .. n+ood-1`` go to split ``ood`` with cases cycling through ``ood_cases``.
+    """
+    if n_patients < 0 or ood_patients < 0:
+        raise ValueError(
+            f"n_patients ({n_patients}) and ood_patients ({ood_patients}) must be >= 0"
+        )
+    if n_patients + ood_patients == 0:
+        raise ValueError("nothing to generate: n_patients + ood_patients is 0")
+    if len(split_fractions) != 3 or min(split_fractions) < 0 or sum(split_fractions) <= 0:
+        raise ValueError(
+            f"split_fractions must be three non-negative numbers, got {split_fractions}"
+        )
+    if not 0.0 <= pathology_fraction <= 1.0:
+        raise ValueError(f"pathology_fraction must be in [0, 1], got {pathology_fraction}")
+    bad = [c for c in ood_cases if c not in CASES]
+    if bad or not ood_cases:
+        raise ValueError(
+            f"ood_cases: unknown or empty {bad or ood_cases}; known: {', '.join(CASES)}"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(2**32 - 1,)))
+    n_path = int(round(pathology_fraction * n_patients))
+    order = rng.permutation(n_patients)
+    cases = ["healthy"] * n_patients
+    for k, idx in enumerate(order[:n_path]):
+        cases[idx] = PATHOLOGY_CASES[k % len(PATHOLOGY_CASES)]
+    fr = np.asarray(split_fractions, dtype=float) / sum(split_fractions)
+    splits = [""] * n_patients
+    for group in (order[:n_path], order[n_path:]):
+        group = rng.permutation(group)
+        n_train = int(round(fr[0] * len(group)))
+        n_val = int(round(fr[1] * len(group)))
+        for j, idx in enumerate(group):
+            splits[idx] = "train" if j < n_train else "val" if j < n_train + n_val else "test"
+    rows = [
+        {"id": f"p{i:04d}", "patient": f"p{i:04d}", "split": splits[i], "case": cases[i], "ood": 0}
+        for i in range(n_patients)
+    ]
+    for k in range(ood_patients):
+        i = n_patients + k
+        rows.append(
+            {
+                "id": f"p{i:04d}",
+                "patient": f"p{i:04d}",
+                "split": "ood",
+                "case": ood_cases[k % len(ood_cases)],
+                "ood": 1,
+            }
+        )
+    return rows
+
+
+def _render_and_write(task: tuple) -> str:
+    root, row, index, seed, size, fov_cm, acq = task
+    pair = simulate(make_patient(seed, index, row["case"]), size, fov_cm, acq)
+    write_image(Path(root) / "attenuation" / f"{row['id']}.png", pair.attenuation)
+    write_image(Path(root) / "darkfield" / f"{row['id']}.tif", pair.darkfield)
+    write_image(Path(root) / "masks" / f"{row['id']}.png", pair.mask)
+    return row["id"]
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            n = sum(1 for _ in out.iterdir())
+            raise FileExistsError(
+                f"{out}: output folder is not empty ({n} entries); choose an empty folder or "
+                "pass overwrite=True (CLI: --overwrite) to replace the data set in it"
+            )
+        # Remove the old data set's files only (never anything else the user keeps there);
+        # the manifest goes first so a half-replaced folder is never mistaken for a data set.
+        for name in ("manifest.csv", "dataset.json", CHECKSUM_NAME):
+            (out / name).unlink(missing_ok=True)
+        for sub, suffix in (("attenuation", ".png"), ("darkfield", ".tif"), ("masks", ".png")):
+            if (out / sub).is_dir():
+                for f in (out / sub).iterdir():
+                    if f.is_file() and f.suffix == suffix:
+                        f.unlink()
+    for sub in _DATA_DIRS:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def default_workers() -> int:
+    """Worker processes: the CPUs this process may use (at most 8)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def generate_dataset(
+    out: str | os.PathLike,
+    n_patients: int = 269,
+    size: int = 512,
+    seed: int = 0,
+    *,
+    ood_patients: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    pathology_fraction: float = 0.35,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    ood_cases: tuple[str, ...] = DEFAULT_OOD_CASES,
+    fov_cm: float = 40.0,
+    acquisition: AcquisitionConfig | None = None,
+    workers: int | None = None,
+) -> Path:
+    """Simulate ``n_patients`` in-distribution and ``ood_patients`` out-of-distribution pairs.
+
+    Writes the folder contract (module docstring) into ``out``, which must be empty or absent
+    unless ``overwrite=True``. Image size ``size`` x ``size`` over a ``fov_cm`` field (40 cm).
+    ``workers`` processes render in parallel (default: the usable CPUs); the output is the
+    same for any number of workers. Returns the output folder.
+    """
+    from tqdm.auto import tqdm
+
+    if not 16 <= int(size) <= 4096:
+        raise ValueError(f"size must be between 16 and 4096 pixels, got {size}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    out = Path(out)
+    acq = acquisition or AcquisitionConfig()
+    rows = plan_cases(
+        n_patients,
+        seed,
+        ood_patients=ood_patients,
+        pathology_fraction=pathology_fraction,
+        split_fractions=split_fractions,
+        ood_cases=tuple(ood_cases),
+    )
+    _prepare_output(out, overwrite)
+    tasks = [
+        (str(out), row, i, int(seed), int(size), float(fov_cm), acq) for i, row in enumerate(rows)
+    ]
+    workers = default_workers() if workers is None else max(1, int(workers))
+    bar = tqdm(total=len(tasks), desc="make-data", unit="pair", disable=not progress)
+    if workers == 1 or len(tasks) == 1:
+        for t in tasks:
+            _render_and_write(t)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(
+                _render_and_write, tasks, chunksize=max(1, len(tasks) // (8 * workers))
+            ):
+                bar.update()
+    bar.close()
+    meta = {
+        "darkfield_units": "D",
+        "generator": "darkfield_nb.physics.generate_dataset",
+        "darkfield_nb_version": __version__,
+        "seed": int(seed),
+        "n_patients": int(n_patients),
+        "ood_patients": int(ood_patients),
+        "size": int(size),
+        "fov_cm": float(fov_cm),
+        "pixel_mm": float(fov_cm) * 10.0 / int(size),
+        "pathology_fraction": float(pathology_fraction),
+        "split_fractions": [float(f) for f in split_fractions],
+        "ood_cases": list(ood_cases),
+        "acquisition": asdict(acq),
+        "attenuation": "processed radiograph (to_radiograph), 12-bit values in 16-bit PNG",
+        "darkfield": "measured D = -ln(V/V0), float32 TIFF",
+        "mask_bits": dict(labels.MASK_BITS),
+        "cases": dict(sorted(Counter(r["case"] for r in rows).items())),
+        "splits": dict(sorted(Counter(r["split"] for r in rows).items())),
+    }
+    write_sidecar(out, meta)
+    write_manifest(out / "manifest.csv", rows)
+    return out
+
+
+def _data_files(root: Path) -> list[Path]:
+    files = [root / name for name in _DATA_FILES if (root / name).is_file()]
+    for sub in _DATA_DIRS:
+        if (root / sub).is_dir():
+            files += sorted(p for p in (root / sub).iterdir() if p.is_file())
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksums(root: str | os.PathLike) -> dict[str, str]:
+    """``{relative path: sha256}`` of every data file (images, manifest, dataset.json)."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): _sha256(p) for p in _data_files(root)}
+
+
+def write_checksums(root: str | os.PathLike) -> Path:
+    """Write ``<root>/checksums.sha256`` in ``sha256sum`` format (``sha256sum -c`` reads it)."""
+    from darkfield_nb.io import atomic_write_text
+
+    root = Path(root)
+    lines = [f"{digest}  {rel}\n" for rel, digest in checksums(root).items()]
+    path = root / CHECKSUM_NAME
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+def read_checksums(path: str | os.PathLike) -> dict[str, str]:
+    """Parse a ``sha256sum`` file into ``{relative path: sha256}``."""
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            digest, rel = line.split(maxsplit=1)
+            out[rel.lstrip("*").strip()] = digest
+    return out
+
+
+def verify_checksums(root: str | os.PathLike) -> list[str]:
+    """Every mismatch between ``<root>/checksums.sha256`` and the files; empty when all match."""
+    root = Path(root)
+    path = root / CHECKSUM_NAME
+    if not path.is_file():
+        return [f"{path}: checksum file not found"]
+    expected = read_checksums(path)
+    actual = checksums(root)
+    problems = [f"{root / rel}: missing" for rel in expected if rel not in actual]
+    problems += [
+        f"{root / rel}: not listed in {CHECKSUM_NAME}" for rel in actual if rel not in expected
+    ]
+    problems += [
+        f"{root / rel}: sha256 mismatch"
+        for rel in expected
+        if rel in actual and actual[rel] != expected[rel]
+    ]
+    return problems
+
+
+def sample_recipe() -> dict:
+    """The exact arguments of :func:`generate_dataset` that made ``data_samples/``."""
+    return {
+        "n_patients": 24,
+        "size": 256,
+        "seed": 2601,
+        "ood_patients": 12,
+        "ood_cases": ("pacemaker", "cables", "clips", "high_contrast", "emphysema", "pneumothorax"),
+        "pathology_fraction": 0.35,
+    }

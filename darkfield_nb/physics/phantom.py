@@ -1,0 +1,415 @@
+"""The procedural chest phantom: soft tissue, lungs, heart, mediastinum, airways and vessels.
+
+Every solid is given in closed form (ellipsoids, superellipsoids, elliptic cylinders,
+paraboloid domes, tubes), and the beam runs along y, so the path length of every pixel's ray
+through every solid is an exact interval computation (:mod:`~darkfield_nb.physics.geometry`).
+A lung is its superellipsoid minus the diaphragm dome, the heart, the mediastinum and the
+spine: ``L_lung = |lung| - |U_i (lung n hole_i)|``.
+
+:func:`project_phantom` returns a :class:`Scene`: per-pixel path lengths and attenuation terms
+that pathologies (:mod:`~darkfield_nb.physics.pathology`) and devices
+(:mod:`~darkfield_nb.physics.devices`) then modify before they are composed into the line
+integrals ``A = integral mu dl`` and ``D = integral epsilon dl``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from darkfield_nb import labels
+from darkfield_nb.physics import geometry as g
+from darkfield_nb.physics import materials
+from darkfield_nb.physics.anatomy import Anatomy
+
+SIDES = (-1, 1)  # -1: patient's right lung (image left), +1: patient's left lung (image right)
+
+
+@dataclass
+class Lung:
+    """One lung: a superellipsoid (``p`` = 2.6, tapered to the apex on its lateral side) minus
+    holes (diaphragm dome, heart, mediastinum, spine, great vessels)."""
+
+    side: int
+    center: tuple[float, float, float]
+    a_lat: float
+    a_med: float
+    b: float
+    c: float
+    p: float = 2.6
+    taper: float = 0.35
+    holes: list = field(default_factory=list)  # callables (X, Z) -> interval
+
+    def base(self, X, Z) -> g.Interval:
+        """The lung's superellipsoid before holes are cut: ``|u|^p + |v|^p + w^2 <= 1``."""
+        cx, cy, cz = self.center
+        dx = X - cx
+        v = (Z - cz) / self.c
+        lateral = dx * self.side > 0
+        a = np.where(lateral, self.a_lat * (1.0 - self.taper * np.clip(v, 0, 1) ** 2), self.a_med)
+        q = 1.0 - np.abs(dx / a) ** self.p - np.abs(v) ** self.p
+        inside = q > 0
+        h = self.b * np.sqrt(np.maximum(q, 0.0))
+        return (
+            np.where(inside, cy - h, g.EMPTY).astype(np.float32),
+            np.where(inside, cy + h, g.EMPTY).astype(np.float32),
+        )
+
+    def bbox(self) -> tuple[float, float, float, float]:
+        cx, _, cz = self.center
+        x0, x1 = sorted((cx - self.side * self.a_med, cx + self.side * self.a_lat))
+        return x0, x1, cz - self.c, cz + self.c
+
+    def length(self, X, Z, within: g.Interval | None = None) -> np.ndarray:
+        """Lung path length (cm) per pixel, optionally only inside the solid ``within``."""
+        base = self.base(X, Z)
+        if within is not None:
+            base = g.intersect(base, within)
+        return g.length_minus(base, [h(X, Z) for h in self.holes])
+
+    def contains(self, X, Y, Z) -> np.ndarray:
+        """Voxel test (X, Z of shape (nz, 1, nx) or broadcastable; Y along axis 1)."""
+        inside = g.contains(self.base(X, Z), Y)
+        for h in self.holes:
+            inside &= ~g.contains(h(X, Z), Y)
+        return inside
+
+
+@dataclass
+class Scene:
+    """Everything a pair is composed from, on one detector grid (all float32, shape (n, n)).
+
+    ``A = A_body + A_bone + A_metal + sum_lungs (mu_lung - mu_t) L_lung + dA``
+    ``D = eps L_lung_total + dD + beam hardening``; see :func:`compose`.
+    """
+
+    grid: g.Grid
+    energy_kev: float
+    anatomy: Anatomy
+    lungs: dict  # side -> Lung
+    lung_len: dict  # side -> current lung path length (cm)
+    lung_len_healthy: dict  # side -> lung path length before pathologies
+    A_body: np.ndarray  # soft tissue, fat, airways (attenuation, dimensionless)
+    A_bone: np.ndarray  # bone attenuation in excess of the soft tissue it displaces
+    A_metal: np.ndarray  # device attenuation in excess of soft tissue
+    dA: np.ndarray  # pathology and vessel changes of attenuation
+    dD: np.ndarray  # pathology and vessel changes of dark-field
+    mu_t: float  # soft tissue mu (1/cm)
+    mu_lung: np.ndarray  # lung mu per pixel (tissue fraction field), 1/cm
+    eps: np.ndarray  # lung dark-field coefficient per pixel, 1/cm
+    heart: np.ndarray  # bool, heart silhouette
+    bone: np.ndarray  # bool, bone where its excess attenuation is visible
+    body: np.ndarray  # bool, inside the patient
+    mask: np.ndarray  # uint16 label bits (filled as parts are added)
+    metal_outlier: np.ndarray  # bool, pixels behind metal (rare noise outliers)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def lung_total(self) -> np.ndarray:
+        return self.lung_len[-1] + self.lung_len[1]
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def torso_interval(anat: Anatomy, X, Z, inset: float = 0.0) -> g.Interval:
+    """Torso as a vertical elliptic cylinder whose half-width/depth narrow to the neck."""
+    zn = 15.8 + anat.shift_z
+    s = _sigmoid((zn - Z) / 0.9)
+    a = 6.0 + (anat.chest_a - 6.0) * s - inset
+    b = 5.8 + (anat.chest_b * anat.depth - 5.8) * s - inset
+    a = np.maximum(a, 0.1)
+    b = np.maximum(b, 0.1)
+    return g.elliptic_cylinder_z(X, 0.0, -0.3, a, b)
+
+
+def build_lungs(anat: Anatomy) -> dict:
+    """The two lungs with their holes (dome, heart, mediastinum, spine, aorta / vena cava)."""
+    w, d, h, sz = anat.width, anat.depth, anat.height, anat.shift_z
+    hs = anat.heart_scale
+    heart_c = (1.9 * w, 2.0 * d, -4.4 * h + sz)
+    heart_s = (6.2 * w * hs, 5.0 * d * hs, 4.6 * h * hs)
+
+    def heart(X, Z):
+        return g.ellipsoid(X, Z, heart_c, heart_s, anat.heart_angle_deg)
+
+    def mediastinum(X, Z):
+        # upper mediastinum widening downwards; anterior and posterior junction lines.
+        a = 2.3 * w + 0.35 * np.clip((10.0 + sz - Z) / 10.0, 0, 1.5)
+        return g.elliptic_cylinder_z(X, 0.0, 0.8 * d, a, 6.5 * d)
+
+    def spine(X, Z):
+        return g.elliptic_cylinder_z(X, 0.0, -6.3 * d, 3.3 * w, 3.2 * d)
+
+    def aorta(X, Z):
+        return g.ellipsoid(X, Z, (2.6 * w, -1.0 * d, 5.8 * h + sz), (1.9, 2.0, 2.0))
+
+    def descending_aorta(X, Z):
+        return g.elliptic_cylinder_z(X, 2.0 * w, -4.8 * d, 1.6, 1.5)
+
+    def vena_cava(X, Z):
+        return g.ellipsoid(X, Z, (-2.7 * w, 1.0 * d, 5.0 * h + sz), (1.4, 1.6, 5.5))
+
+    lungs = {}
+    for side in SIDES:
+        top = (anat.dome_right if side < 0 else anat.dome_left) * h + sz
+        x0 = 6.5 * side * w
+
+        def dome(X, Z, top=top, x0=x0):
+            return g.paraboloid_below(X, Z, top, x0, 1.0 * d, 0.11 / w**2, 0.05 / d**2)
+
+        holes = [dome, heart, mediastinum, spine]
+        holes += [aorta, descending_aorta] if side > 0 else [vena_cava]
+        lungs[side] = Lung(
+            side=side,
+            center=(7.7 * side * w, -0.8 * d, (0.3 if side < 0 else 0.0) * h + sz),
+            a_lat=6.1 * w,
+            a_med=(5.6 if side < 0 else 5.3) * w,
+            b=6.7 * d,
+            c=14.0 * h,
+            holes=holes,
+        )
+    lungs["heart"] = (heart_c, heart_s, anat.heart_angle_deg)
+    return lungs
+
+
+def _body_attenuation(anat: Anatomy, grid: g.Grid, mu_t: float, mu_fat: float, X, Z):
+    """Soft tissue and fat of torso, neck, shoulders, arms and breasts; returns (A, body)."""
+    outer = torso_interval(anat, X, Z)
+    inner = torso_interval(anat, X, Z, inset=anat.fat)
+    a = anat.chest_a
+    shoulders = [
+        g.ellipsoid(X, Z, (s * (a - 1.5), -0.8, 12.6 + anat.shift_z), (6.0, 6.2, 4.2))
+        for s in SIDES
+    ]
+    arm_x = a + anat.arms_out
+    arms = []
+    for s in SIDES:
+        iv = g.elliptic_cylinder_z(X, s * arm_x, -0.8, 3.9, 4.6)
+        top = Z < 12.0 + anat.shift_z
+        arms.append((np.where(top, iv[0], g.EMPTY), np.where(top, iv[1], g.EMPTY)))
+    body_len = g.union_length([outer, *shoulders, *arms])
+    fat_len = body_len - g.length(inner)
+    A = mu_fat * fat_len + mu_t * g.length(inner)
+    if anat.female:
+        mu_breast = mu_fat
+        for s in SIDES:
+            br = g.ellipsoid(
+                X,
+                Z,
+                (s * 8.5 * anat.width, anat.chest_b * anat.depth - 0.5, -5.5 + anat.shift_z),
+                (6.5, 2.2, 5.8),
+            )
+            A = A + mu_breast * (g.length(br) - g.length(g.intersect(br, outer)))
+    return A.astype(np.float32), body_len > 0
+
+
+def _airways(anat: Anatomy, X, Z, mu_t: float) -> np.ndarray:
+    """Trachea, main bronchi and gastric bubble: air replacing soft tissue (negative excess)."""
+    sz = anat.shift_z
+    carina = (0.2, 5.6 * anat.height + sz)
+    path = g.tube_chord(np.abs(X - 0.2), 0.85) * (Z > carina[1])
+    for s in SIDES:
+        hilum = (s * 4.0 * anat.width, carina[1] - 3.2)
+        path = path + g.tube_chord(g.segment_distance(X, Z, carina, hilum), 0.55)
+    if anat.gastric_bubble:
+        c = (6.3 * anat.width, 1.0, anat.dome_left * anat.height + sz - 3.2)
+        path = path + g.length(g.ellipsoid(X, Z, c, (2.6, 2.2, 1.7)))
+    return (-mu_t * path).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Vessels: branching 3-D tubes from each hilum, clipped to the lung
+# --------------------------------------------------------------------------------------------
+
+
+def vessel_tree(anat: Anatomy, lungs: dict) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Segments ``(p0, p1, radius)`` (3-D, cm) of the pulmonary vessel trees.
+
+    Each lung gets five roots from its hilum; every branch splits in two (spread ~30 degrees,
+    length x0.8, radius x0.72) for five generations; a branch whose end leaves the lung is
+    dropped. Seeded by ``anatomy.vessel_seed``.
+    """
+    rng = np.random.default_rng(anat.vessel_seed)
+    segs = []
+    for side in SIDES:
+        lung = lungs[side]
+        hilum = np.array([side * 4.6 * anat.width, -0.5, 1.0 * anat.height + anat.shift_z])
+        roots = [
+            (0.35, 0.1, 1.0),
+            (0.9, 0.3, 0.45),
+            (1.0, -0.2, -0.1),
+            (0.6, -0.4, -1.0),
+            (0.3, 0.5, -0.9),
+        ]
+
+        def inside(p, lung=lung):
+            X = np.array([[p[0]]], dtype=np.float32)
+            Z = np.array([[p[2]]], dtype=np.float32)
+            return bool(lung.contains(X, np.float32(p[1]), Z)[0, 0])
+
+        stack = []
+        for dx, dy, dz in roots:
+            d = np.array([side * dx, dy, dz]) + rng.normal(0, 0.15, 3)
+            stack.append((hilum, d / np.linalg.norm(d), 3.2, 0.42, 0))
+        while stack:
+            p0, d, length, radius, gen = stack.pop()
+            p1 = p0 + d * length
+            if gen > 0 and not inside(p1):
+                continue
+            segs.append((p0, p1, radius))
+            if gen >= 5:
+                continue
+            for sgn in (-1, 1):
+                ax = np.cross(d, rng.normal(0, 1, 3))
+                ax /= np.linalg.norm(ax) + 1e-9
+                ang = np.deg2rad(rng.uniform(18, 38)) * sgn
+                # Rodrigues rotation of d about ax by ang
+                nd = (
+                    d * np.cos(ang)
+                    + np.cross(ax, d) * np.sin(ang)
+                    + ax * np.dot(ax, d) * (1 - np.cos(ang))
+                )
+                stack.append(
+                    (
+                        p1,
+                        nd / np.linalg.norm(nd),
+                        length * rng.uniform(0.7, 0.9),
+                        radius * 0.72,
+                        gen + 1,
+                    )
+                )
+    return segs
+
+
+def vessel_path(segs, grid: g.Grid) -> np.ndarray:
+    """Projected path length (cm) through the vessel tubes.
+
+    A tube of radius r whose axis makes angle theta with the beam has chord
+    ``2 sqrt(r^2 - rho^2) / sin(theta)`` at projected distance rho from its axis (capped at
+    four radii where the tube runs nearly along the beam).
+    """
+    out = np.zeros((grid.size, grid.size), np.float32)
+    for p0, p1, r in segs:
+        d3 = p1 - p0
+        l3 = float(np.linalg.norm(d3))
+        sin_t = max(float(np.hypot(d3[0], d3[2])) / max(l3, 1e-9), r / 2.0 / max(l3, 1e-9), 0.25)
+        x0, x1 = sorted((p0[0], p1[0]))
+        z0, z1 = sorted((p0[2], p1[2]))
+        rows, cols, X, Z = grid.window(x0 - r, x1 + r, z0 - r, z1 + r)
+        if rows.stop <= rows.start or cols.stop <= cols.start:
+            continue
+        dist = g.segment_distance(X, Z, (p0[0], p0[2]), (p1[0], p1[2]))
+        chord = g.tube_chord(dist, r) / sin_t
+        np.maximum(out[rows, cols], chord, out=out[rows, cols])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The scene
+# --------------------------------------------------------------------------------------------
+
+
+def project_phantom(
+    anat: Anatomy,
+    size: int,
+    energy_kev: float,
+    fov_cm: float = 40.0,
+    rng: np.random.Generator | None = None,
+) -> Scene:
+    """Project the healthy phantom (no pathology, no devices) onto a ``size`` x ``size`` grid.
+
+    ``rng`` draws the lung texture fields (tissue-fraction and microstructure variation).
+    """
+    from darkfield_nb.physics import skeleton
+
+    rng = np.random.default_rng(0) if rng is None else rng
+    grid = g.Grid(size, fov_cm)
+    X = grid.x[None, :]
+    Z = grid.z[:, None]
+    n = size
+    mu_t = materials.mu("soft_tissue", energy_kev)
+    mu_fat = materials.mu("adipose", energy_kev)
+    mu_lung_ref = materials.mu("lung", energy_kev)
+
+    A_body, body = _body_attenuation(anat, grid, mu_t, mu_fat, X, Z)
+    A_body = A_body + _airways(anat, X, Z, mu_t)
+
+    lungs = build_lungs(anat)
+    heart_c, heart_s, heart_ang = lungs.pop("heart")
+    heart = g.length(g.ellipsoid(X, Z, heart_c, heart_s, heart_ang)) > 0
+    lung_len = {}
+    for side in SIDES:
+        lung = lungs[side]
+        x0, x1, z0, z1 = lung.bbox()
+        rows, cols, Xw, Zw = grid.window(x0, x1, z0, z1)
+        full = np.zeros((n, n), np.float32)
+        full[rows, cols] = lung.length(Xw, Zw)
+        lung_len[side] = full
+
+    # Lung tissue fraction f (mu_lung = mu_lung_ref f / f_ref) and dark-field coefficient
+    # eps = eps0 (1 - f) / (1 - f_ref) * microstructure: both vary smoothly over the lung.
+    zrel = np.clip((anat.shift_z + 1.0 - Z) / 13.0, -1.0, 1.0)
+    f = anat.lung_tissue_fraction * (1.0 + anat.lung_gradient * zrel)
+    f = f * (1.0 + 0.06 * g.smooth_field(rng, n, 6.0, fov_cm))
+    micro = 1.0 + 0.10 * g.smooth_field(rng, n, 4.0, fov_cm)
+    micro = micro + 0.05 * g.smooth_field(rng, n, 1.5, fov_cm)
+    f = np.clip(f, 0.05, 0.95).astype(np.float32)
+    mu_lung = (mu_lung_ref * f / materials.LUNG_TISSUE_FRACTION).astype(np.float32)
+    eps = (
+        anat.epsilon_per_cm
+        * materials.epsilon_scale(energy_kev)
+        * (1.0 - f)
+        / materials.LUNG_AIR_FRACTION_REF
+        * micro
+    ).astype(np.float32)
+
+    A_bone, bone = skeleton.project_skeleton(anat, grid, energy_kev)
+
+    mask = np.zeros((n, n), np.uint16)
+    scene = Scene(
+        grid=grid,
+        energy_kev=energy_kev,
+        anatomy=anat,
+        lungs=lungs,
+        lung_len=lung_len,
+        lung_len_healthy={k: v.copy() for k, v in lung_len.items()},
+        A_body=A_body,
+        A_bone=A_bone,
+        A_metal=np.zeros((n, n), np.float32),
+        dA=np.zeros((n, n), np.float32),
+        dD=np.zeros((n, n), np.float32),
+        mu_t=mu_t,
+        mu_lung=mu_lung,
+        eps=eps,
+        heart=heart,
+        bone=bone,
+        body=body,
+        mask=mask,
+        metal_outlier=np.zeros((n, n), bool),
+    )
+    if anat.minor_fissure:
+        # the horizontal fissure of the right lung, seen edge-on: a faint thin line
+        zf = 1.2 * anat.height + anat.shift_z
+        line = np.exp(-0.5 * ((Z - zf - 0.04 * (X + 8.0)) / 0.06) ** 2) * (X < -4.0)
+        scene.dA += (0.03 * (mu_t - mu_lung) * lung_len[-1] * line).astype(np.float32)
+    return scene
+
+
+def finish_scene(scene: Scene) -> None:
+    """Add the vessels (clipped to the final lung) and the lung / heart / bone mask bits.
+
+    Call after the pathologies have changed the lung (a pneumothorax removes lung markings).
+    """
+    segs = vessel_tree(scene.anatomy, scene.lungs)
+    vp = vessel_path(segs, scene.grid)
+    lung_total = scene.lung_total
+    v = np.minimum(vp, 0.9 * lung_total)
+    scene.dA += (scene.mu_t - scene.mu_lung) * v
+    scene.dD -= scene.eps * v
+    healthy = scene.lung_len_healthy[-1] + scene.lung_len_healthy[1]
+    scene.mask |= np.where((healthy > 1.0) & ~scene.heart, labels.LUNG, 0).astype(np.uint16)
+    scene.mask |= np.where(scene.heart, labels.HEART, 0).astype(np.uint16)
+    scene.mask |= np.where(scene.bone, labels.BONE, 0).astype(np.uint16)
