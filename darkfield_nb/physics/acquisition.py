@@ -155,8 +155,10 @@ def acquire(
     sigma = np.minimum(darkfield_sigma(D, A, n0, v0, cfg.reference_factor), cfg.max_sigma)
     counts = rng.poisson(n0 * np.exp(-A.astype(np.float64)))
     t = rng.standard_t(nu, size=A.shape) / np.sqrt(nu / (nu - 2.0))
-    outlier_u = rng.random(A.shape)
-    outlier_v = rng.uniform(-1.0, 1.0, A.shape)
+    metal = np.zeros(A.shape, bool) if metal_outlier is None else metal_outlier
+    n_metal = int(metal.sum())
+    outlier_u = rng.random(n_metal)
+    outlier_v = rng.uniform(-1.0, 1.0, n_metal)
     if cfg.noise:
         A_meas = -np.log(np.maximum(counts, 0.5) / n0)
     else:
@@ -166,9 +168,9 @@ def acquire(
         D_meas = D_meas * (1.0 + mult) + add
     if cfg.noise:
         D_meas = D_meas + sigma * t
-        if metal_outlier is not None and metal_outlier.any():
-            hit = metal_outlier & (outlier_u < cfg.outlier_rate)
-            D_meas = np.where(hit, D_meas + outlier_v * 10.0 * sigma, D_meas)
+        if n_metal:
+            jump = np.where(outlier_u < cfg.outlier_rate, outlier_v * 10.0 * sigma[metal], 0.0)
+            D_meas[metal] += jump
     return Measured(
         attenuation=A_meas.astype(np.float32),
         darkfield=np.clip(D_meas, -1.0, 3.0).astype(np.float32),

@@ -2,7 +2,7 @@
 
 For voxels of size ``dy`` along the projection axis:
 
-    A(x, z) = sum_y mu(HU) dy                (mu from :func:`~darkfield_nb.physics.materials.hu_to_mu`)
+    A(x, z) = sum_y mu(HU) dy     (mu from materials.hu_to_mu)
     D(x, z) = sum_y eps(HU) dy,  eps = eps_0 * a(HU) / a_ref  in lung voxels, 0 elsewhere
 
 with the local air fraction ``a = clip(-HU/1000, 0, 1)`` and ``a_ref`` = 0.755 (healthy

@@ -194,15 +194,16 @@ def bezier(control, n: int = 64) -> np.ndarray:
     return layer[:, 0]
 
 
-def _interp_matrix(size: int, n: int) -> np.ndarray:
-    """Bilinear upsampling weights from ``n`` nodes spanning the detector to ``size`` pixels."""
+def bilinear_upsample(coarse: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear interpolation of a square ``coarse`` grid whose nodes span the detector edges
+    to ``size`` x ``size`` pixel centres (separable, two taps per axis)."""
+    n = coarse.shape[0]
     pos = (np.arange(size) + 0.5) / size * (n - 1)
     i0 = np.minimum(np.floor(pos).astype(int), n - 2)
-    w = pos - i0
-    m = np.zeros((size, n))
-    m[np.arange(size), i0] = 1 - w
-    m[np.arange(size), i0 + 1] = w
-    return m
+    w = (pos - i0).astype(np.float32)
+    c = coarse.astype(np.float32)
+    rows = c[i0] * (1 - w)[:, None] + c[i0 + 1] * w[:, None]
+    return rows[:, i0] * (1 - w)[None, :] + rows[:, i0 + 1] * w[None, :]
 
 
 def smooth_field(rng: np.random.Generator, size: int, scale_cm: float, fov_cm: float) -> np.ndarray:
@@ -216,5 +217,4 @@ def smooth_field(rng: np.random.Generator, size: int, scale_cm: float, fov_cm: f
     n = max(int(np.ceil(2 * fov_cm / scale_cm)) + 1, 3)
     coarse = gaussian_filter(rng.standard_normal((n, n)), 0.7, mode="wrap")
     coarse = (coarse - coarse.mean()) / (coarse.std() + 1e-12)
-    m = _interp_matrix(size, n)
-    return (m @ coarse @ m.T).astype(np.float32)
+    return bilinear_upsample(coarse, size)

@@ -4,7 +4,7 @@ Notation: ``L`` lung path (cm), ``f`` lung tissue fraction, ``mu_l = mu_lung(f)`
 tissue, ``eps`` the lung dark-field coefficient (1/cm), ``L_B`` the lung path inside a lesion.
 
 - **Emphysema** (alveolar walls destroyed): ``eps`` drops by ``r`` = 30-70 % in a region while
-  ``f`` falls only by ``delta`` = 10-20 %: ``dD = -r eps L_B``, ``dA = -delta mu_l L_B`` (a few
+  ``f`` falls only by ``delta`` = 3-8 %: ``dD = -r eps L_B``, ``dA = -delta mu_l L_B`` (a few
   percent of ``A``): nearly invisible in attenuation.
 - **Consolidation** (pneumonia / COVID-19-like, air replaced by fluid and cells): ``f -> f_c``
   (0.45-0.85): ``dA = (mu_t f_c - mu_l) L_B``; ``eps -> eps (1 - f_c)/(1 - f) s`` with a
@@ -61,7 +61,7 @@ def _window_length(scene: Scene, side: int, within) -> np.ndarray:
 @dataclass
 class Emphysema:
     blobs: list = field(default_factory=list)  # (side, center xyz, semi xyz, reduction r)
-    air_increase: float = 0.15  # delta: relative drop of the tissue fraction
+    air_increase: float = 0.05  # delta: relative drop of the tissue fraction
     case = "emphysema"
 
     def apply(self, scene: Scene, rng: np.random.Generator) -> None:
@@ -194,7 +194,7 @@ def sample_pathology(kind: str, rng: np.random.Generator, lungs: dict):
                 p = _lung_point(lung, rng, 0.0, 0.6)
                 semi = (rng.uniform(2.5, 4.5), 1.6 * lung.b, rng.uniform(3.0, 5.0))
                 blobs.append((side, (p[0], lung.center[1], p[2]), semi, rng.uniform(0.35, 0.7)))
-        return Emphysema(blobs=blobs, air_increase=float(rng.uniform(0.1, 0.2)))
+        return Emphysema(blobs=blobs, air_increase=float(rng.uniform(0.03, 0.08)))
     if kind == "pneumonia":
         blobs = []
         sides = list(SIDES) if rng.random() < 0.6 else [int(rng.choice(SIDES))]

@@ -180,17 +180,28 @@ def _body_attenuation(anat: Anatomy, grid: g.Grid, mu_t: float, mu_fat: float, X
     outer = torso_interval(anat, X, Z)
     inner = torso_interval(anat, X, Z, inset=anat.fat)
     a = anat.chest_a
-    shoulders = [
-        g.ellipsoid(X, Z, (s * (a - 1.5), -0.8, 12.6 + anat.shift_z), (6.0, 6.2, 4.2))
-        for s in SIDES
-    ]
+    body_len = g.length(outer)
+    # shoulders overlap the torso: exact union inside their window only
+    zs = 12.6 + anat.shift_z
+    rows, cols, Xw, Zw = grid.window(-(a + 4.5), a + 4.5, zs - 4.2, zs + 4.2)
+    parts = [(outer[0][rows, cols], outer[1][rows, cols])]
+    parts += [g.ellipsoid(Xw, Zw, (s * (a - 1.5), -0.8, zs), (6.0, 6.2, 4.2)) for s in SIDES]
+    body_len[rows, cols] = g.union_length(parts)
+    # arms lie beside the chest wall: add what does not overlap the torso and shoulders
     arm_x = a + anat.arms_out
-    arms = []
     for s in SIDES:
-        iv = g.elliptic_cylinder_z(X, s * arm_x, -0.8, 3.9, 4.6)
-        top = Z < 12.0 + anat.shift_z
-        arms.append((np.where(top, iv[0], g.EMPTY), np.where(top, iv[1], g.EMPTY)))
-    body_len = g.union_length([outer, *shoulders, *arms])
+        rows, cols, Xw, Zw = grid.window(
+            s * arm_x - 3.9, s * arm_x + 3.9, -grid.fov_cm, 12.0 + anat.shift_z
+        )
+        if rows.stop <= rows.start or cols.stop <= cols.start:
+            continue
+        arm = g.elliptic_cylinder_z(Xw + 0 * Zw, s * arm_x, -0.8, 3.9, 4.6)
+        arm = (
+            np.where(Zw < 12.0 + anat.shift_z, arm[0], g.EMPTY),
+            np.where(Zw < 12.0 + anat.shift_z, arm[1], g.EMPTY),
+        )
+        torso_w = (outer[0][rows, cols], outer[1][rows, cols])
+        body_len[rows, cols] += g.length(arm) - g.length(g.intersect(arm, torso_w))
     fat_len = body_len - g.length(inner)
     A = mu_fat * fat_len + mu_t * g.length(inner)
     if anat.female:
@@ -228,59 +239,45 @@ def _airways(anat: Anatomy, X, Z, mu_t: float) -> np.ndarray:
 def vessel_tree(anat: Anatomy, lungs: dict) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Segments ``(p0, p1, radius)`` (3-D, cm) of the pulmonary vessel trees.
 
-    Each lung gets five roots from its hilum; every branch splits in two (spread ~30 degrees,
-    length x0.8, radius x0.72) for five generations; a branch whose end leaves the lung is
-    dropped. Seeded by ``anatomy.vessel_seed``.
+    Each lung gets five roots from its hilum; every branch splits in two (spread 18-38
+    degrees about a random axis, length x0.7-0.9, radius x0.72) for five generations; a branch
+    whose end leaves the lung is dropped. Grown one generation at a time (vectorized), seeded
+    by ``anatomy.vessel_seed``.
     """
     rng = np.random.default_rng(anat.vessel_seed)
+    roots = np.array(
+        [(0.35, 0.1, 1.0), (0.9, 0.3, 0.45), (1.0, -0.2, -0.1), (0.6, -0.4, -1.0), (0.3, 0.5, -0.9)]
+    )
     segs = []
     for side in SIDES:
         lung = lungs[side]
         hilum = np.array([side * 4.6 * anat.width, -0.5, 1.0 * anat.height + anat.shift_z])
-        roots = [
-            (0.35, 0.1, 1.0),
-            (0.9, 0.3, 0.45),
-            (1.0, -0.2, -0.1),
-            (0.6, -0.4, -1.0),
-            (0.3, 0.5, -0.9),
-        ]
-
-        def inside(p, lung=lung):
-            X = np.array([[p[0]]], dtype=np.float32)
-            Z = np.array([[p[2]]], dtype=np.float32)
-            return bool(lung.contains(X, np.float32(p[1]), Z)[0, 0])
-
-        stack = []
-        for dx, dy, dz in roots:
-            d = np.array([side * dx, dy, dz]) + rng.normal(0, 0.15, 3)
-            stack.append((hilum, d / np.linalg.norm(d), 3.2, 0.42, 0))
-        while stack:
-            p0, d, length, radius, gen = stack.pop()
-            p1 = p0 + d * length
-            if gen > 0 and not inside(p1):
-                continue
-            segs.append((p0, p1, radius))
-            if gen >= 5:
-                continue
-            for sgn in (-1, 1):
-                ax = np.cross(d, rng.normal(0, 1, 3))
-                ax /= np.linalg.norm(ax) + 1e-9
-                ang = np.deg2rad(rng.uniform(18, 38)) * sgn
-                # Rodrigues rotation of d about ax by ang
-                nd = (
-                    d * np.cos(ang)
-                    + np.cross(ax, d) * np.sin(ang)
-                    + ax * np.dot(ax, d) * (1 - np.cos(ang))
-                )
-                stack.append(
-                    (
-                        p1,
-                        nd / np.linalg.norm(nd),
-                        length * rng.uniform(0.7, 0.9),
-                        radius * 0.72,
-                        gen + 1,
-                    )
-                )
+        d = roots * np.array([side, 1.0, 1.0]) + rng.normal(0, 0.15, roots.shape)
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        p0 = np.repeat(hilum[None], len(d), 0)
+        length = np.full(len(d), 3.2)
+        radius = 0.42
+        for gen in range(6):
+            p1 = p0 + d * length[:, None]
+            if gen > 0:
+                X = p1[None, :, 0].astype(np.float32)
+                Z = p1[None, :, 2].astype(np.float32)
+                keep = lung.contains(X, p1[None, :, 1].astype(np.float32), Z)[0]
+                p0, p1, d, length = p0[keep], p1[keep], d[keep], length[keep]
+            segs += [(a, b, radius) for a, b in zip(p0, p1, strict=True)]
+            if gen == 5 or len(p1) == 0:
+                break
+            # two children per branch: rotate d about a random axis perpendicular to it
+            d2 = np.repeat(d, 2, 0)
+            ax = np.cross(d2, rng.normal(0, 1, d2.shape))
+            ax /= np.linalg.norm(ax, axis=1, keepdims=True) + 1e-9
+            ang = np.deg2rad(rng.uniform(18, 38, len(d2))) * np.tile([-1.0, 1.0], len(d))
+            c, s_ = np.cos(ang)[:, None], np.sin(ang)[:, None]
+            nd = d2 * c + np.cross(ax, d2) * s_ + ax * (ax * d2).sum(1, keepdims=True) * (1 - c)
+            d = nd / np.linalg.norm(nd, axis=1, keepdims=True)
+            p0 = np.repeat(p1, 2, 0)
+            length = np.repeat(length, 2) * rng.uniform(0.7, 0.9, len(d))
+            radius *= 0.72
     return segs
 
 
