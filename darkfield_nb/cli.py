@@ -65,6 +65,76 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    """A TrainConfig from ``--config`` (JSON of TrainConfig fields) and the flags over it."""
+    import json
+
+    from darkfield_nb.train import StageSchedule, TrainConfig
+
+    base = {}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{args.config}: cannot read the training config ({err})") from err
+    cfg = TrainConfig.from_dict(base)
+    model = cfg.model.to_dict()
+    for flag, key in (
+        ("stages", "n_stages"),
+        ("base_width", "base_width"),
+        ("conditioning", "conditioning"),
+        ("dropout", "dropout"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            model[key] = value
+    cfg.model = type(cfg.model).from_dict(model)
+    if args.epochs or args.batch_size:
+        epochs = [int(e) for e in args.epochs.split(",")] if args.epochs else None
+        stages = [cfg.schedule(k).to_dict() for k in range(cfg.n_stages)]
+        for k, st in enumerate(stages):
+            if epochs:
+                st["epochs"] = epochs[min(k, len(epochs) - 1)]
+                st["warmup_epochs"] = min(st["warmup_epochs"], max(st["epochs"] - 1, 0))
+            if args.batch_size:
+                st["batch_size"] = args.batch_size
+        cfg.stages = [StageSchedule.from_dict(st) for st in stages]
+    for flag in ("crop_size", "seed", "max_steps_per_epoch"):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(cfg, flag, value)
+    return TrainConfig.from_dict(cfg.to_dict())  # re-validate
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from darkfield_nb.train import train_progressive
+
+    cfg = None if (args.resume and not _has_training_flags(args)) else _train_config(args)
+    result = train_progressive(
+        args.data, args.out, cfg, resume=args.resume, device=args.device, progress=not args.quiet
+    )
+    last = result.history[-1] if result.history else {}
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("val_"))
+    print(f"{result.checkpoint}: {len(result.history)} epochs; last: {summary}")
+    return 0
+
+
+def _has_training_flags(args: argparse.Namespace) -> bool:
+    names = (
+        "config",
+        "stages",
+        "base_width",
+        "conditioning",
+        "dropout",
+        "epochs",
+        "batch_size",
+        "crop_size",
+        "seed",
+        "max_steps_per_epoch",
+    )
+    return any(getattr(args, n) not in (None, False) for n in names)
+
+
 def _load_model(path: Path | None, device):
     """The generator of ``path`` (default: the shipped model) and its number of trained stages."""
     from darkfield_nb import checkpoint
@@ -158,6 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("train", help="train the progressive generator stage by stage")
+    p.add_argument("--data", type=Path, required=True, help="paired data folder (train, val)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, history)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--config", type=Path, default=None, help="JSON of TrainConfig fields")
+    p.add_argument("--stages", type=int, default=None, help="number of stages (default 3)")
+    p.add_argument("--epochs", default=None, help="epochs per stage, e.g. 50,50,150 or 10")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step")
+    p.add_argument("--crop-size", type=int, default=None, help="random training crop (pixels)")
+    p.add_argument("--base-width", type=int, default=None, help="U-Net width of level 0")
+    p.add_argument("--conditioning", choices=("concat", "attention"), default=None)
+    p.add_argument("--dropout", type=float, default=None, help="dropout rate (0: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap (smoke runs)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="MSE/PSNR/SSIM per stage and uncertainty figures")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped model")

@@ -112,3 +112,37 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2
     assert "none.pt: checkpoint not found" in capsys.readouterr().err
+
+
+def test_train_then_resume_from_the_command_line(tmp_path):
+    root = _tiny_dataset(tmp_path / "data", n=6, size=32)
+    rows = [
+        {"id": f"p{i}", "patient": f"P{i}", "split": ("train", "val", "test")[i % 3]}
+        for i in range(6)
+    ]
+    write_manifest(root / "manifest.csv", rows)
+    run = tmp_path / "run"
+    flags = [
+        "--stages",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop-size",
+        "32",
+        "--base-width",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    assert main(["train", "--data", str(root), "--out", str(run), *flags]) == 0
+    model = checkpoint.load(run / "model.pt")
+    assert model.config.n_stages == 2 and model.config.base_width == 4
+    history = json.loads((run / "history.json").read_text())
+    assert [h["stage"] for h in history] == [0, 1]
+    # a second run into the same folder must be refused unless resuming
+    assert main(["train", "--data", str(root), "--out", str(run), *flags]) == 2
+    assert main(["train", "--data", str(root), "--out", str(run), "--resume", "--quiet"]) == 0
+    assert len(json.loads((run / "history.json").read_text())) == 2  # nothing left to train
