@@ -19,9 +19,12 @@ from darkfield_nb.uncertainty import (
     fit_ggd,
     ggd_cdf,
     ggd_interval,
+    ggd_kurtosis,
+    ggd_pixel_summary,
     ggd_quantile,
     ggd_sample,
     ggd_std,
+    ggd_tail_probability,
     ggd_variance,
     mc_dropout_mode,
     mc_dropout_predict,
@@ -51,6 +54,25 @@ def test_moments_match_gennorm():
     assert isinstance(t, torch.Tensor)
     np.testing.assert_allclose(t.numpy(), ref.std(), rtol=1e-10)
     assert ggd_std(np.sqrt(2.0), 2.0) == pytest.approx(1.0)  # Gaussian: alpha / sqrt(2)
+
+
+def test_kurtosis_tails_and_pixel_summary_match_gennorm():
+    """Excess kurtosis equals gennorm.stats(moments="k"); P(|r| > k sigma) equals 2 gennorm.sf;
+    the summary's alpha reproduces sigma and its 95 % half-width is gennorm.ppf(0.975)."""
+    betas = np.array([0.3, 0.5, 1.0, 2.0, 4.0, 8.0])
+    np.testing.assert_allclose(
+        ggd_kurtosis(betas), stats.gennorm.stats(betas, moments="k"), rtol=1e-8, atol=1e-12
+    )
+    ref = stats.gennorm(betas)
+    for k in (1.0, 2.0, 3.0):
+        np.testing.assert_allclose(
+            ggd_tail_probability(k, betas), 2 * ref.sf(k * ref.std()), rtol=1e-8, atol=1e-300
+        )
+    rows = ggd_pixel_summary(0.05, betas)
+    for row in rows:
+        dist = stats.gennorm(row["beta"], scale=row["alpha"])
+        assert dist.std() == pytest.approx(0.05, rel=1e-10)
+        assert row["halfwidth_95"] == pytest.approx(dist.ppf(0.975), rel=1e-8)
 
 
 def test_cdf_and_quantile_match_gennorm():
