@@ -32,6 +32,7 @@ from darkfield_nb.physics.dataset import (
 from darkfield_nb.physics.materials import MU_TABLE, hu_to_mu, mu, mu_to_hu
 from darkfield_nb.physics.radiograph import RadiographConfig, to_radiograph
 from darkfield_nb.physics.simulate import CASES, Pair, Patient, make_patient, simulate
+from darkfield_nb.physics.volume import Volume, phantom_volume
 
 __all__ = [
     "CASES",
@@ -40,6 +41,7 @@ __all__ = [
     "AcquisitionConfig",
     "Pair",
     "Patient",
+    "Volume",
     "RadiographConfig",
     "darkfield_sigma",
     "generate_dataset",
@@ -47,6 +49,7 @@ __all__ = [
     "make_patient",
     "mu",
     "mu_to_hu",
+    "phantom_volume",
     "plan_cases",
     "project_ct",
     "sample_recipe",

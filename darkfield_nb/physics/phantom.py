@@ -191,15 +191,15 @@ def _body_attenuation(anat: Anatomy, grid: g.Grid, mu_t: float, mu_fat: float, X
     arm_x = a + anat.arms_out
     for s in SIDES:
         rows, cols, Xw, Zw = grid.window(
-            s * arm_x - 3.9, s * arm_x + 3.9, -grid.fov_cm, 12.0 + anat.shift_z
+            s * arm_x - 3.9, s * arm_x + 3.9, -grid.fov_cm, 13.5 + anat.shift_z
         )
         if rows.stop <= rows.start or cols.stop <= cols.start:
             continue
         arm = g.elliptic_cylinder_z(Xw + 0 * Zw, s * arm_x, -0.8, 3.9, 4.6)
-        arm = (
-            np.where(Zw < 12.0 + anat.shift_z, arm[0], g.EMPTY),
-            np.where(Zw < 12.0 + anat.shift_z, arm[1], g.EMPTY),
-        )
+        top = 12.0 + anat.shift_z
+        fade = np.clip((top + 1.5 - Zw) / 3.0, 0.0, 1.0)  # the arm rounds off into the shoulder
+        mid, half = (arm[1] + arm[0]) / 2, fade * (arm[1] - arm[0]) / 2
+        arm = (mid - half, mid + half)
         torso_w = (outer[0][rows, cols], outer[1][rows, cols])
         body_len[rows, cols] += g.length(arm) - g.length(g.intersect(arm, torso_w))
     fat_len = body_len - g.length(inner)

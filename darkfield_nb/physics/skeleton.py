@@ -135,12 +135,12 @@ def _spine(anat, grid, d_cort, d_canc, add):
                 continue
             rho = np.hypot((X - cx) / 0.42, (Z - zb) / 0.6)
             ring = _profile(rho, 1.0) - 0.7 * _profile(rho, 0.7)
-            add(rows, cols, 0.5 * (d_cort * ring + d_canc * 0.7 * _profile(rho, 0.7)))
+            add(rows, cols, 0.25 * (d_cort * ring + d_canc * 0.7 * _profile(rho, 0.7)))
         zs = zc_level - 0.75 * period
         rows, cols, X, Z = grid.window(-0.6, 0.6, zs - 1.2, zs + 1.2)
         if rows.stop > rows.start and cols.stop > cols.start:
             rho = np.hypot(X / (0.35 - 0.12 * (Z - zs)), (Z - zs) / 1.0)
-            add(rows, cols, 0.25 * d_cort * _profile(rho, 1.0) + 0.5 * d_canc * _profile(rho, 1.0))
+            add(rows, cols, 0.12 * d_cort * _profile(rho, 1.0) + 0.25 * d_canc * _profile(rho, 1.0))
 
 
 def _clavicles(anat, grid, d_cort, d_canc, add):
@@ -156,7 +156,7 @@ def _clavicles(anat, grid, d_cort, d_canc, add):
         slope = ((zl - zm) - 0.7 * 2 * np.pi * np.cos(2 * np.pi * t)) / (xl - xm)
         r = 0.85 - 0.3 * t
         dist = np.abs(Z - zc) / np.sqrt(1 + slope**2)
-        inside_x = (np.abs(X) >= xm - 0.3) & (np.abs(X) <= xl + 0.2)
+        inside_x = np.clip((np.abs(X) - xm + 0.8) / 0.8, 0, 1) * (np.abs(X) <= xl + 0.2)
         val = d_cort * g.tube_chord(dist, r) - (d_cort - d_canc) * g.tube_chord(dist, 0.7 * r)
         add(rows, cols, val * inside_x)
 
@@ -204,7 +204,7 @@ def _humeri(anat, grid, d_cort, d_canc, add):
                 d_cort * (g.tube_chord(rho, 2.4) - g.tube_chord(rho, 2.1))
                 + d_canc * g.tube_chord(rho, 2.1),
             )
-        rows, cols, X, Z = grid.window(cx - 1.3, cx + 1.3, -grid.fov_cm, cz)
+        rows, cols, X, Z = grid.window(cx - 1.3, cx + 1.3, -grid.fov_cm, cz - 1.5)
         if rows.stop > rows.start and cols.stop > cols.start:
             dx = np.abs(X - cx - s * 0.02 * (cz - Z))
             add(
