@@ -83,3 +83,23 @@ def synthesis_panel(radiograph, synthesis, title: str = ""):
     return case_panel(
         radiograph, [synthesis.darkfield], synthesis.aleatoric, synthesis.epistemic, title=title
     )
+
+
+def plot_history(history: Sequence[dict], keys: Sequence[str] = ("train_l1", "val_l1", "val_ssim")):
+    """Training curves: one panel per key over the run's epochs, a dashed line where a new
+    stage starts (``history`` as written by ``darkfield_nb.train``)."""
+    if not history:
+        raise ValueError("plot_history: the history is empty")
+    x = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.8), squeeze=False)
+    starts = [
+        i + 1 for i in range(1, len(history)) if history[i]["stage"] != history[i - 1]["stage"]
+    ]
+    for ax, key in zip(axes[0], keys, strict=True):
+        ax.plot(x, [float(h.get(key, np.nan)) for h in history], marker=".", lw=1)
+        for s in starts:
+            ax.axvline(s - 0.5, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_title(key, fontsize=9)
+    fig.tight_layout()
+    return fig

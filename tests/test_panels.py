@@ -48,3 +48,18 @@ def test_show_pairs_one_column_per_item():
     assert len(_images(fig)) == 6
     assert [ax.get_title() for ax in fig.axes[:3]] == ["c0", "c1", "c2"]
     plt.close(fig)
+
+
+def test_plot_history_marks_stage_starts():
+    from darkfield_nb.panels import plot_history
+
+    history = [
+        {"stage": s, "train_l1": 1.0 / (i + 1), "val_l1": 0.5}
+        for i, s in enumerate([0, 0, 1, 1, 1, 2])
+    ]
+    fig = plot_history(history, keys=("train_l1",))
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [1, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 6])
+    starts = sorted(line.get_xdata()[0] for line in ax.lines[1:])
+    assert starts == [2.5, 5.5]  # stage 1 starts at epoch 3, stage 2 at epoch 6
+    plt.close(fig)
