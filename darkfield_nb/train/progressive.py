@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from darkfield_nb import checkpoint
 from darkfield_nb.data import Augment, PairedDataset
@@ -68,6 +69,32 @@ def _config_mismatch(a: TrainConfig, b: TrainConfig) -> list[str]:
     return [f"{k}: given {da.get(k)!r}, stored {db.get(k)!r}" for k in da if da.get(k) != db.get(k)]
 
 
+def _resume_state(
+    out_dir: Path, config: TrainConfig | None, resume: bool
+) -> tuple[dict | None, TrainConfig | None]:
+    """(checkpoint to resume or None, config to use) for ``out_dir``; see train_progressive."""
+    last = out_dir / LAST_CHECKPOINT
+    if not last.exists():
+        return None, config
+    if not resume:
+        raise FileExistsError(
+            f"{out_dir}: already holds a training run ({LAST_CHECKPOINT}); pass resume=True "
+            "(--resume) to continue it, or choose another output folder"
+        )
+    ckpt = checkpoint.load_checkpoint(last)
+    stored = TrainConfig.from_dict(ckpt["train_config"])
+    if config is None:
+        return ckpt, stored
+    diff = _config_mismatch(config, stored)
+    if diff:
+        raise ValueError(
+            f"{last}: the given TrainConfig differs from the run being resumed:\n  "
+            + "\n  ".join(diff)
+            + "\n(pass config=None to resume with the stored settings)"
+        )
+    return ckpt, config
+
+
 def train_progressive(
     data_root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -104,30 +131,24 @@ def train_progressive(
         NonFiniteLossError: see :func:`~darkfield_nb.train.train_stage`.
     """
     out_dir = Path(out_dir)
-    last = out_dir / LAST_CHECKPOINT
-    ckpt = None
-    if last.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{out_dir}: already holds a training run ({LAST_CHECKPOINT}); pass resume=True "
-                "(--resume) to continue it, or choose another output folder"
-            )
-        ckpt = checkpoint.load_checkpoint(last)
-        stored = TrainConfig.from_dict(ckpt["train_config"])
-        if config is None:
-            config = stored
-        else:
-            diff = _config_mismatch(config, stored)
-            if diff:
-                raise ValueError(
-                    f"{last}: the given TrainConfig differs from the run being resumed:\n  "
-                    + "\n  ".join(diff)
-                    + "\n(pass config=None to resume with the stored settings)"
-                )
-    cfg = config if config is not None else TrainConfig()
-
     ctx, dev = init_distributed(device)
     try:
+        # rank 0 decides (fresh start, resume, or refusal) and tells the others, so that every
+        # process resumes the same state even where only rank 0 sees the run folder
+        decision: tuple = ("ok", None, config)
+        if ctx.is_main:
+            try:
+                decision = ("ok", *_resume_state(out_dir, config, resume))
+            except (FileExistsError, ValueError, checkpoint.CheckpointError) as exc:
+                decision = ("error", exc, None)
+        if ctx.enabled:
+            box = [decision]
+            dist.broadcast_object_list(box, src=0)
+            decision = box[0]
+        if decision[0] == "error":
+            raise decision[1]
+        _, ckpt, config = decision
+        cfg = config if config is not None else TrainConfig()
         train_ds, val_ds = make_datasets(data_root, cfg)
         torch.manual_seed(cfg.seed)
         model = build_generator(cfg.model)
