@@ -186,3 +186,24 @@ def test_freeze_stages_prefix():
     assert [s.training for s in g.stages] == [False, False, True]
     with pytest.raises(ValueError, match="trainable_stage"):
         g.trainable_stage(3)
+
+
+def test_residual_stage_starts_exactly_at_the_previous_mean():
+    """config.residual: mu_k = mu_{k-1} + delta_k with delta's head zero at initialization, so
+    an untrained stage k reproduces stage k-1's mean exactly (and cannot start worse)."""
+    torch.manual_seed(0)
+    g = ProgressiveGenerator(GeneratorConfig(n_stages=3, base_width=4, depth=2, dropout=0.0))
+    x = torch.randn(1, 1, 20, 28)
+    with torch.no_grad():
+        outs = g.eval()(x)
+    assert torch.equal(outs[1].mu, outs[0].mu) and torch.equal(outs[2].mu, outs[0].mu)
+    assert not torch.equal(outs[1].alpha, outs[0].alpha)  # only the mean is residual
+    torch.nn.init.normal_(g.stages[2].head_mu.weight, std=0.1)
+    with torch.no_grad():
+        delta = g.stages[2](torch.cat([x, outs[1].mu, outs[1].alpha, outs[1].beta], 1)).mu
+        after = g(x)[2].mu
+    torch.testing.assert_close(after, outs[1].mu + delta)
+    plain = ProgressiveGenerator(GeneratorConfig(n_stages=2, base_width=4, depth=2, residual=False))
+    with torch.no_grad():
+        o = plain.eval()(x)
+    assert not torch.equal(o[1].mu, o[0].mu)

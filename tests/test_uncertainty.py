@@ -139,13 +139,22 @@ def test_mc_dropout_rate_zero_is_deterministic(device):
     torch.testing.assert_close(res.total, res.aleatoric)
 
 
+def _as_if_trained(g):
+    """Residual stages start with a zero mean head (their dropout cannot move mu yet); give
+    the heads random weights, as training would, so dropout shows in the mean."""
+    for stage in g.stages:
+        torch.nn.init.normal_(stage.head_mu.weight, std=0.1)
+    return g
+
+
 @pytest.mark.parametrize("device", _devices())
 @pytest.mark.parametrize("where", ["last", "all"])
 def test_mc_dropout_positive_and_decomposition(device, where):
     """Rate > 0: epistemic > 0 at every pixel (odd size 37 x 53), equals the population std of
     the kept per-pass means, and total^2 = aleatoric^2 + epistemic^2."""
     torch.manual_seed(0)
-    g = build_generator(GeneratorConfig(dropout=0.2, dropout_stages=where, **SMALL)).to(device)
+    g = _as_if_trained(build_generator(GeneratorConfig(dropout=0.2, dropout_stages=where, **SMALL)))
+    g = g.to(device)
     x = torch.randn(2, 1, 37, 53, device=device)
     res = mc_dropout_predict(g, x, samples=8, seed=0, keep_samples=True)
     assert res.mean.shape == res.epistemic.shape == res.total.shape == x.shape
@@ -168,7 +177,7 @@ def test_prefix_sharing_gives_identical_numbers(where, conditioning):
     with chunking. Reruns with the seed are bitwise reproducible and leave the global RNG alone."""
     torch.manual_seed(1)
     cfg = GeneratorConfig(dropout=0.3, dropout_stages=where, conditioning=conditioning, **SMALL)
-    g = build_generator(cfg)
+    g = _as_if_trained(build_generator(cfg))
     x = torch.randn(2, 1, 21, 18)
     state = torch.get_rng_state()
     for chunk in (None, 3):
@@ -198,15 +207,18 @@ def test_prefix_runs_once():
 
 def test_batched_matches_loop_statistically():
     """Reference: the naive loop of T separate passes. Different masks, same distribution: the
-    image-averaged epistemic std agrees within 15 % and means agree within the MC error."""
+    image-averaged epistemic std agrees within 15 % and the image-averaged means agree within
+    4 standard errors of the Monte Carlo estimate."""
     torch.manual_seed(2)
-    g = build_generator(GeneratorConfig(dropout=0.3, **SMALL))
+    g = build_generator(GeneratorConfig(n_stages=1, dropout=0.3, **SMALL))
     x = torch.randn(1, 1, 16, 16)
-    a = mc_dropout_predict(g, x, samples=200, seed=0)
-    b = mc_dropout_predict(g, x, samples=200, seed=1, strategy="loop")
+    a = mc_dropout_predict(g, x, samples=120, seed=0, keep_samples=True)
+    b = mc_dropout_predict(g, x, samples=120, seed=1, strategy="loop", keep_samples=True)
     assert a.epistemic.mean().item() == pytest.approx(b.epistemic.mean().item(), rel=0.15)
-    z = (a.mean - b.mean) / (a.epistemic * np.sqrt(2 / 200))
-    assert z.abs().mean() < 1.2  # E|N(0,1)| = 0.80
+    # two-sample z statistic of the image-averaged prediction, per-pass values as the sample
+    ma, mb = a.samples.mean(dim=(1, 2, 3, 4)), b.samples.mean(dim=(1, 2, 3, 4))
+    z = (ma.mean() - mb.mean()) / torch.sqrt(ma.var() / len(ma) + mb.var() / len(mb))
+    assert abs(z.item()) < 4
 
 
 def test_only_dropout_in_train_mode_and_modes_restored():

@@ -44,6 +44,9 @@ class GeneratorConfig:
     beta_min, beta_max: beta = beta_min + (beta_max - beta_min) * sigmoid(.).
     in_channels: channels of the network input (1 for a grey radiograph).
     attention_max: upper clamp of the normalized sigma used as attention gate.
+    residual: stage k >= 1 predicts a correction to the previous stage's mean,
+        ``mu_k = mu_{k-1} + delta_k``, with its mean head initialized to zero, so a new stage
+        starts exactly where the previous one ended and can only learn to improve on it.
     """
 
     n_stages: int = 3
@@ -59,6 +62,7 @@ class GeneratorConfig:
     beta_max: float = 8.0
     in_channels: int = 1
     attention_max: float = 10.0
+    residual: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.dropout_stages, tuple):

@@ -41,7 +41,8 @@ class MCPrefix(NamedTuple):
     """What Monte Carlo dropout computes once per image: see :meth:`ProgressiveGenerator.mc_prefix`.
 
     xp: padded input; size: original (H, W); pads: (left, right, top, bottom);
-    stage: index of the first stage with active dropout; feats: that stage's encoder features.
+    stage: index of the first stage with active dropout; feats: that stage's encoder features;
+    prev_mu: the previous stage's mean (padded), which a residual stage adds to its output.
     """
 
     xp: torch.Tensor
@@ -49,6 +50,7 @@ class MCPrefix(NamedTuple):
     pads: tuple[int, int, int, int]
     stage: int
     feats: list[torch.Tensor]
+    prev_mu: torch.Tensor | None = None
 
 
 class ProgressiveGenerator(nn.Module):
@@ -73,6 +75,11 @@ class ProgressiveGenerator(nn.Module):
             for k in range(cfg.n_stages)
         )
         self._frozen: set[int] = set()
+        if cfg.residual:
+            for stage in list(self.stages)[1:]:
+                nn.init.zeros_(stage.head_mu.weight)
+                if stage.head_mu.bias is not None:
+                    nn.init.zeros_(stage.head_mu.bias)
 
     # ------------------------------------------------------------------ geometry
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -120,10 +127,16 @@ class ProgressiveGenerator(nn.Module):
     def _grad_ctx(self, k: int):
         return torch.no_grad() if k in self._frozen else contextlib.nullcontext()
 
+    def _residual(self, out: StageOutput, prev_mu: torch.Tensor | None) -> StageOutput:
+        """mu_k = mu_{k-1} + delta_k for residual stages (config.residual), else unchanged."""
+        if not self.config.residual or prev_mu is None:
+            return out
+        return StageOutput(prev_mu + out.mu, out.alpha, out.beta)
+
     def _run_stage(self, k: int, xp: torch.Tensor, prev: StageOutput | None) -> StageOutput:
         with self._grad_ctx(k):
             inp, gate = self._stage_io(k, xp, prev)
-            return self.stages[k](inp, gate)
+            return self._residual(self.stages[k](inp, gate), None if prev is None else prev.mu)
 
     # ------------------------------------------------------------------ forward
     def _n(self, n_stages: int | None) -> int:
@@ -212,7 +225,8 @@ class ProgressiveGenerator(nn.Module):
         with self._grad_ctx(k0):
             inp, gate = self._stage_io(k0, xp, prev)
             feats = self.stages[k0].encode(inp, gate)
-        return MCPrefix(xp, tuple(x.shape[-2:]), pads, k0, feats)
+        prev_mu = None if prev is None else prev.mu
+        return MCPrefix(xp, tuple(x.shape[-2:]), pads, k0, feats, prev_mu)
 
     def mc_suffix(self, prefix: MCPrefix, repeats: int, upto: int = -1) -> StageOutput:
         """Run the rest of the network on ``repeats`` copies of the prefix (stacked sample-major
@@ -222,8 +236,9 @@ class ProgressiveGenerator(nn.Module):
         xp = prefix.xp.repeat(repeats, 1, 1, 1)
         feats = [f.repeat(repeats, 1, 1, 1) for f in prefix.feats]
         k0 = prefix.stage
+        prev_mu = None if prefix.prev_mu is None else prefix.prev_mu.repeat(repeats, 1, 1, 1)
         with self._grad_ctx(k0):
-            out = self.stages[k0].decode(feats)
+            out = self._residual(self.stages[k0].decode(feats), prev_mu)
         for k in range(k0 + 1, upto + 1):
             out = self._run_stage(k, xp, out)
         return self._crop(out, prefix.size, prefix.pads)
