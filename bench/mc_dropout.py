@@ -13,7 +13,7 @@ warm-up, which is robust to load from other processes on a shared machine).
 Target: batched <= 8x for the default placement with T = 20.
 
     python bench/mc_dropout.py [--size 256] [--samples 20] [--repeats 3] [--device cpu]
-           [--stages last all] [--json out.json]
+           [--stages last all] [--threads N] [--clock wall|cpu] [--json out.json]
 
 Which placement flags devices better (pacemaker, cables) needs trained models and the OOD data:
 compare ``epistemic`` inside device masks with ``darkfield_nb.ood`` once they exist.
@@ -33,20 +33,24 @@ from darkfield_nb.models import GeneratorConfig, build_generator, count_paramete
 from darkfield_nb.uncertainty import mc_dropout_predict
 
 
-def _timer(device: torch.device):
+def _timer(device: torch.device, clock: str):
+    now = time.process_time if clock == "cpu" else time.perf_counter
+
     def run(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return now() - t0
 
     return run
 
 
-def bench(placement: str, size: int, samples: int, repeats: int, device: torch.device) -> dict:
+def bench(
+    placement: str, size: int, samples: int, repeats: int, device: torch.device, clock: str
+) -> dict:
     """Time the four variants round-robin (so that load from other processes hits them alike)
     and keep each one's fastest time; ratios are to the fastest deterministic forward."""
     torch.manual_seed(0)
@@ -62,7 +66,7 @@ def bench(placement: str, size: int, samples: int, repeats: int, device: torch.d
         variants[strategy] = lambda s=strategy: mc_dropout_predict(
             g, x, samples=samples, seed=0, strategy=s
         )
-    run = _timer(device)
+    run = _timer(device, clock)
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -85,14 +89,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--stages", nargs="+", default=["last", "all"])
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: perf_counter; cpu: process CPU time (robust on a shared, loaded machine)",
+    )
     ap.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(
         f"device={device} threads={torch.get_num_threads()} size={args.size} "
-        f"samples={args.samples} repeats={args.repeats} torch={torch.__version__}"
+        f"samples={args.samples} repeats={args.repeats} clock={args.clock} "
+        f"torch={torch.__version__}"
     )
-    rows = [bench(p, args.size, args.samples, args.repeats, device) for p in args.stages]
+    rows = [
+        bench(p, args.size, args.samples, args.repeats, device, args.clock) for p in args.stages
+    ]
     head = f"{'dropout_stages':>14} {'forward s':>10} {'batched':>14} {'repeat':>14} {'loop':>14}"
     print(head)
     for r in rows:
