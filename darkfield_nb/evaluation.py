@@ -65,6 +65,14 @@ def _summary(per_image: list[dict[str, list[float]]], n_stages: int, seed: int) 
     return out
 
 
+def _spearman(sigma: list[np.ndarray], err: list[np.ndarray]) -> float | None:
+    """Spearman rank correlation of pooled sigma and |error|; None when either is constant."""
+    s, e = np.concatenate(sigma), np.concatenate(err)
+    if np.ptp(s) == 0 or np.ptp(e) == 0:
+        return None
+    return float(stats.spearmanr(s, e).statistic)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -143,9 +151,7 @@ def evaluate(
             "mean_sigma_aleatoric": sig["aleatoric"] / n_pix,
             "mean_sigma_epistemic": sig["epistemic"] / n_pix,
             "mean_sigma_total": sig["total"] / n_pix,
-            "spearman_sigma_error": float(
-                stats.spearmanr(np.concatenate(pooled_sigma), np.concatenate(pooled_err)).statistic
-            ),
+            "spearman_sigma_error": _spearman(pooled_sigma, pooled_err),
         },
         "images": per_image,
     }
