@@ -1,0 +1,65 @@
+"""The shipped pretrained model: how it is exported into ``data_samples/`` and checked.
+
+``data_samples/pretrained.pt``    the generator in float16 (a darkfield-nb checkpoint; loads as
+                                  float32 with ``darkfield_nb.checkpoint.load``)
+``data_samples/pretrained.sha256`` its checksum (``sha256sum -c`` format)
+``data_samples/pretrained.json``   its training recipe, the data recipe it was trained on, its
+                                  training history and the test metrics it reached
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from darkfield_nb import checkpoint
+from darkfield_nb.io import atomic_write_text
+from darkfield_nb.paths import PRETRAINED_NAME
+
+INFO_NAME = "pretrained.json"
+SUM_NAME = "pretrained.sha256"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, info: dict) -> Path:
+    """Store the generator of checkpoint ``source`` as ``out_dir/pretrained.pt`` in float16
+    with its checksum, and ``info`` (recipes, metrics) plus the training history as JSON."""
+    ckpt = checkpoint.load_checkpoint(source)
+    model = checkpoint.generator_from_checkpoint(ckpt)
+    out_dir = Path(out_dir)
+    path = checkpoint.save(
+        out_dir / PRETRAINED_NAME,
+        model,
+        stage=int(ckpt["stage"]),
+        epoch=int(ckpt["epoch"]),
+        stages_trained=int(ckpt["stages_trained"]),
+        history=ckpt["history"],
+        train_config=ckpt["train_config"],
+        rng=False,
+        half=True,
+    )
+    atomic_write_text(out_dir / SUM_NAME, f"{_sha256(path)}  {PRETRAINED_NAME}\n")
+    record = {"train_config": ckpt["train_config"], "history": ckpt["history"], **info}
+    atomic_write_text(out_dir / INFO_NAME, json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def verify_pretrained(out_dir: str | os.PathLike) -> list[str]:
+    """Problems with the shipped model in ``out_dir`` (missing files, checksum); empty if fine."""
+    out_dir = Path(out_dir)
+    problems = [
+        f"{out_dir / n}: missing"
+        for n in (PRETRAINED_NAME, SUM_NAME, INFO_NAME)
+        if not (out_dir / n).exists()
+    ]
+    if problems:
+        return problems
+    expected = (out_dir / SUM_NAME).read_text().split()[0]
+    if _sha256(out_dir / PRETRAINED_NAME) != expected:
+        problems.append(f"{out_dir / PRETRAINED_NAME}: sha256 does not match {SUM_NAME}")
+    return problems

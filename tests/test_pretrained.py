@@ -1,0 +1,70 @@
+"""The shipped pretrained model: export round trip, checksum, recipe, and reproducible metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from darkfield_nb import checkpoint
+from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
+from darkfield_nb.paths import pretrained_checkpoint, sample_data_dir
+from darkfield_nb.pretrained import INFO_NAME, SUM_NAME, export_pretrained, verify_pretrained
+from darkfield_nb.train import recipes
+
+
+def test_export_round_trip_and_tamper_detection(tmp_path):
+    torch.manual_seed(0)
+    model = ProgressiveGenerator(GeneratorConfig(n_stages=2, base_width=4, depth=2))
+    src = checkpoint.save(
+        tmp_path / "model.pt", model, stage=1, epoch=3, history=[{"stage": 0, "epoch": 1}]
+    )
+    out = tmp_path / "ship"
+    path = export_pretrained(src, out, info={"note": "test"})
+    assert verify_pretrained(out) == []
+    loaded = checkpoint.load(path)
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert b.dtype == a.dtype, name
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0)  # exactly fp16-rounded
+    info = json.loads((out / INFO_NAME).read_text())
+    assert info["note"] == "test" and info["history"] == [{"stage": 0, "epoch": 1}]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte
+    path.write_bytes(bytes(data))
+    assert any("sha256" in p for p in verify_pretrained(out))
+    (out / SUM_NAME).unlink()
+    assert any("missing" in p for p in verify_pretrained(out))
+
+
+shipped = pytest.mark.skipif(
+    not pretrained_checkpoint().exists(), reason="no shipped pretrained model yet"
+)
+
+
+@shipped
+def test_shipped_model_checksum_recipe_and_size():
+    root = sample_data_dir()
+    assert verify_pretrained(root) == []
+    assert pretrained_checkpoint().stat().st_size < 20 * 2**20
+    info = json.loads((root / INFO_NAME).read_text())
+    assert info["train_config"] == recipes.pretrained().to_dict()
+    ckpt = checkpoint.load_checkpoint(pretrained_checkpoint())
+    assert ckpt["stages_trained"] == 3 and ckpt["generator_dtype"] == "float16"
+
+
+@shipped
+def test_shipped_model_reproduces_its_recorded_sample_metrics():
+    """The deterministic (no MC) metrics on the sample test split were recorded at export;
+    evaluating the shipped file again must give the same numbers."""
+    from darkfield_nb.data import PairedDataset
+    from darkfield_nb.evaluation import evaluate
+
+    info = json.loads((sample_data_dir() / INFO_NAME).read_text())
+    model = checkpoint.load(pretrained_checkpoint())
+    test = PairedDataset(sample_data_dir(), split="test", pad_multiple=1)
+    result = evaluate(model, test, mc_samples=0, progress=False)
+    for name in ("mse", "psnr", "ssim"):
+        assert result[name] == pytest.approx(info["sample_test"][name], abs=1e-4)
