@@ -65,6 +65,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 # --------------------------------------------------------------------------------------------
 
 #: Suffixes ``read_image`` understands (compared case-insensitively).
+PNG_COMPRESS_LEVEL = 3
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".dcm")
 #: Suffixes ``write_image`` can write.
 WRITABLE_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
@@ -298,7 +299,8 @@ def write_image(path: str | os.PathLike, array) -> None:
             )
         image = Image.fromarray(arr)  # uint8 -> mode "L", uint16 -> mode "I;16"
         with atomic_path(path) as tmp:
-            image.save(tmp, format="PNG", optimize=False)
+            # zlib level 3: about 4x faster than Pillow's default 6 for ~4 % larger files
+            image.save(tmp, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
     elif suffix in (".jpg", ".jpeg"):
         if arr.dtype != np.uint8:
             raise ValueError(f"{path}: JPEG stores uint8 only, got {arr.dtype}; use .png/.tif")
