@@ -64,20 +64,27 @@ def recipe(placement: str, epochs: int, size: int) -> TrainConfig:
     )
 
 
-def time_cost(model, size: int, samples: int, repeats: int) -> dict:
+def time_cost(models: dict, size: int, samples: int, repeats: int) -> dict:
+    """Fastest of ``repeats`` round-robin timings (forward, then MC) of every model, so that
+    load from other processes hits all placements alike."""
     x = torch.randn(1, 1, size, size)
-    times = {"forward": [], "mc": []}
+    times = {name: {"forward": [], "mc": []} for name in models}
     with torch.no_grad():
-        model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+        for model in models.values():
             model(x)
-            times["forward"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            mc_dropout_predict(model, x, samples=samples, seed=0)
-            times["mc"].append(time.perf_counter() - t0)
-    fwd, mc = min(times["forward"]), min(times["mc"])
-    return {"forward_s": fwd, "mc_s": mc, "mc_over_forward": mc / fwd}
+        for _ in range(repeats):
+            for name, model in models.items():
+                t0 = time.perf_counter()
+                model(x)
+                times[name]["forward"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                mc_dropout_predict(model, x, samples=samples, seed=0)
+                times[name]["mc"].append(time.perf_counter() - t0)
+    out = {}
+    for name, t in times.items():
+        fwd, mc = min(t["forward"]), min(t["mc"])
+        out[name] = {"forward_s": fwd, "mc_s": mc, "mc_over_forward": mc / fwd}
+    return out
 
 
 def main() -> None:
@@ -104,6 +111,7 @@ def main() -> None:
             progress=False,
         )
         ood = PairedDataset(data, split="ood", pad_multiple=1)
+        models, train = {}, {}
         for placement in ("last", "all"):
             t0 = time.perf_counter()
             run = train_progressive(
@@ -113,14 +121,15 @@ def main() -> None:
                 device="cpu",
                 progress=False,
             )
-            train_s = time.perf_counter() - t0
-            model = run.model.eval()
-            cost = time_cost(model, args.size, args.samples, args.repeats)
+            train[placement] = (time.perf_counter() - t0, run.history[-1].get("val_ssim"))
+            models[placement] = run.model.eval()
+        costs = time_cost(models, args.size, args.samples, args.repeats)
+        for placement, model in models.items():
             rows = device_flagging(model, ood, samples=args.samples, progress=False)
             summary = {
-                "train_s": train_s,
-                "val_ssim_last_epoch": run.history[-1].get("val_ssim"),
-                **cost,
+                "train_s": train[placement][0],
+                "val_ssim_last_epoch": train[placement][1],
+                **costs[placement],
                 "n_ood_images": len(rows),
             }
             for name in ("epistemic", "aleatoric", "total"):
@@ -135,10 +144,12 @@ def main() -> None:
             )
             results[placement] = summary
             print(
-                f"[{placement}] train {train_s:.0f} s; MC({args.samples}) / forward = "
-                f"{cost['mc_over_forward']:.2f}x; device AUROC epistemic "
+                f"[{placement}] train {summary['train_s']:.0f} s (val SSIM "
+                f"{summary['val_ssim_last_epoch']:.3f}); MC({args.samples}) / forward = "
+                f"{summary['mc_over_forward']:.2f}x; device AUROC epistemic "
                 f"{summary['auroc_epistemic_mean']:.3f} {summary['auroc_epistemic_by_case']}; "
-                f"aleatoric {summary['auroc_aleatoric_mean']:.3f}; epistemic device/lung "
+                f"aleatoric {summary['auroc_aleatoric_mean']:.3f}; total "
+                f"{summary['auroc_total_mean']:.3f}; epistemic device/lung "
                 f"{summary['epistemic_device_over_lung']:.2f}x",
                 flush=True,
             )
