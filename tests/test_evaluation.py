@@ -105,3 +105,18 @@ def test_spearman_is_none_for_constant_sigma_and_matches_scipy_otherwise(data):
     err = np.concatenate([np.abs(t - 0.3).ravel() for t in targets])
     ref = stats.spearmanr(alpha, err).statistic
     assert unc["uncertainty"]["spearman_sigma_error"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_paired_differences_hand_computed():
+    from darkfield_nb.evaluation import paired_differences
+
+    images = [
+        {"mse": [0.4, 0.2], "psnr": [10.0, 12.0], "ssim": [0.5, 0.4]},
+        {"mse": [0.4, 0.3], "psnr": [10.0, 11.0], "ssim": [0.5, 0.7]},
+    ]
+    out = paired_differences(images)
+    (mse,) = out["mse"]
+    assert (mse["stage"], mse["versus"]) == (2, 1)
+    assert mse["mean"] == pytest.approx(-0.15) and mse["improved"] == 1.0
+    assert out["ssim"][0]["mean"] == pytest.approx(0.05) and out["ssim"][0]["improved"] == 0.5
+    assert out["psnr"][0]["ci95"][0] <= 1.5 <= out["psnr"][0]["ci95"][1]
