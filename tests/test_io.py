@@ -458,3 +458,16 @@ def test_big_endian_array_written_correctly(tmp_path):
     arr = (np.arange(12) * 5000).astype(">u2").reshape(3, 4)
     write_image(tmp_path / "be.png", arr)
     np.testing.assert_array_equal(read_image(tmp_path / "be.png"), arr.astype(np.float32))
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """mkstemp creates 0600 files; written outputs must follow the umask like open() does."""
+    import os
+
+    from darkfield_nb.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")  # the reference: a plain open()
+    assert (
+        os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
+    )
