@@ -2,7 +2,9 @@
 
 One colour convention everywhere, so panels can be compared across notebooks: attenuation in
 grey (as a radiologist sees it), dark-field D in ``magma`` on a fixed 0..``D_MAX`` scale, standard
-deviations (aleatoric, epistemic, total) in ``viridis`` on a shared scale per figure.
+deviations in ``viridis``, each map from 0 to its own 99th percentile (epistemic sigma is often
+a hundred times smaller than aleatoric sigma: on one shared scale it would be invisible; read
+the colour bars).
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def show_pairs(items: Sequence[dict], titles: Sequence[str] | None = None, mask_
     return fig
 
 
+def _sigma_max(sigma) -> float:
+    return float(max(np.percentile(_np(sigma), 99), 1e-9))
+
+
 def case_panel(
     radiograph,
     stage_means: Sequence,
@@ -59,16 +65,18 @@ def case_panel(
     epistemic,
     target=None,
     title: str = "",
+    mean_labels: Sequence[str] | None = None,
 ):
-    """One row: input, target (if known), each stage's mean, aleatoric and epistemic sigma."""
+    """One row: input, target (if known), each stage's mean (labelled ``stage k`` unless
+    ``mean_labels`` says otherwise), aleatoric and epistemic sigma (each on its own scale)."""
     panels = [("input", radiograph, "gray", None, None)]
     if target is not None:
         panels.append(("target D", target, D_CMAP, 0.0, D_MAX))
-    for k, mean in enumerate(stage_means):
-        panels.append((f"stage {k + 1}", mean, D_CMAP, 0.0, D_MAX))
-    smax = float(max(np.percentile(_np(aleatoric), 99), np.percentile(_np(epistemic), 99), 1e-6))
-    panels.append(("aleatoric sigma", aleatoric, SIGMA_CMAP, 0.0, smax))
-    panels.append(("epistemic sigma", epistemic, SIGMA_CMAP, 0.0, smax))
+    labels = mean_labels or [f"stage {k + 1}" for k in range(len(stage_means))]
+    for label, mean in zip(labels, stage_means, strict=True):
+        panels.append((label, mean, D_CMAP, 0.0, D_MAX))
+    panels.append(("aleatoric sigma", aleatoric, SIGMA_CMAP, 0.0, _sigma_max(aleatoric)))
+    panels.append(("epistemic sigma", epistemic, SIGMA_CMAP, 0.0, _sigma_max(epistemic)))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8), squeeze=False)
     for ax, (name, image, cmap, vmin, vmax) in zip(axes[0], panels, strict=True):
         _show(ax, image, name, cmap, vmin, vmax, colorbar=cmap != "gray")
@@ -78,10 +86,16 @@ def case_panel(
     return fig
 
 
-def synthesis_panel(radiograph, synthesis, title: str = ""):
+def synthesis_panel(radiograph, synthesis, target=None, title: str = ""):
     """A synthesized image (``darkfield_nb.synthesis.Synthesis``) beside its radiograph."""
     return case_panel(
-        radiograph, [synthesis.darkfield], synthesis.aleatoric, synthesis.epistemic, title=title
+        radiograph,
+        [synthesis.darkfield],
+        synthesis.aleatoric,
+        synthesis.epistemic,
+        target=target,
+        title=title,
+        mean_labels=["synthesized D"],
     )
 
 

@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from darkfield_nb.panels import D_MAX, case_panel, show_pairs  # noqa: E402
@@ -17,7 +18,7 @@ def _images(fig):
     return [ax.images[0] for ax in fig.axes if ax.images]
 
 
-def test_case_panel_shows_each_map_with_shared_sigma_scale():
+def test_case_panel_shows_each_map_on_its_documented_scale():
     rng = np.random.default_rng(0)
     x, y = rng.random((16, 16)), rng.random((16, 16)) * 0.5
     means = [torch.tensor(rng.random((1, 1, 16, 16)), dtype=torch.float32) for _ in range(3)]
@@ -28,8 +29,28 @@ def test_case_panel_shows_each_map_with_shared_sigma_scale():
     np.testing.assert_allclose(images[0].get_array(), x.astype(np.float32))
     np.testing.assert_allclose(images[3].get_array(), means[1][0, 0].numpy())
     assert images[1].get_clim() == (0.0, D_MAX)
-    assert images[5].get_clim() == images[6].get_clim()  # one sigma scale for both kinds
-    assert images[5].get_clim()[1] == np.percentile(alea.astype(np.float32), 99)
+    # each sigma map runs from 0 to its own 99th percentile
+    assert images[5].get_clim()[1] == pytest.approx(np.percentile(alea.astype(np.float32), 99))
+    assert images[6].get_clim()[1] == pytest.approx(np.percentile(epi.astype(np.float32), 99))
+    labels = [ax.get_title() for ax in fig.axes[:7]]
+    assert labels[2:5] == ["stage 1", "stage 2", "stage 3"]
+    plt.close(fig)
+
+
+def test_synthesis_panel_labels_the_synthesized_image():
+    from darkfield_nb.panels import synthesis_panel
+    from darkfield_nb.synthesis import Synthesis
+
+    rng = np.random.default_rng(2)
+    syn = Synthesis(*(rng.random((8, 8)).astype(np.float32) for _ in range(4)))
+    fig = synthesis_panel(rng.random((8, 8)), syn, target=rng.random((8, 8)))
+    assert [ax.get_title() for ax in fig.axes[:5]] == [
+        "input",
+        "target D",
+        "synthesized D",
+        "aleatoric sigma",
+        "epistemic sigma",
+    ]
     plt.close(fig)
 
 
