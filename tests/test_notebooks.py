@@ -70,3 +70,25 @@ def test_notebook_runs_at_smoke_preset(notebook: Path, run_dir: Path):
     assert elapsed < TIMEOUT_S, f"{notebook.name} took {elapsed:.0f} s (budget {TIMEOUT_S} s)"
     if results.exists():
         json.loads(results.read_text())  # a results file, when written, must be valid JSON
+
+
+def test_a_failing_cell_is_named(tmp_path):
+    """The harness's own failure path: a notebook whose second code cell raises is reported
+    with that cell's index, its first line and the exception."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(
+        cells=[new_code_cell("x = 1"), new_code_cell("# boom\nraise ValueError('bad')")]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    src, out = tmp_path / "fail.ipynb", tmp_path / "fail.out.ipynb"
+    nbformat.write(nb, src)
+    with pytest.raises(papermill.PapermillExecutionError):
+        papermill.execute_notebook(str(src), str(out), kernel_name="python3", progress_bar=False)
+    message = _failing_cell(out)
+    assert message.startswith("cell ") and "'# boom'" in message and "ValueError: bad" in message
