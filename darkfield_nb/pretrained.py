@@ -9,21 +9,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from darkfield_nb import checkpoint
-from darkfield_nb.io import atomic_write_text
+from darkfield_nb.io import atomic_write_text, sha256_file
 from darkfield_nb.paths import PRETRAINED_NAME
 
 INFO_NAME = "pretrained.json"
 SUM_NAME = "pretrained.sha256"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, info: dict) -> Path:
@@ -43,7 +38,7 @@ def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
         rng=False,
         half=True,
     )
-    atomic_write_text(out_dir / SUM_NAME, f"{_sha256(path)}  {PRETRAINED_NAME}\n")
+    atomic_write_text(out_dir / SUM_NAME, f"{sha256_file(path)}  {PRETRAINED_NAME}\n")
     record = {"train_config": ckpt["train_config"], "history": ckpt["history"], **info}
     atomic_write_text(out_dir / INFO_NAME, json.dumps(record, indent=1) + "\n")
     return path
@@ -60,6 +55,6 @@ def verify_pretrained(out_dir: str | os.PathLike) -> list[str]:
     if problems:
         return problems
     expected = (out_dir / SUM_NAME).read_text().split()[0]
-    if _sha256(out_dir / PRETRAINED_NAME) != expected:
+    if sha256_file(out_dir / PRETRAINED_NAME) != expected:
         problems.append(f"{out_dir / PRETRAINED_NAME}: sha256 does not match {SUM_NAME}")
     return problems

@@ -471,3 +471,14 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     assert (
         os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
     )
+
+
+def test_sha256_file_matches_hashlib_on_multi_chunk_file(tmp_path):
+    import hashlib
+
+    from darkfield_nb.io import sha256_file
+
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB chunk
+    (tmp_path / "f.bin").write_bytes(data)
+    assert sha256_file(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
+    assert sha256_file(tmp_path / "f.bin", chunk=7) == hashlib.sha256(data).hexdigest()

@@ -15,7 +15,6 @@ arguments give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from darkfield_nb import __version__, labels
-from darkfield_nb.io import write_image, write_manifest, write_sidecar
+from darkfield_nb.io import sha256_file, write_image, write_manifest, write_sidecar
 from darkfield_nb.physics.acquisition import AcquisitionConfig
 from darkfield_nb.physics.pathology import PATHOLOGY_CASES
 from darkfield_nb.physics.simulate import CASES, make_patient, simulate
@@ -232,18 +231,10 @@ def _data_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checksums(root: str | os.PathLike) -> dict[str, str]:
     """``{relative path: sha256}`` of every data file (images, manifest, dataset.json)."""
     root = Path(root)
-    return {p.relative_to(root).as_posix(): _sha256(p) for p in _data_files(root)}
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in _data_files(root)}
 
 
 def write_checksums(root: str | os.PathLike) -> Path:
