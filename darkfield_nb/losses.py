@@ -15,13 +15,12 @@ beta = 2 is a Gaussian with sigma = alpha / sqrt(2), beta = 1 a Laplacian with s
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from .ggd import ggd_nll_map, ggd_surrogate_nll_map
+
 REDUCTIONS = ("mean", "sum", "none")
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _reduce(loss: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
@@ -34,13 +33,6 @@ def _reduce(loss: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
     raise ValueError(f"{name}: reduction={reduction!r} must be one of {REDUCTIONS}")
 
 
-def _log_abs_residual(target: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """log|y - mu| with |y - mu| floored at the dtype's smallest normal number, so that the
-    log is finite and so are the gradients at r = 0."""
-    r = (target - mu).abs()
-    return torch.log(r.clamp_min(torch.finfo(r.dtype).tiny))
-
-
 def ggd_nll(
     target: torch.Tensor,
     mu: torch.Tensor,
@@ -48,17 +40,9 @@ def ggd_nll(
     beta: torch.Tensor,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Exact generalized-Gaussian negative log-likelihood.
-
-    NLL = (|y - mu| / alpha)^beta - log(beta) + log(2 alpha) + lgamma(1/beta),
-    with the power computed in log space, exp(beta * (log|y - mu| - log alpha)), and |y - mu|
-    floored at ``torch.finfo(dtype).tiny``. Equals ``-scipy.stats.gennorm(beta, loc=mu,
-    scale=alpha).logpdf(y)``.
-    """
-    log_alpha = torch.log(alpha)
-    power = torch.exp(beta * (_log_abs_residual(target, mu) - log_alpha))
-    nll = power - torch.log(beta) + math.log(2.0) + log_alpha + torch.lgamma(1.0 / beta)
-    return _reduce(nll, reduction, "ggd_nll")
+    """Exact generalized-Gaussian NLL, reduced (:func:`darkfield_nb.ggd.ggd_nll_map`):
+    (|y - mu| / alpha)^beta - log(beta) + log(2 alpha) + lgamma(1/beta)."""
+    return _reduce(ggd_nll_map(target, mu, alpha, beta), reduction, "ggd_nll")
 
 
 def ggd_surrogate_nll(
@@ -68,18 +52,9 @@ def ggd_surrogate_nll(
     beta: torch.Tensor,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """The linearised "GGD loss" of the UP-GAN reference code, kept for comparison only.
-
-    L = (|y - mu| / alpha) * beta - log(beta) + log(alpha) + lgamma(1/beta)
-
-    (a product where the likelihood has a power, and no log 2). Minimizing over alpha gives
-    alpha = beta E|r| and L = 1 + log E|r| + lgamma(1/beta), which is minimal where Gamma is,
-    at 1/beta = 1.4616..., i.e. beta = 0.6842 whatever the data: its beta carries no
-    information about the residual distribution, and the implied sigma is mis-scaled.
-    """
-    nll = (target - mu).abs() / alpha * beta - torch.log(beta) + torch.log(alpha)
-    nll = nll + torch.lgamma(1.0 / beta)
-    return _reduce(nll, reduction, "ggd_surrogate_nll")
+    """The UP-GAN linearised surrogate, reduced (:func:`darkfield_nb.ggd.ggd_surrogate_nll_map`):
+    (|y - mu| / alpha) * beta - log(beta) + log(alpha) + lgamma(1/beta); comparison only."""
+    return _reduce(ggd_surrogate_nll_map(target, mu, alpha, beta), reduction, "ggd_surrogate_nll")
 
 
 def ggd_loss(
@@ -96,22 +71,6 @@ def ggd_loss(
     if kind == "surrogate":
         return ggd_surrogate_nll(target, mu, alpha, beta, reduction)
     raise ValueError(f"ggd_loss: kind={kind!r} must be 'exact' or 'surrogate'")
-
-
-def gaussian_nll(
-    target: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
-    """Gaussian NLL with all constants: (y - mu)^2 / (2 sigma^2) + log(sigma) + log(2 pi) / 2."""
-    nll = 0.5 * ((target - mu) / sigma) ** 2 + torch.log(sigma) + 0.5 * LOG_2PI
-    return _reduce(nll, reduction, "gaussian_nll")
-
-
-def laplace_nll(
-    target: torch.Tensor, mu: torch.Tensor, scale: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
-    """Laplace NLL with all constants: |y - mu| / b + log(2 b)."""
-    nll = (target - mu).abs() / scale + torch.log(2.0 * scale)
-    return _reduce(nll, reduction, "laplace_nll")
 
 
 def adversarial_loss(

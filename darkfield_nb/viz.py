@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
-from .uncertainty import GGDFit, ggd_std, nll_grid
+from .ggd import GGDFit, ggd_std, nll_grid
 
 
 def _gennorm_pdf(y: np.ndarray, mu: float, alpha: float, beta: float) -> np.ndarray:

@@ -14,6 +14,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from darkfield_nb.ggd import ggd_std
 from darkfield_nb.losses import adversarial_loss, ggd_nll
 from darkfield_nb.models import (
     DiscriminatorConfig,
@@ -24,7 +25,6 @@ from darkfield_nb.models import (
     build_generator,
     count_parameters,
 )
-from darkfield_nb.models.progressive import _ggd_sigma
 
 SMALL = dict(base_width=4, depth=2)
 
@@ -99,7 +99,7 @@ def test_attention_map_uses_ggd_sigma():
     alpha = torch.tensor([0.1, 0.3, 2.0], dtype=torch.float64)
     beta = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
     ref = stats.gennorm(beta.numpy(), scale=alpha.numpy()).std()
-    torch.testing.assert_close(_ggd_sigma(alpha, beta).numpy(), ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(ggd_std(alpha, beta).numpy(), ref, rtol=1e-10, atol=0)
     g = build_generator(GeneratorConfig(conditioning="attention", **SMALL))
     out = g(torch.randn(2, 1, 16, 16), n_stages=1)[0]
     s = g.attention_map(out)

@@ -27,14 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ggd import ggd_std
 from .config import GeneratorConfig
 from .unet import StageOutput, UNetStage
-
-
-def _ggd_sigma(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """sigma = alpha * sqrt(Gamma(3/beta) / Gamma(1/beta)) (same formula as uncertainty.ggd_std;
-    kept here because models sits below uncertainty in the layering; a test checks they agree)."""
-    return alpha * torch.exp(0.5 * (torch.lgamma(3.0 / beta) - torch.lgamma(1.0 / beta)))
 
 
 class MCPrefix(NamedTuple):
@@ -109,7 +104,7 @@ class ProgressiveGenerator(nn.Module):
 
         Shape (B, 1, H, W), mean ~1 per image; large where the stage is uncertain.
         """
-        sigma = _ggd_sigma(out.alpha, out.beta)
+        sigma = ggd_std(out.alpha, out.beta)
         s = sigma / sigma.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
         return s.clamp(0.0, self.config.attention_max)
 
