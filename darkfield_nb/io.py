@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
-import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +57,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (the ``sha256sum`` digest)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -78,6 +67,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_csv(
+    path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str] = ()
+) -> list[str]:
+    """Write dict rows as CSV to ``path`` atomically; the one CSV writer of the package.
+
+    Columns: ``columns`` first, then every other key in first-seen order. A value is written
+    with ``str`` (floats as ``repr``: ``nan``, ``0.1``); a missing key or ``None`` is written
+    empty. Lines end in ``\n``. Returns the column names written.
+    """
+    rows = list(rows)
+    names = list(columns)
+    for row in rows:
+        names += [k for k in row if k not in names]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else str(row.get(k)) for k in names})
+    atomic_write_text(path, buf.getvalue())
+    return names
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,10 +110,6 @@ class ImageReadError(ValueError):
 
     The message always starts with the path, then names the problem.
     """
-
-
-class ManifestError(ValueError):
-    """``manifest.csv`` or ``dataset.json`` is missing or malformed (message names the file)."""
 
 
 def _rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -197,12 +204,26 @@ def _read_dicom(path: Path) -> np.ndarray:
     if int(ds.get("SamplesPerPixel", 1)) in (3, 4) and arr.ndim == 3:
         _warn_converted(path, f"DICOM {ds.get('PhotometricInterpretation', 'colour')}")
         return _rgb_to_grey(arr)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    out = arr.astype(np.float64) * slope + intercept
+    out = _dicom_values(ds, arr, path)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" and out.size:
         out = out.max() + out.min() - out  # MONOCHROME1: low values are white; invert in range
     return out
+
+
+def _dicom_values(ds, arr: np.ndarray, path: Path) -> np.ndarray:
+    """Stored pixels -> modality values (Rescale Slope/Intercept or a Modality LUT), then the
+    VOI LUT or window when the file has one, with pydicom's own functions."""
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut  # pydicom >= 3
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+    try:
+        out = apply_modality_lut(arr, ds)
+        if "VOILUTSequence" in ds or "WindowCenter" in ds:
+            out = apply_voi_lut(out, ds)
+    except Exception as exc:
+        raise ImageReadError(f"{path}: DICOM rescale or VOI LUT cannot be applied ({exc})") from exc
+    return np.asarray(out, dtype=np.float64)
 
 
 _READERS = {
@@ -221,9 +242,11 @@ def read_image(path: str | os.PathLike, *, allow_nonfinite: bool = False) -> np.
 
     Formats by suffix (case-insensitive): ``.png`` (8/16-bit grey), ``.tif``/``.tiff`` (any
     dtype, float32 included), ``.npy``, ``.jpg``/``.jpeg`` and ``.dcm`` (needs pydicom).
-    Values are not rescaled, except that DICOM gets ``value * RescaleSlope + RescaleIntercept``
-    and a DICOM MONOCHROME1 (or TIFF min-is-white) image is inverted as ``max + min - value``
-    so that bright means dense and the value range is kept.
+    Values are not rescaled, except that DICOM gets its modality transform
+    (``value * RescaleSlope + RescaleIntercept`` or the Modality LUT) and, when the file has
+    one, its VOI LUT or window (pydicom's ``apply_modality_lut`` and ``apply_voi_lut``), and
+    a DICOM MONOCHROME1 (or TIFF min-is-white) image is inverted as ``max + min - value`` so
+    that bright means dense and the value range is kept.
 
     Colour input (RGB, RGBA, palette, grey+alpha; an ``.npy``/``.tif`` array whose last axis
     has 3 or 4 channels) is converted to grey with the BT.601 luma
@@ -336,162 +359,28 @@ def write_image(path: str | os.PathLike, array) -> None:
             np.save(fh, arr, allow_pickle=False)
 
 
-# --------------------------------------------------------------------------------------------
-# Manifest and sidecar
-# --------------------------------------------------------------------------------------------
-
-MANIFEST_NAME = "manifest.csv"
-SIDECAR_NAME = "dataset.json"
-REQUIRED_COLUMNS: tuple[str, ...] = ("id", "patient", "split")
-DARKFIELD_UNITS: tuple[str, ...] = ("D", "visibility")
-
-
-def _manifest_path(root: str | os.PathLike) -> Path:
-    root = Path(root)
-    return root / MANIFEST_NAME if root.is_dir() else root
-
-
-def check_manifest(root: str | os.PathLike) -> tuple[list[dict[str, str]], list[str]]:
-    """Parse ``manifest.csv`` and collect every problem instead of stopping at the first.
-
-    ``root`` is the data-set folder or the csv file itself. Returns ``(rows, problems)``;
-    ``rows`` holds the rows that could be parsed (values are stripped strings, extra columns
-    kept). Problems: missing file, missing required column (id, patient, split), empty id
-    or patient, unknown split name, duplicate id, one patient in two splits.
-    """
-    from darkfield_nb.labels import SPLITS
-
-    path = _manifest_path(root)
-    if not path.exists():
-        return [], [f"{path}: manifest not found (need a csv with columns id,patient,split)"]
-    if path.is_dir():
-        return [], [f"{path}: is a directory, expected the manifest csv file"]
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        return [], [f"{path}: unreadable manifest ({exc})"]
-    reader = csv.DictReader(io.StringIO(text))
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        return [], [
-            f"{path}: missing required column(s) {', '.join(missing)}; "
-            f"found columns: {', '.join(columns) if columns else '(none)'}"
-        ]
-    reader.fieldnames = columns
-    rows: list[dict[str, str]] = []
-    problems: list[str] = []
-    first_line: dict[str, int] = {}
-    patient_splits: dict[str, dict[str, int]] = {}
-    for row in reader:
-        line = reader.line_num
-        if None in row:
-            problems.append(f"{path}: line {line}: more values than columns")
-            row.pop(None)
-        clean = {k: (v or "").strip() for k, v in row.items()}
-        if not any(clean.values()):
-            continue  # blank line
-        ok = True
-        for col in ("id", "patient"):
-            if not clean[col]:
-                problems.append(f"{path}: line {line}: empty {col}")
-                ok = False
-        if clean["split"] not in SPLITS:
-            problems.append(
-                f"{path}: line {line}: unknown split {clean['split']!r} for id {clean['id']!r}; "
-                f"allowed: {', '.join(SPLITS)}"
-            )
-            ok = False
-        if clean["id"] in first_line:
-            problems.append(
-                f"{path}: line {line}: duplicate id {clean['id']!r} "
-                f"(first on line {first_line[clean['id']]})"
-            )
-            ok = False
-        elif clean["id"]:
-            first_line[clean["id"]] = line
-        if ok:
-            patient_splits.setdefault(clean["patient"], {}).setdefault(clean["split"], line)
-            rows.append(clean)
-    for patient, splits in patient_splits.items():
-        if len(splits) > 1:
-            where = ", ".join(f"{s} (line {n})" for s, n in splits.items())
-            problems.append(
-                f"{path}: patient {patient!r} appears in more than one split: {where}; "
-                "splits must be by patient"
-            )
-    return rows, problems
+# Names that moved to ``darkfield_nb.contract`` (the folder contract) and are still importable
+# from here. Resolved lazily: ``contract`` imports this module, so a plain import would cycle.
+_MOVED_TO_CONTRACT = frozenset(
+    {
+        "DARKFIELD_UNITS",
+        "MANIFEST_NAME",
+        "REQUIRED_COLUMNS",
+        "SIDECAR_NAME",
+        "ManifestError",
+        "check_manifest",
+        "read_manifest",
+        "read_sidecar",
+        "sha256_file",
+        "write_manifest",
+        "write_sidecar",
+    }
+)
 
 
-def read_manifest(root: str | os.PathLike) -> list[dict[str, str]]:
-    """Read ``<root>/manifest.csv`` (or a csv path) into a list of row dicts.
+def __getattr__(name: str):
+    if name in _MOVED_TO_CONTRACT:
+        from darkfield_nb import contract
 
-    Required columns ``id, patient, split``; ``split`` must be one of
-    ``darkfield_nb.labels.SPLITS``. Extra columns (``case``, ``ood``, ...) are kept as strings.
-
-    Raises:
-        ManifestError: listing every problem found (see ``check_manifest``).
-    """
-    rows, problems = check_manifest(root)
-    if problems:
-        raise ManifestError("\n".join(problems))
-    return rows
-
-
-def write_manifest(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write rows to a manifest csv atomically (``path`` is the file or the data-set folder).
-
-    Columns: ``id, patient, split`` first, then any others in first-seen order. Values are
-    written with ``str``; a missing value is written empty.
-
-    Raises:
-        ValueError: if a row lacks ``id``, ``patient`` or ``split``.
-    """
-    path = Path(path)
-    if path.is_dir() or path.suffix == "":
-        path = path / MANIFEST_NAME
-    columns = list(REQUIRED_COLUMNS)
-    for i, row in enumerate(rows):
-        missing = [c for c in REQUIRED_COLUMNS if c not in row]
-        if missing:
-            raise ValueError(f"{path}: row {i} lacks required key(s) {', '.join(missing)}")
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else str(row.get(k)) for k in columns})
-    atomic_write_text(path, buf.getvalue())
-
-
-def read_sidecar(root: str | os.PathLike) -> dict:
-    """Read ``<root>/dataset.json``; a missing file means ``{"darkfield_units": "D"}``.
-
-    Other keys (provenance, generator settings) are returned as stored.
-
-    Raises:
-        ManifestError: naming the file if it is not a JSON object or ``darkfield_units`` is
-            not one of ``"D"``, ``"visibility"``.
-    """
-    path = Path(root) / SIDECAR_NAME
-    meta: dict = {"darkfield_units": "D"}
-    if not path.exists():
-        return meta
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(loaded, dict):
-        raise ManifestError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
-    meta.update(loaded)
-    if meta["darkfield_units"] not in DARKFIELD_UNITS:
-        raise ManifestError(
-            f"{path}: darkfield_units {meta['darkfield_units']!r} unknown; "
-            f"allowed: {', '.join(DARKFIELD_UNITS)}"
-        )
-    return meta
-
-
-def write_sidecar(root: str | os.PathLike, meta: dict) -> None:
-    """Write ``meta`` to ``<root>/dataset.json`` atomically (sorted keys, 2-space indent)."""
-    atomic_write_text(Path(root) / SIDECAR_NAME, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return getattr(contract, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

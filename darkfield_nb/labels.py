@@ -1,4 +1,4 @@
-"""Names shared by the simulator, the data layer and the analysis: mask bits, cases, splits.
+"""Names shared by the simulator, the data layer and the analysis: mask bits and splits.
 
 Masks are stored as 16-bit PNGs in which every pixel holds a sum of bit flags, so one pixel can
 be both lung and emphysema, or lung and behind a pacemaker lead. Test a label with
@@ -33,23 +33,8 @@ MASK_BITS: dict[str, int] = {
     "heart": HEART,
 }
 DEVICE_BITS = PACEMAKER | CABLE | CLIP
-PATHOLOGY_BITS = EMPHYSEMA | CONSOLIDATION | PNEUMOTHORAX | EFFUSION | NODULE
 
 SPLITS = ("train", "val", "test", "ood")
-
-# Case labels written in the manifest's ``case`` column.
-CASES = (
-    "healthy",
-    "emphysema",
-    "pneumonia",
-    "pneumothorax",
-    "effusion",
-    "nodule",
-    "pacemaker",
-    "cables",
-    "clips",
-    "high_contrast",
-)
 
 
 def has_label(mask, bit: int):

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from darkfield_nb import checkpoint
-from darkfield_nb.io import atomic_write_text, sha256_file
+from darkfield_nb.contract import read_checksums, sha256_file, write_checksum_file
+from darkfield_nb.io import atomic_write_text
 from darkfield_nb.paths import PRETRAINED_NAME
 
 INFO_NAME = "pretrained.json"
@@ -38,7 +39,7 @@ def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
         rng=False,
         half=True,
     )
-    atomic_write_text(out_dir / SUM_NAME, f"{sha256_file(path)}  {PRETRAINED_NAME}\n")
+    write_checksum_file(out_dir / SUM_NAME, {PRETRAINED_NAME: sha256_file(path)})
     record = {"train_config": ckpt["train_config"], "history": ckpt["history"], **info}
     atomic_write_text(out_dir / INFO_NAME, json.dumps(record, indent=1) + "\n")
     return path
@@ -54,7 +55,7 @@ def verify_pretrained(out_dir: str | os.PathLike) -> list[str]:
     ]
     if problems:
         return problems
-    expected = (out_dir / SUM_NAME).read_text().split()[0]
+    expected = read_checksums(out_dir / SUM_NAME).get(PRETRAINED_NAME)
     if sha256_file(out_dir / PRETRAINED_NAME) != expected:
         problems.append(f"{out_dir / PRETRAINED_NAME}: sha256 does not match {SUM_NAME}")
     return problems

@@ -8,6 +8,7 @@ pixels (alignment), and data sets broken on purpose (validation messages).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from darkfield_nb.contract import write_manifest, write_sidecar
 from darkfield_nb.data import (
     Augment,
     PairedDataset,
@@ -27,9 +29,13 @@ from darkfield_nb.data import (
     unpad,
     validate_dataset,
 )
-from darkfield_nb.io import write_image, write_manifest, write_sidecar
+from darkfield_nb.io import write_image
 
-REAL = Path(__file__).parents[1].parent / "shared" / "real_cxr"
+REAL = Path(
+    os.environ.get(
+        "DARKFIELD_NB_REAL_CXR", Path(__file__).parents[1].parent / "shared" / "real_cxr"
+    )
+)
 
 
 # ------------------------------------------------------------------ transforms

@@ -1,4 +1,4 @@
-"""Tests of darkfield_nb.io: image round trips, atomic writes, bad input, manifests, real images.
+"""Tests of darkfield_nb.io: image round trips, atomic writes, bad input, CSV, real images.
 
 References: the arrays we wrote (exact round trips), Pillow/tifffile/pydicom written files read
 back independently, and numpy.corrcoef for the MONOCHROME1 check.
@@ -6,8 +6,10 @@ back independently, and numpy.corrcoef for the MONOCHROME1 check.
 
 from __future__ import annotations
 
+import csv
 import hashlib
-import json
+import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +20,18 @@ from PIL import Image
 from darkfield_nb.io import (
     IMAGE_SUFFIXES,
     ImageReadError,
-    ManifestError,
     atomic_path,
-    check_manifest,
     read_image,
-    read_manifest,
-    read_sidecar,
+    write_csv,
     write_image,
-    write_manifest,
-    write_sidecar,
 )
 
-REAL = Path(__file__).parents[1].parent / "shared" / "real_cxr"
+# The real images live in the project's shared/ folder; DARKFIELD_NB_REAL_CXR points elsewhere.
+REAL = Path(
+    os.environ.get(
+        "DARKFIELD_NB_REAL_CXR", Path(__file__).parents[1].parent / "shared" / "real_cxr"
+    )
+)
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real images not found at {REAL}")
 
 
@@ -146,6 +148,51 @@ def test_dicom_rescale_and_monochrome1(tmp_path):
     np.testing.assert_array_equal(mono2, expected.astype(np.float32))
     mono1 = read_image(make("MONOCHROME1"))
     np.testing.assert_array_equal(mono1, (expected.max() + expected.min() - expected))
+
+
+def test_dicom_window_applied_by_the_dicom_linear_formula(tmp_path):
+    """Window Center/Width present: values follow PS3.3 C.11.2.1.2.1 (LINEAR), written out by
+    hand here: x <= c - 0.5 - (w-1)/2 -> y_min; x > c - 0.5 + (w-1)/2 -> y_max; else
+    ((x - (c - 0.5)) / (w - 1) + 0.5) (y_max - y_min) + y_min, with [y_min, y_max] the
+    range of the stored bits (12 bits: [0, 4095])."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    stored = np.arange(12, dtype=np.uint16).reshape(3, 4) * 10
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 50, 41
+    ds.PixelData = stored.tobytes()
+    path = tmp_path / "window.dcm"
+    ds.save_as(path, enforce_file_format=True)
+
+    x = stored.astype(np.float64)
+    c, w, y_min, y_max = 50.0, 41.0, 0.0, 4095.0
+    lo, hi = c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2
+    ramp = ((x - (c - 0.5)) / (w - 1) + 0.5) * (y_max - y_min) + y_min
+    expected = np.where(x <= lo, y_min, np.where(x > hi, y_max, ramp))
+    assert 0 < np.count_nonzero((x > lo) & (x <= hi)) < x.size  # the case covers all three
+    np.testing.assert_allclose(read_image(path), expected.astype(np.float32), rtol=1e-6)
+
+
+def test_write_csv_reads_back_with_csv_module(tmp_path):
+    """Reference: the standard library's csv.DictReader on the written text."""
+    rows = [{"b": 1.5, "a": None}, {"a": "x,y", "c": float("nan"), "b": True}]
+    columns = write_csv(tmp_path / "t.csv", rows, columns=("a",))
+    assert columns == ["a", "b", "c"]
+    text = (tmp_path / "t.csv").read_text()
+    assert "\r" not in text
+    back = list(csv.DictReader(io.StringIO(text)))
+    assert back == [{"a": "", "b": "1.5", "c": ""}, {"a": "x,y", "b": "True", "c": "nan"}]
 
 
 # ------------------------------------------------------------------ atomic writes
@@ -352,77 +399,6 @@ def test_rgb_jpeg_converted_with_warning(tmp_path):
     assert abs(float(grey.mean()) - (0.299 * 200 + 0.587 * 100 + 0.114 * 50)) < 3
 
 
-# ------------------------------------------------------------------ manifest and sidecar
-
-
-def test_manifest_round_trip_keeps_extra_columns(tmp_path):
-    rows = [
-        {"id": "a", "patient": "p1", "split": "train", "case": "healthy"},
-        {"id": "b", "patient": "p2", "split": "ood", "case": "pacemaker", "ood": "pacemaker"},
-    ]
-    write_manifest(tmp_path, rows)
-    assert (tmp_path / "manifest.csv").read_text().splitlines()[0] == "id,patient,split,case,ood"
-    back = read_manifest(tmp_path)
-    assert back[0] == {**rows[0], "ood": ""}
-    assert back[1] == rows[1]
-
-
-def test_manifest_missing(tmp_path):
-    with pytest.raises(ManifestError, match="manifest.csv: manifest not found"):
-        read_manifest(tmp_path)
-
-
-def test_manifest_missing_split_column(tmp_path):
-    (tmp_path / "manifest.csv").write_text("id,patient\na,p1\n")
-    with pytest.raises(ManifestError) as info:
-        read_manifest(tmp_path)
-    assert "manifest.csv" in str(info.value) and "missing required column(s) split" in str(
-        info.value
-    )
-
-
-def test_manifest_unknown_split_names_row_and_value(tmp_path):
-    (tmp_path / "manifest.csv").write_text("id,patient,split\na,p1,train\nb,p2,training\n")
-    with pytest.raises(ManifestError) as info:
-        read_manifest(tmp_path)
-    assert "line 3" in str(info.value) and "unknown split 'training'" in str(info.value)
-
-
-def test_manifest_collects_every_problem(tmp_path):
-    (tmp_path / "manifest.csv").write_text(
-        "id,patient,split\na,p1,train\na,p2,val\nb,p1,test\nc,,train\n"
-    )
-    rows, problems = check_manifest(tmp_path)
-    text = "\n".join(problems)
-    assert "duplicate id 'a'" in text
-    assert "patient 'p1' appears in more than one split" in text
-    assert "line 5: empty patient" in text
-    assert len(problems) == 3
-
-
-def test_write_manifest_is_atomic_and_requires_columns(tmp_path):
-    with pytest.raises(ValueError, match="lacks required key"):
-        write_manifest(tmp_path / "manifest.csv", [{"id": "a", "patient": "p"}])
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_sidecar_default_and_round_trip(tmp_path):
-    assert read_sidecar(tmp_path) == {"darkfield_units": "D"}
-    write_sidecar(tmp_path, {"darkfield_units": "visibility", "generator": "phantom"})
-    assert read_sidecar(tmp_path) == {"darkfield_units": "visibility", "generator": "phantom"}
-    assert json.loads((tmp_path / "dataset.json").read_text())["generator"] == "phantom"
-
-
-@pytest.mark.parametrize(
-    "text, problem", [("{not json", "not valid JSON"), ('{"darkfield_units": "mm"}', "'mm'")]
-)
-def test_sidecar_bad(tmp_path, text, problem):
-    (tmp_path / "dataset.json").write_text(text)
-    with pytest.raises(ManifestError) as info:
-        read_sidecar(tmp_path)
-    assert "dataset.json" in str(info.value) and problem in str(info.value)
-
-
 # ------------------------------------------------------------------ real images
 
 
@@ -462,8 +438,6 @@ def test_big_endian_array_written_correctly(tmp_path):
 
 def test_atomic_writes_get_the_usual_permissions(tmp_path):
     """mkstemp creates 0600 files; written outputs must follow the umask like open() does."""
-    import os
-
     from darkfield_nb.io import atomic_write_text
 
     atomic_write_text(tmp_path / "a.txt", "x")
@@ -471,14 +445,3 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     assert (
         os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
     )
-
-
-def test_sha256_file_matches_hashlib_on_multi_chunk_file(tmp_path):
-    import hashlib
-
-    from darkfield_nb.io import sha256_file
-
-    data = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB chunk
-    (tmp_path / "f.bin").write_bytes(data)
-    assert sha256_file(tmp_path / "f.bin") == hashlib.sha256(data).hexdigest()
-    assert sha256_file(tmp_path / "f.bin", chunk=7) == hashlib.sha256(data).hexdigest()

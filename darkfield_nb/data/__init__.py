@@ -5,17 +5,16 @@ Public names::
     normalize_input(image, low=1.0, high=99.0)      # the one input normalization
     darkfield_to_D(values, units)                   # "D" or "visibility" -> D
     pad_to_multiple(t, multiple) -> (padded, pad); unpad(t, pad)
-    assign_splits(patients, fractions, seed)        # patient-level, deterministic
+    assign_splits(patients, fractions, seed)        # patient-level, deterministic (contract)
     Augment                                         # aligned geometry + display processing
     validate_dataset(root) -> list[str]; inspect_dataset(root) -> DatasetReport
     PairedDataset(root, split=None, ...)
 """
 
+from darkfield_nb.contract import DARKFIELD_UNITS, assign_splits
 from darkfield_nb.data.augment import Augment
 from darkfield_nb.data.dataset import PairedDataset
-from darkfield_nb.data.splits import assign_splits
 from darkfield_nb.data.transforms import (
-    DARKFIELD_UNITS,
     darkfield_to_D,
     normalize_input,
     pad_to_multiple,

@@ -11,10 +11,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from darkfield_nb.contract import (
+    ATTENUATION_DIR,
+    DARKFIELD_DIR,
+    MASKS_DIR,
+    read_manifest,
+    read_sidecar,
+)
 from darkfield_nb.data.augment import Augment
 from darkfield_nb.data.transforms import darkfield_to_D, normalize_input, pad_to_multiple
-from darkfield_nb.data.validate import MASK_FOLDER, scan_folder, validate_dataset
-from darkfield_nb.io import read_image, read_manifest, read_sidecar
+from darkfield_nb.data.validate import scan_folder, validate_dataset
+from darkfield_nb.io import read_image
 from darkfield_nb.labels import SPLITS
 
 
@@ -90,9 +97,9 @@ class PairedDataset(Dataset):
         self.crop_size = crop_size
         self.normalize = normalize
         self.epoch = 0
-        self._att, _ = scan_folder(self.root / "attenuation")
-        self._dfd, _ = scan_folder(self.root / "darkfield")
-        mask_dir = self.root / MASK_FOLDER
+        self._att, _ = scan_folder(self.root / ATTENUATION_DIR)
+        self._dfd, _ = scan_folder(self.root / DARKFIELD_DIR)
+        mask_dir = self.root / MASKS_DIR
         self._masks = scan_folder(mask_dir)[0] if load_masks and mask_dir.is_dir() else {}
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -110,7 +117,7 @@ class PairedDataset(Dataset):
     def paths(self, index: int) -> dict[str, Path | None]:
         """The attenuation, darkfield and mask files of item ``index``."""
         i = self.rows[index]["id"]
-        for folder, files in (("attenuation", self._att), ("darkfield", self._dfd)):
+        for folder, files in ((ATTENUATION_DIR, self._att), (DARKFIELD_DIR, self._dfd)):
             if i not in files:
                 raise FileNotFoundError(f"{self.root / folder / i}.*: no file for id {i!r}")
         return {"attenuation": self._att[i], "darkfield": self._dfd[i], "mask": self._masks.get(i)}

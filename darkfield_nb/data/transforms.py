@@ -10,8 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Units a data set may store its dark-field images in (``dataset.json``: ``darkfield_units``).
-DARKFIELD_UNITS = ("D", "visibility")
+from darkfield_nb.contract import DARKFIELD_UNITS
 
 
 def normalize_input(image, low: float = 1.0, high: float = 99.0):

@@ -23,16 +23,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from darkfield_nb.io import (
-    IMAGE_SUFFIXES,
+from darkfield_nb.contract import (
+    ATTENUATION_DIR,
+    DARKFIELD_DIR,
+    MANIFEST_NAME,
+    MASKS_DIR,
     ManifestError,
     check_manifest,
-    read_image,
     read_sidecar,
 )
+from darkfield_nb.io import IMAGE_SUFFIXES, read_image
 
-FOLDERS = ("attenuation", "darkfield")
-MASK_FOLDER = "masks"
+FOLDERS = (ATTENUATION_DIR, DARKFIELD_DIR)
+MASK_FOLDER = MASKS_DIR
 
 
 @dataclass
@@ -130,23 +133,23 @@ def inspect_dataset(root: str | os.PathLike, *, progress: bool = False) -> Datas
     except ManifestError as exc:
         report.errors.append(str(exc))
 
-    att, dfd, masks = files["attenuation"], files["darkfield"], files[MASK_FOLDER]
+    att, dfd, masks = files[ATTENUATION_DIR], files[DARKFIELD_DIR], files[MASK_FOLDER]
     listed = {row["id"] for row in rows}
     for row in rows:
         i = row["id"]
         if i not in att and i not in dfd:
             report.errors.append(
-                f"{root / 'manifest.csv'}: id {i!r} names missing files "
-                f"{root / 'attenuation' / i}.* and {root / 'darkfield' / i}.*"
+                f"{root / MANIFEST_NAME}: id {i!r} names missing files "
+                f"{root / ATTENUATION_DIR / i}.* and {root / DARKFIELD_DIR / i}.*"
             )
-    for here, there, name in ((att, dfd, "darkfield"), (dfd, att, "attenuation")):
+    for here, there, name in ((att, dfd, DARKFIELD_DIR), (dfd, att, ATTENUATION_DIR)):
         for i, path in here.items():
             if i not in there:
                 report.errors.append(f"{path}: missing partner {root / name / i}.*")
     for i in sorted((set(att) | set(dfd)) - listed):
         if rows or not problems:  # only meaningful when the manifest could be read
             report.warnings.append(
-                f"{att.get(i) or dfd.get(i)}: id {i!r} not listed in manifest.csv; ignored"
+                f"{att.get(i) or dfd.get(i)}: id {i!r} not listed in {MANIFEST_NAME}; ignored"
             )
     for i, path in masks.items():
         if i not in att:

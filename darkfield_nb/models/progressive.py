@@ -11,7 +11,8 @@ Stage 0 sees the (normalized) attenuation image x. Stage k+1 sees x and stage k'
   returns s so that training can also weight its loss toward uncertain regions.
 
 Inputs of any H, W (odd too) are padded once to a multiple of ``2**depth`` (reflect padding,
-centred; replicate where the image is too small to reflect) and every output is cropped back.
+centred, by ``darkfield_nb.data.transforms.pad_to_multiple``: repeated reflections where the
+pad exceeds the image, replicate for a side of length 1) and every output is cropped back.
 
 Freezing (:meth:`ProgressiveGenerator.freeze_stages`, :meth:`ProgressiveGenerator.trainable_stage`)
 really freezes: the stage goes to eval mode (``model.train()`` keeps it there),
@@ -24,9 +25,9 @@ import contextlib
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import pad_to_multiple, unpad
 from ..ggd import ggd_std
 from .config import GeneratorConfig
 from .unet import StageOutput, UNetStage
@@ -35,7 +36,8 @@ from .unet import StageOutput, UNetStage
 class MCPrefix(NamedTuple):
     """What Monte Carlo dropout computes once per image: see :meth:`ProgressiveGenerator.mc_prefix`.
 
-    xp: padded input; size: original (H, W); pads: (left, right, top, bottom);
+    xp: padded input; size: original (H, W); pads: (top, bottom, left, right), as returned by
+    ``darkfield_nb.data.transforms.pad_to_multiple``;
     stage: index of the first stage with active dropout; feats: that stage's encoder features;
     prev_mu: the previous stage's mean (padded), which a residual stage adds to its output.
     """
@@ -83,20 +85,11 @@ class ProgressiveGenerator(nn.Module):
                 f"ProgressiveGenerator: input of shape {tuple(x.shape)}; expected "
                 f"(B, {self.config.in_channels}, H, W)"
             )
-        s = self.config.stride
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % s, (-w) % s
-        pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-        if ph == 0 and pw == 0:
-            return x, pads
-        mode = "reflect" if max(pads[0], pads[1]) < w and max(pads[2], pads[3]) < h else "replicate"
-        return F.pad(x, pads, mode=mode), pads
+        return pad_to_multiple(x, self.config.stride)
 
     @staticmethod
-    def _crop(out: StageOutput, size: tuple[int, int], pads) -> StageOutput:
-        left, _, top, _ = pads
-        h, w = size
-        return StageOutput(*(t[..., top : top + h, left : left + w] for t in out))
+    def _crop(out: StageOutput, pads) -> StageOutput:
+        return StageOutput(*(unpad(t, pads) for t in out))
 
     # ------------------------------------------------------------------ conditioning
     def attention_map(self, out: StageOutput) -> torch.Tensor:
@@ -144,11 +137,10 @@ class ProgressiveGenerator(nn.Module):
         """Outputs of stages 0 .. n_stages-1 (all by default), each cropped to x's H, W."""
         n = self._n(n_stages)
         xp, pads = self._pad(x)
-        size = tuple(x.shape[-2:])
         outs, prev = [], None
         for k in range(n):
             prev = self._run_stage(k, xp, prev)
-            outs.append(self._crop(prev, size, pads))
+            outs.append(self._crop(prev, pads))
         return outs
 
     # ------------------------------------------------------------------ freezing
@@ -236,4 +228,4 @@ class ProgressiveGenerator(nn.Module):
             out = self._residual(self.stages[k0].decode(feats), prev_mu)
         for k in range(k0 + 1, upto + 1):
             out = self._run_stage(k, xp, out)
-        return self._crop(out, prefix.size, prefix.pads)
+        return self._crop(out, prefix.pads)

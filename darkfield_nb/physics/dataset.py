@@ -24,15 +24,25 @@ from pathlib import Path
 import numpy as np
 
 from darkfield_nb import __version__, labels
-from darkfield_nb.io import sha256_file, write_image, write_manifest, write_sidecar
+from darkfield_nb.contract import (
+    CHECKSUM_NAME,
+    DATA_DIRS,
+    MANIFEST_NAME,
+    SIDECAR_NAME,
+    cut_splits,
+    write_manifest,
+    write_sidecar,
+)
+from darkfield_nb.contract import checksums as checksums  # re-exported: it lived here
+from darkfield_nb.contract import read_checksums as read_checksums
+from darkfield_nb.contract import verify_checksums as verify_checksums
+from darkfield_nb.contract import write_checksums as write_checksums
+from darkfield_nb.io import write_image
 from darkfield_nb.physics.acquisition import AcquisitionConfig
 from darkfield_nb.physics.pathology import PATHOLOGY_CASES
 from darkfield_nb.physics.simulate import CASES, make_patient, simulate
 
 DEFAULT_OOD_CASES = ("pacemaker", "cables", "clips", "high_contrast")
-CHECKSUM_NAME = "checksums.sha256"
-_DATA_DIRS = ("attenuation", "darkfield", "masks")
-_DATA_FILES = ("manifest.csv", "dataset.json")
 
 
 def plan_cases(
@@ -48,8 +58,9 @@ def plan_cases(
 
     In-distribution patients ``0 .. n-1``: a fraction ``pathology_fraction`` (rounded) carry
     a pathology, the kinds cycling through emphysema, pneumonia, pneumothorax, effusion,
-    nodule; healthy and pathology patients are each split train/val/test by
-    ``split_fractions`` (so every split gets both). Out-of-distribution patients
+    nodule; healthy and pathology patients are each shuffled and cut train/val/test by
+    ``split_fractions`` with ``darkfield_nb.contract.cut_splits`` (so every split gets both).
+    Out-of-distribution patients
     ``n .. n+ood-1`` go to split ``ood`` with cases cycling through ``ood_cases``.
     """
     if n_patients < 0 or ood_patients < 0:
@@ -75,14 +86,10 @@ def plan_cases(
     cases = ["healthy"] * n_patients
     for k, idx in enumerate(order[:n_path]):
         cases[idx] = PATHOLOGY_CASES[k % len(PATHOLOGY_CASES)]
-    fr = np.asarray(split_fractions, dtype=float) / sum(split_fractions)
-    splits = [""] * n_patients
+    fr = [float(f) / sum(split_fractions) for f in split_fractions]
+    splits: dict = {}
     for group in (order[:n_path], order[n_path:]):
-        group = rng.permutation(group)
-        n_train = int(round(fr[0] * len(group)))
-        n_val = int(round(fr[1] * len(group)))
-        for j, idx in enumerate(group):
-            splits[idx] = "train" if j < n_train else "val" if j < n_train + n_val else "test"
+        splits.update(cut_splits([int(i) for i in rng.permutation(group)], fr))
     rows = [
         {"id": f"p{i:04d}", "patient": f"p{i:04d}", "split": splits[i], "case": cases[i], "ood": 0}
         for i in range(n_patients)
@@ -122,14 +129,14 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             )
         # Remove the old data set's files only (never anything else the user keeps there);
         # the manifest goes first so a half-replaced folder is never mistaken for a data set.
-        for name in ("manifest.csv", "dataset.json", CHECKSUM_NAME):
+        for name in (MANIFEST_NAME, SIDECAR_NAME, CHECKSUM_NAME):
             (out / name).unlink(missing_ok=True)
         for sub, suffix in (("attenuation", ".png"), ("darkfield", ".tif"), ("masks", ".png")):
             if (out / sub).is_dir():
                 for f in (out / sub).iterdir():
                     if f.is_file() and f.suffix == suffix:
                         f.unlink()
-    for sub in _DATA_DIRS:
+    for sub in DATA_DIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
@@ -219,63 +226,8 @@ def generate_dataset(
         "splits": dict(sorted(Counter(r["split"] for r in rows).items())),
     }
     write_sidecar(out, meta)
-    write_manifest(out / "manifest.csv", rows)
+    write_manifest(out / MANIFEST_NAME, rows)
     return out
-
-
-def _data_files(root: Path) -> list[Path]:
-    files = [root / name for name in _DATA_FILES if (root / name).is_file()]
-    for sub in _DATA_DIRS:
-        if (root / sub).is_dir():
-            files += sorted(p for p in (root / sub).iterdir() if p.is_file())
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def checksums(root: str | os.PathLike) -> dict[str, str]:
-    """``{relative path: sha256}`` of every data file (images, manifest, dataset.json)."""
-    root = Path(root)
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in _data_files(root)}
-
-
-def write_checksums(root: str | os.PathLike) -> Path:
-    """Write ``<root>/checksums.sha256`` in ``sha256sum`` format (``sha256sum -c`` reads it)."""
-    from darkfield_nb.io import atomic_write_text
-
-    root = Path(root)
-    lines = [f"{digest}  {rel}\n" for rel, digest in checksums(root).items()]
-    path = root / CHECKSUM_NAME
-    atomic_write_text(path, "".join(lines))
-    return path
-
-
-def read_checksums(path: str | os.PathLike) -> dict[str, str]:
-    """Parse a ``sha256sum`` file into ``{relative path: sha256}``."""
-    out = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            digest, rel = line.split(maxsplit=1)
-            out[rel.lstrip("*").strip()] = digest
-    return out
-
-
-def verify_checksums(root: str | os.PathLike) -> list[str]:
-    """Every mismatch between ``<root>/checksums.sha256`` and the files; empty when all match."""
-    root = Path(root)
-    path = root / CHECKSUM_NAME
-    if not path.is_file():
-        return [f"{path}: checksum file not found"]
-    expected = read_checksums(path)
-    actual = checksums(root)
-    problems = [f"{root / rel}: missing" for rel in expected if rel not in actual]
-    problems += [
-        f"{root / rel}: not listed in {CHECKSUM_NAME}" for rel in actual if rel not in expected
-    ]
-    problems += [
-        f"{root / rel}: sha256 mismatch"
-        for rel in expected
-        if rel in actual and actual[rel] != expected[rel]
-    ]
-    return problems
 
 
 def sample_recipe() -> dict:

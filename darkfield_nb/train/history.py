@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
 
-from darkfield_nb.io import atomic_write_text
+from darkfield_nb.io import atomic_write_text, write_csv
 
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
@@ -26,15 +24,7 @@ def write_history(out_dir: str | Path, history: list[dict]) -> None:
     out_dir = Path(out_dir)
     records = [{k: _json_safe(v) for k, v in rec.items()} for rec in history]
     atomic_write_text(out_dir / HISTORY_JSON, json.dumps(records, indent=1) + "\n")
-    columns: list[str] = []
-    for rec in history:
-        columns += [k for k in rec if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for rec in history:
-        writer.writerow({k: rec.get(k, "") for k in columns})
-    atomic_write_text(out_dir / HISTORY_CSV, buf.getvalue())
+    write_csv(out_dir / HISTORY_CSV, history)
 
 
 def read_history(out_dir: str | Path) -> list[dict]:
