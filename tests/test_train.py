@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,9 @@ def make_tiny_dataset(root: Path, n: int = 8, n_val: int = 2, seed: int = 0) -> 
 def tiny_config(**kw) -> TrainConfig:
     model = kw.pop("model", {})
     stages = kw.pop("stages", [StageSchedule(epochs=2, batch_size=2, lr=1e-3, warmup_epochs=1)])
-    base = dict(n_stages=2, base_width=4, depth=2, norm="batch", dropout=0.1)
-    base.update(model)
+    base = GeneratorConfig(n_stages=2, base_width=4, depth=2, norm="batch", dropout=0.1)
     return TrainConfig(
-        model=GeneratorConfig(**base),
+        model=replace(base, **model),
         discriminator=DiscriminatorConfig(width=8, n_layers=2),
         stages=stages,
         crop_size=32,
