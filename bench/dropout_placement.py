@@ -30,34 +30,16 @@ from darkfield_nb.data import PairedDataset
 from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig
 from darkfield_nb.ood import device_flagging
 from darkfield_nb.physics import generate_dataset
-from darkfield_nb.train import StageSchedule, TrainConfig, train_progressive
+from darkfield_nb.train import TrainConfig, train_progressive, upgan_stages
 from darkfield_nb.uncertainty import mc_dropout_predict
 
 
 def recipe(placement: str, epochs: int, size: int) -> TrainConfig:
-    stage = StageSchedule(epochs=epochs, batch_size=8, lr=2e-4, warmup_epochs=1)
+    """The UP-GAN loss schedule on a width-8 three-stage generator, one warm-up epoch a stage."""
     return TrainConfig(
         model=GeneratorConfig(n_stages=3, base_width=8, dropout=0.1, dropout_stages=placement),
         discriminator=DiscriminatorConfig(width=16),
-        stages=[
-            stage,
-            StageSchedule(
-                epochs=epochs,
-                batch_size=8,
-                lr=1e-4,
-                l1_weight=0.5,
-                ggd_weight=1e-3,
-                warmup_epochs=1,
-            ),
-            StageSchedule(
-                epochs=epochs,
-                batch_size=8,
-                lr=1e-4,
-                l1_weight=0.1,
-                ggd_weight=1e-2,
-                warmup_epochs=1,
-            ),
-        ],
+        stages=upgan_stages(epochs=epochs, warmup_epochs=1, batch_size=8),
         crop_size=size,
         cache_data=True,
         seed=0,

@@ -29,6 +29,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 from torch.utils.data import Dataset
@@ -69,14 +70,14 @@ class RandomPairs(Dataset):
 def measure(variant: str, args, device: torch.device, data: Dataset) -> dict:
     """Images/s of one variant: the fastest epoch after the warm-up epoch."""
     opts = VARIANTS[variant]
-    cfg = TrainConfig(
+    base = TrainConfig(
         model=GeneratorConfig(n_stages=args.stage + 1, base_width=args.base_width),
         discriminator=DiscriminatorConfig(width=args.disc_width),
         stages=[StageSchedule(epochs=args.epochs, batch_size=args.batch, warmup_epochs=0)],
         crop_size=None,
         max_steps_per_epoch=args.steps,
-        **opts,
     )
+    cfg = replace(base, **opts)
     torch.manual_seed(0)
     model = build_generator(cfg.model)
     t0 = time.perf_counter()

@@ -192,6 +192,93 @@ def save(
     return path
 
 
+def save_trained(
+    path: str | os.PathLike,
+    generator: nn.Module,
+    *,
+    stage: int,
+    epoch: int,
+    history: list[dict] | None = None,
+    train_config: Any = None,
+) -> Path:
+    """Save a generator whose stages ``0..stage`` are trained (``stages_trained = stage + 1``),
+    without training state or RNG states: the ``stage{k}.pt`` / ``model.pt`` files."""
+    return save(
+        path,
+        generator,
+        stage=stage,
+        epoch=epoch,
+        stages_trained=stage + 1,
+        history=history,
+        train_config=train_config,
+        rng=False,
+    )
+
+
+def save_training_state(
+    path: str | os.PathLike,
+    generator: nn.Module,
+    *,
+    stage: int,
+    epoch: int,
+    stage_done: bool,
+    optimizer: torch.optim.Optimizer,
+    discriminator: nn.Module,
+    disc_optimizer: torch.optim.Optimizer,
+    scaler: Any = None,
+    history: list[dict] | None = None,
+    train_config: Any = None,
+) -> Path:
+    """Save everything an exact resume needs after ``epoch`` epochs of ``stage`` (weights,
+    both optimizers, the GradScaler, the history and the RNG states): the ``last.pt`` file.
+    :func:`restore_training_state` reads it back. ``stages_trained`` counts ``stage`` only
+    when ``stage_done``."""
+    return save(
+        path,
+        generator,
+        stage=stage,
+        epoch=epoch,
+        stages_trained=stage + 1 if stage_done else stage,
+        optimizer=optimizer,
+        discriminator=discriminator,
+        disc_optimizer=disc_optimizer,
+        scaler=scaler,
+        history=history,
+        train_config=train_config,
+    )
+
+
+def restore_training_state(
+    ckpt: dict,
+    generator: nn.Module,
+    *,
+    discriminator: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    disc_optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
+) -> int:
+    """Load a raw checkpoint (:func:`load_checkpoint`) into the given training objects and
+    return its completed epoch count.
+
+    The generator gets float32 weights; the discriminator, optimizers and scaler are loaded
+    when both the object and its stored state exist; the Python, NumPy and torch RNG states
+    are restored when stored (so a resumed run continues exactly).
+    """
+    generator.load_state_dict(float32_state(ckpt["generator"]))
+    pairs = (
+        (discriminator, "discriminator"),
+        (optimizer, "optimizer"),
+        (disc_optimizer, "disc_optimizer"),
+        (scaler, "scaler"),
+    )
+    for obj, key in pairs:
+        if obj is not None and ckpt.get(key) is not None:
+            obj.load_state_dict(ckpt[key])
+    if ckpt.get("rng") is not None:
+        set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"])
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -255,11 +342,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def float32_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its floating-point tensors cast to float32 (a ``half=True`` checkpoint
+    stores float16 weights); integer buffers such as BatchNorm's counters are kept as they are."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def generator_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the ProgressiveGenerator of a raw checkpoint dict (float32, eval mode)."""
     model = ProgressiveGenerator(GeneratorConfig.from_dict(dict(ckpt["generator_config"])))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["generator"].items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(float32_state(ckpt["generator"]), strict=True)
     return model.to(device).eval()
 
 

@@ -219,3 +219,87 @@ def test_state_dict_not_matching_config_is_reported(tmp_path):
     torch.save(raw, tmp_path / "mismatch.pt")
     with pytest.raises(checkpoint.CheckpointError, match=r"mismatch\.pt: cannot rebuild"):
         checkpoint.load(tmp_path / "mismatch.pt")
+
+
+def _adam_after_one_step(module: torch.nn.Module, *inputs: torch.Tensor) -> torch.optim.Adam:
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    out = module(*inputs)
+    (out[-1].mu if isinstance(out, list) else out).mean().backward()
+    opt.step()
+    return opt
+
+
+def _assert_optimizer_equal(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert sa["state"].keys() == sb["state"].keys() and sa["state"]
+    for k, entry in sa["state"].items():
+        for name, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][k][name]))
+
+
+@pytest.mark.parametrize("stage_done", [False, True])
+def test_training_state_round_trip_restores_every_object_and_the_rng(tmp_path, stage_done):
+    """save_training_state then restore_training_state into fresh objects: weights, both
+    optimizers and the RNG streams equal the saved ones; stages_trained counts the stage
+    only once it is done."""
+    model = _tiny_model(seed=0)
+    torch.manual_seed(1)
+    disc = PatchDiscriminator(DiscriminatorConfig(width=4, n_layers=2))
+    opt_g = _adam_after_one_step(model, torch.randn(2, 1, 32, 32))
+    opt_d = _adam_after_one_step(disc, torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32))
+    torch.manual_seed(5)
+    path = checkpoint.save_training_state(
+        tmp_path / "last.pt",
+        model,
+        stage=1,
+        epoch=4,
+        stage_done=stage_done,
+        optimizer=opt_g,
+        discriminator=disc,
+        disc_optimizer=opt_d,
+        history=[{"stage": 1, "epoch": 4}],
+        train_config={"seed": 0},
+    )
+    expected_draw = torch.rand(4)
+    raw = checkpoint.load_checkpoint(path)
+    assert raw["stages_trained"] == (2 if stage_done else 1)
+
+    model2 = _tiny_model(seed=9)
+    torch.manual_seed(10)
+    disc2 = PatchDiscriminator(DiscriminatorConfig(width=4, n_layers=2))
+    opt_g2 = torch.optim.Adam(model2.parameters(), lr=5e-2, betas=(0.5, 0.999))
+    opt_d2 = torch.optim.Adam(disc2.parameters(), lr=5e-2, betas=(0.5, 0.999))
+    torch.manual_seed(99)
+    epoch = checkpoint.restore_training_state(
+        raw, model2, discriminator=disc2, optimizer=opt_g2, disc_optimizer=opt_d2
+    )
+    assert epoch == 4
+    _assert_state_equal(model, model2)
+    _assert_state_equal(disc, disc2)
+    _assert_optimizer_equal(opt_g, opt_g2)
+    _assert_optimizer_equal(opt_d, opt_d2)
+    assert torch.equal(torch.rand(4), expected_draw)
+
+
+def test_save_trained_holds_weights_only_and_float32_state_undoes_half(tmp_path):
+    model = _tiny_model()
+    path = checkpoint.save_trained(
+        tmp_path / "stage1.pt", model, stage=1, epoch=7, history=[{"epoch": 7}]
+    )
+    raw = checkpoint.load_checkpoint(path)
+    assert (raw["stage"], raw["epoch"], raw["stages_trained"]) == (1, 7, 2)
+    assert all(raw[k] is None for k in ("rng", "optimizer", "discriminator", "disc_optimizer"))
+    assert raw["history"] == [{"epoch": 7}]
+
+    half = checkpoint.load_checkpoint(
+        checkpoint.save(tmp_path / "h.pt", model, stage=1, epoch=7, half=True, rng=False)
+    )["generator"]
+    full = checkpoint.float32_state(half)
+    assert full.keys() == half.keys()
+    ints = [k for k, v in half.items() if not v.is_floating_point()]
+    assert ints and all(full[k].dtype == half[k].dtype for k in ints)  # BatchNorm counters kept
+    for k, v in half.items():
+        if v.is_floating_point():
+            # float16 -> float32 is exact: casting back gives the stored bits
+            assert full[k].dtype == torch.float32 and torch.equal(full[k].half(), v), k

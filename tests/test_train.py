@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from darkfield_nb.train import (
     train_progressive,
     train_stage,
 )
-from darkfield_nb.train import stage as stage_module
+from darkfield_nb.train import step as step_module
 
 SIZE = 64
 
@@ -61,10 +62,9 @@ def make_tiny_dataset(root: Path, n: int = 8, n_val: int = 2, seed: int = 0) -> 
 def tiny_config(**kw) -> TrainConfig:
     model = kw.pop("model", {})
     stages = kw.pop("stages", [StageSchedule(epochs=2, batch_size=2, lr=1e-3, warmup_epochs=1)])
-    base = dict(n_stages=2, base_width=4, depth=2, norm="batch", dropout=0.1)
-    base.update(model)
+    base = GeneratorConfig(n_stages=2, base_width=4, depth=2, norm="batch", dropout=0.1)
     return TrainConfig(
-        model=GeneratorConfig(**base),
+        model=replace(base, **model),
         discriminator=DiscriminatorConfig(width=8, n_layers=2),
         stages=stages,
         crop_size=32,
@@ -213,14 +213,14 @@ def test_nan_guard_stops_with_clear_error_and_keeps_last_checkpoint(
     )
     steps_per_epoch = 3  # 6 training images, batch 2
     calls = {"n": 0}
-    real = stage_module.ggd_loss
+    real = step_module.ggd_loss
 
     def poisoned(*args, **kw):
         calls["n"] += 1
         value = real(*args, **kw)
         return value * math.nan if calls["n"] == steps_per_epoch + 2 else value
 
-    monkeypatch.setattr(stage_module, "ggd_loss", poisoned)
+    monkeypatch.setattr(step_module, "ggd_loss", poisoned)
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"stage 0, epoch 2, step 2: non-finite loss"):
         train_progressive(data_root, run, cfg, device="cpu", progress=False)
@@ -272,13 +272,13 @@ def test_attention_conditioning_weights_l1_by_previous_sigma(tmp_path, data_root
     """With conditioning="attention", stage 1's L1 is the weighted L1 with the weight equal to
     the model's attention map of stage 0's output; stage 0 uses the plain L1."""
     seen = []
-    real = stage_module.uncertainty_weighted_l1
+    real = step_module.uncertainty_weighted_l1
 
     def spy(target, mu, weight, reduction="mean"):
         seen.append(weight.detach().clone())
         return real(target, mu, weight, reduction)
 
-    monkeypatch.setattr(stage_module, "uncertainty_weighted_l1", spy)
+    monkeypatch.setattr(step_module, "uncertainty_weighted_l1", spy)
     cfg = tiny_config(
         model={"conditioning": "attention"},
         stages=[StageSchedule(epochs=1, batch_size=2, warmup_epochs=0)],

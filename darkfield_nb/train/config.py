@@ -24,6 +24,7 @@ then ``ggd_weight`` (the "L1 + GGD phase"). The learning rate falls linearly ove
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -93,13 +94,50 @@ class StageSchedule:
         return cls(**_known(cls, d))
 
 
+#: The cascaded UP-GAN loss schedule: (lr, l1_weight, ggd_weight) of stages 0, 1, 2 (the L1
+#: weight falls and the GGD weight rises tenfold per stage).
+UPGAN_SCHEDULE: tuple[tuple[float, float, float], ...] = (
+    (2e-4, 1.0, 1e-4),
+    (1e-4, 0.5, 1e-3),
+    (1e-4, 0.1, 1e-2),
+)
+
+
+def _per_stage(value: int | Sequence[int], name: str) -> list[int]:
+    values = [value] * len(UPGAN_SCHEDULE) if isinstance(value, int) else list(value)
+    if len(values) != len(UPGAN_SCHEDULE):
+        raise ValueError(
+            f"upgan_stages: {name}={value!r} must be one number or {len(UPGAN_SCHEDULE)} of them"
+        )
+    return values
+
+
+def upgan_stages(
+    epochs: int | Sequence[int],
+    warmup_epochs: int | Sequence[int] = 5,
+    batch_size: int = 8,
+) -> list[StageSchedule]:
+    """Three StageSchedules with the learning rates and loss weights of ``UPGAN_SCHEDULE``.
+
+    ``epochs`` and ``warmup_epochs`` are one number for every stage or one per stage; the
+    other fields keep the StageSchedule defaults.
+    """
+    return [
+        StageSchedule(
+            epochs=e, batch_size=batch_size, lr=lr, l1_weight=l1, ggd_weight=g, warmup_epochs=w
+        )
+        for (lr, l1, g), e, w in zip(
+            UPGAN_SCHEDULE,
+            _per_stage(epochs, "epochs"),
+            _per_stage(warmup_epochs, "warmup_epochs"),
+            strict=True,
+        )
+    ]
+
+
 def default_stages() -> list[StageSchedule]:
     """The UP-GAN-like schedule of the module docstring (three stages)."""
-    return [
-        StageSchedule(epochs=50, lr=2e-4, l1_weight=1.0, ggd_weight=1e-4),
-        StageSchedule(epochs=50, lr=1e-4, l1_weight=0.5, ggd_weight=1e-3),
-        StageSchedule(epochs=150, lr=1e-4, l1_weight=0.1, ggd_weight=1e-2),
-    ]
+    return upgan_stages(epochs=(50, 50, 150))
 
 
 def _known(cls, d: dict[str, Any]) -> dict[str, Any]:

@@ -19,17 +19,11 @@ import torch.distributed as dist
 
 from darkfield_nb import checkpoint
 from darkfield_nb.data import Augment, PairedDataset
-from darkfield_nb.models import ProgressiveGenerator, build_discriminator, build_generator
+from darkfield_nb.models import ProgressiveGenerator, build_generator
 
 from .config import TrainConfig
 from .distributed import init_distributed
-from .stage import (
-    DISC_SEED_TAG,
-    LAST_CHECKPOINT,
-    seed_for,
-    stage_checkpoint_name,
-    train_stage,
-)
+from .stage import LAST_CHECKPOINT, make_discriminator, stage_checkpoint_name, train_stage
 
 FINAL_CHECKPOINT = "model.pt"
 
@@ -62,6 +56,22 @@ def make_datasets(
     )
     val = PairedDataset(data_root, split="val", pad_multiple=1, cache=cfg.cache_data, check=False)
     return train, val
+
+
+def save_final(
+    out_dir: Path, model: ProgressiveGenerator, history: list[dict], cfg: TrainConfig
+) -> Path:
+    """Write ``out_dir/model.pt``: ``model`` with all its stages trained (``cfg`` gives the
+    last stage's epoch count and is stored with it)."""
+    last = model.config.n_stages - 1
+    return checkpoint.save_trained(
+        out_dir / FINAL_CHECKPOINT,
+        model,
+        stage=last,
+        epoch=cfg.schedule(last).epochs,
+        history=history,
+        train_config=cfg,
+    )
 
 
 def _config_mismatch(a: TrainConfig, b: TrainConfig) -> list[str]:
@@ -155,30 +165,24 @@ def train_progressive(
         history: list[dict] = []
         start_stage, resume_state = 0, None
         if ckpt is not None:
-            state = {
-                k: v.float() if v.is_floating_point() else v for k, v in ckpt["generator"].items()
-            }
-            model.load_state_dict(state)
+            model.load_state_dict(checkpoint.float32_state(ckpt["generator"]))
             history = list(ckpt["history"])
             s, e = int(ckpt["stage"]), int(ckpt["epoch"])
             if e >= cfg.schedule(s).epochs:  # stage s was finished
                 start_stage = s + 1
                 if ctx.is_main and not (out_dir / stage_checkpoint_name(s)).exists():
-                    checkpoint.save(
+                    checkpoint.save_trained(
                         out_dir / stage_checkpoint_name(s),
                         model,
                         stage=s,
                         epoch=e,
-                        stages_trained=s + 1,
                         history=history,
                         train_config=cfg,
-                        rng=False,
                     )
             else:
                 start_stage, resume_state = s, ckpt
         for k in range(start_stage, cfg.n_stages):
-            torch.manual_seed(seed_for(cfg.seed, k, DISC_SEED_TAG))
-            disc = build_discriminator(cfg.discriminator)
+            disc = make_discriminator(cfg, k)
             history = train_stage(
                 model,
                 k,
@@ -196,16 +200,7 @@ def train_progressive(
             )
         final = out_dir / FINAL_CHECKPOINT
         if ctx.is_main:
-            checkpoint.save(
-                final,
-                model,
-                stage=cfg.n_stages - 1,
-                epoch=cfg.schedule(cfg.n_stages - 1).epochs,
-                stages_trained=cfg.n_stages,
-                history=history,
-                train_config=cfg,
-                rng=False,
-            )
+            save_final(out_dir, model, history, cfg)
         ctx.barrier()
     finally:
         ctx.close()

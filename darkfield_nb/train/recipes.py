@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig
-from darkfield_nb.train.config import StageSchedule, TrainConfig
+from darkfield_nb.train.config import StageSchedule, TrainConfig, upgan_stages
 
 PRETRAINED_DATA = {"patients": 269, "ood": 24, "size": 256, "seed": 1}
 
@@ -30,17 +30,7 @@ def pretrained(base_width: int = 16, conditioning: str = "concat") -> TrainConfi
             dropout_stages="last",
             conditioning=conditioning,
         ),
-        stages=[
-            StageSchedule(
-                epochs=12, batch_size=8, lr=2e-4, l1_weight=1.0, ggd_weight=1e-4, warmup_epochs=3
-            ),
-            StageSchedule(
-                epochs=10, batch_size=8, lr=1e-4, l1_weight=0.5, ggd_weight=1e-3, warmup_epochs=2
-            ),
-            StageSchedule(
-                epochs=10, batch_size=8, lr=1e-4, l1_weight=0.1, ggd_weight=1e-2, warmup_epochs=2
-            ),
-        ],
+        stages=upgan_stages(epochs=(12, 10, 10), warmup_epochs=(3, 2, 2), batch_size=8),
         discriminator=DiscriminatorConfig(width=32),
         crop_size=128,
         cache_data=True,

@@ -1,17 +1,10 @@
 """Training one stage of the progressive generator, with every earlier stage frozen.
 
-One optimizer step on a batch (x input, y target D; stage k the one being trained)::
-
-    outs  = G(x, n_stages=k+1)            # stages < k run frozen: eval mode, no_grad
-    mu, alpha, beta = outs[k]
-    L_G   = w_l1 L1 + w_ggd NLL_GGD(y; mu, alpha, beta) + w_adv L_adv(D(x, mu), real)
-    L_D   = (L_adv(D(x, y), real) + L_adv(D(x, mu.detach()), fake)) / 2
-
-Both losses are checked for NaN/Inf (averaged over processes, so every process agrees) before
-any weight moves; a non-finite value stops training with :class:`NonFiniteLossError`, and the
-checkpoint of the last completed epoch stays on disk untouched. Gradients are clipped by
-global norm, then the generator and the discriminator step. Autocast runs in bfloat16 on CUDA
-(``TrainConfig.amp``); losses are always computed in float32.
+:func:`train_stage` runs the epochs of a stage; each optimizer step is a
+:class:`~darkfield_nb.train.step.TrainStep` call (the losses, the NaN/Inf guard and the
+updates are documented there). A non-finite value stops training with
+:class:`~darkfield_nb.train.step.NonFiniteLossError`, and the checkpoint of the last
+completed epoch stays on disk untouched.
 
 Determinism: epoch e of stage k shuffles with a generator seeded by (seed, k, e), draws
 augmentation from (seed, epoch, index) and reseeds torch's global RNG (dropout) from
@@ -22,7 +15,6 @@ exactly what an uninterrupted one does.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -32,36 +24,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from darkfield_nb import checkpoint
 from darkfield_nb.data import unpad
 from darkfield_nb.hardware import pick_device
-from darkfield_nb.losses import (
-    adversarial_loss,
-    ggd_loss,
-    ggd_nll,
-    uncertainty_weighted_l1,
-)
+from darkfield_nb.losses import ggd_nll
 from darkfield_nb.metrics import mse, psnr, ssim
-from darkfield_nb.models import ProgressiveGenerator, StageOutput, build_discriminator
+from darkfield_nb.models import ProgressiveGenerator, build_discriminator
 
 from .config import TrainConfig
 from .distributed import DistContext
 from .history import write_history
+from .step import STEP_KEYS, TrainStep, amp_dtype, autocast, batch_to_device
 
 LAST_CHECKPOINT = "last.pt"
 #: Tag mixed into the seed of a stage's discriminator initialization.
 DISC_SEED_TAG = 7919
 
-#: Per-step values, in the order they are reduced across processes and reported.
-STEP_KEYS = ("loss", "l1", "ggd", "adv", "d_loss", "grad_norm", "d_grad_norm")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss or gradient norm became NaN/Inf; the message names stage, epoch and step."""
+#: Called after every optimizer step as ``on_step(stage, epoch, step, values)``.
+OnStep = Callable[[int, int, int, dict[str, float]], None]
 
 
 def seed_for(*parts: int) -> int:
@@ -74,21 +57,11 @@ def stage_checkpoint_name(stage: int) -> str:
     return f"stage{stage}.pt"
 
 
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``cfg.amp`` on ``device`` (None: plain float32)."""
-    if cfg.amp == "none" or (cfg.amp == "auto" and device.type != "cuda"):
-        return None
-    if cfg.amp in ("auto", "bf16"):
-        return torch.bfloat16
-    if device.type != "cuda":
-        raise ValueError(f"TrainConfig.amp='fp16' needs CUDA, got device {device}")
-    return torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def make_discriminator(cfg: TrainConfig, stage: int) -> nn.Module:
+    """A fresh conditional PatchGAN for ``stage`` (``cfg.discriminator``), initialized from
+    the seed (cfg.seed, stage, DISC_SEED_TAG). Reseeds torch's global RNG."""
+    torch.manual_seed(seed_for(cfg.seed, stage, DISC_SEED_TAG))
+    return build_discriminator(cfg.discriminator)
 
 
 def make_loader(
@@ -130,15 +103,6 @@ def make_loader(
     )
 
 
-def _to_device(batch: dict, device: torch.device, channels_last: bool):
-    x = batch["input"].to(device, non_blocking=True)
-    y = batch["target"].to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = y.contiguous(memory_format=torch.channels_last)
-    return x, y
-
-
 @torch.no_grad()
 def validate(
     model: ProgressiveGenerator,
@@ -167,8 +131,8 @@ def validate(
         for i, batch in enumerate(loader):
             if cfg.val_max_images is not None and i >= cfg.val_max_images:
                 break
-            x, y = _to_device(batch, device, cfg.channels_last)
-            with _autocast(device, dtype):
+            x, y = batch_to_device(batch, device, cfg.channels_last)
+            with autocast(device, dtype):
                 out = model(x, n_stages=stage + 1)[stage]
             mu, alpha, beta = (unpad(t.float(), batch["pad"]) for t in out)
             y = unpad(y, batch["pad"])
@@ -182,14 +146,6 @@ def validate(
     finally:
         model.train(was_training)
     return {k: v / n for k, v in sums.items()}
-
-
-def _grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
-    """Global gradient L2 norm (clipped to ``clip`` when > 0), as a 0-d tensor."""
-    params = [p for p in params if p.grad is not None]
-    if not params:
-        return torch.zeros(())
-    return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -209,7 +165,7 @@ def train_stage(
     progress: bool = True,
     history: list[dict] | None = None,
     resume_from: dict | None = None,
-    on_step: Callable[[int, int, int, dict[str, float]], None] | None = None,
+    on_step: OnStep | None = None,
     dist_ctx: DistContext | None = None,
 ) -> list[dict]:
     """Train 0-based ``stage`` of ``model`` with stages ``< stage`` frozen; return the history.
@@ -250,179 +206,34 @@ def train_stage(
     if len(train_data) == 0:
         raise ValueError("train_stage: the training data set is empty")
 
-    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-    model.to(device=device, memory_format=memory_format)
-    params = model.trainable_stage(stage)
-    if discriminator is None:
-        torch.manual_seed(seed_for(cfg.seed, stage, DISC_SEED_TAG))
-        discriminator = build_discriminator(cfg.discriminator)
-    discriminator.to(device=device, memory_format=memory_format)
-    opt_g = torch.optim.Adam(params, lr=sched.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=sched.lr, betas=cfg.betas)
-    dtype = amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-
+    step = TrainStep.create(
+        model,
+        discriminator if discriminator is not None else make_discriminator(cfg, stage),
+        stage,
+        cfg,
+        device,
+        ctx,
+        last_path=out_dir / LAST_CHECKPOINT,
+    )
     start_epoch = 0
     if resume_from is not None:
         if int(resume_from["stage"]) != stage:
             raise ValueError(
                 f"train_stage: resume_from holds stage {resume_from['stage']}, not {stage}"
             )
-        state = resume_from["generator"]
-        model.load_state_dict(
-            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        start_epoch = checkpoint.restore_training_state(
+            resume_from,
+            model,
+            discriminator=step.discriminator,
+            optimizer=step.opt_g,
+            disc_optimizer=step.opt_d,
+            scaler=step.scaler,
         )
-        if resume_from.get("discriminator") is not None:
-            discriminator.load_state_dict(resume_from["discriminator"])
-        if resume_from.get("optimizer") is not None:
-            opt_g.load_state_dict(resume_from["optimizer"])
-        if resume_from.get("disc_optimizer") is not None:
-            opt_d.load_state_dict(resume_from["disc_optimizer"])
-        if scaler is not None and resume_from.get("scaler") is not None:
-            scaler.load_state_dict(resume_from["scaler"])
-        if resume_from.get("rng") is not None:
-            checkpoint.set_rng_state(resume_from["rng"])
-        start_epoch = int(resume_from["epoch"])
         history = list(resume_from.get("history") or [])
-
-    use_adv = sched.adv_weight > 0
-    g_run: nn.Module = model
-    d_run: nn.Module = discriminator
-    if ctx.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        g_run = DDP(model, device_ids=ids)
-        if use_adv:
-            d_run = DDP(discriminator, device_ids=ids)
-    if cfg.compile:
-        g_run = torch.compile(g_run)
-        d_run = torch.compile(d_run)
-    attention = cfg.attention_l1 and model.config.conditioning == "attention" and stage > 0
-    last_path = out_dir / LAST_CHECKPOINT
-    d_params = list(discriminator.parameters())
-
-    def step_fn(batch: dict, w_ggd: float) -> torch.Tensor:
-        x, y = _to_device(batch, device, cfg.channels_last)
-        with _autocast(device, dtype):
-            outs = g_run(x, n_stages=stage + 1)
-        mu, alpha, beta = (t.float() for t in outs[stage])
-        if attention:
-            weight = model.attention_map(StageOutput(*(t.float() for t in outs[stage - 1])))
-            l1 = uncertainty_weighted_l1(y, mu, weight)
-        else:
-            l1 = (y - mu).abs().mean()
-        # the GGD term is always in the graph (weight 0 in the warm-up) so that DDP sees a
-        # gradient, possibly zero, for the alpha and beta heads at every step
-        ggd = ggd_loss(y, mu, alpha, beta, kind=cfg.ggd_kind)
-        g_loss = sched.l1_weight * l1 + w_ggd * ggd
-        zero = torch.zeros((), device=device)
-        adv_g, d_loss = zero, zero
-        if use_adv:
-            discriminator.requires_grad_(False)  # the generator step must not touch D
-            with _autocast(device, dtype):
-                fake_logits = discriminator(x, mu)
-            discriminator.requires_grad_(True)
-            adv_g = adversarial_loss(fake_logits.float(), True, kind=cfg.adv_kind)
-            g_loss = g_loss + sched.adv_weight * adv_g
-            with _autocast(device, dtype):
-                logits = d_run(torch.cat([x, x]), torch.cat([y, mu.detach()]))
-            real, fake = logits.float().chunk(2)
-            d_loss = 0.5 * (
-                adversarial_loss(real, True, kind=cfg.adv_kind)
-                + adversarial_loss(fake, False, kind=cfg.adv_kind)
-            )
-        opt_g.zero_grad(set_to_none=True)
-        opt_d.zero_grad(set_to_none=True)
-        (scaler.scale(g_loss) if scaler else g_loss).backward()
-        if use_adv:
-            (scaler.scale(d_loss) if scaler else d_loss).backward()
-        if scaler is not None:
-            scaler.unscale_(opt_g)
-            if use_adv:
-                scaler.unscale_(opt_d)
-        g_norm = _grad_norm(params, cfg.grad_clip).to(device)
-        d_norm = _grad_norm(d_params, cfg.grad_clip).to(device) if use_adv else zero
-        values = torch.stack(
-            [t.detach().float() for t in (g_loss, l1, ggd, adv_g, d_loss, g_norm, d_norm)]
-        )
-        return ctx.all_reduce_mean(values)
+    step.distribute()
 
     for epoch in range(start_epoch, sched.epochs):
-        torch.manual_seed(seed_for(cfg.seed, stage, epoch, ctx.rank))
-        lr = sched.lr_at(epoch)
-        w_ggd = sched.ggd_weight_at(epoch)
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        model.train()
-        discriminator.train()
-        loader = make_loader(train_data, sched.batch_size, cfg, stage, epoch, ctx, device)
-        n_steps = len(loader)
-        if cfg.max_steps_per_epoch is not None:
-            n_steps = min(n_steps, cfg.max_steps_per_epoch)
-        sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64)
-        n_images = 0
-        t0 = time.perf_counter()
-        desc = f"stage {stage} epoch {epoch + 1}/{sched.epochs}"
-        with tqdm(total=n_steps, desc=desc, disable=not (progress and ctx.is_main)) as bar:
-            for step, batch in enumerate(loader):
-                if step >= n_steps:
-                    break
-                values = step_fn(batch, w_ggd).tolist()
-                bad_keys = STEP_KEYS if scaler is None else STEP_KEYS[:5]
-                vals = dict(zip(STEP_KEYS, values, strict=True))
-                bad = [k for k in bad_keys if not math.isfinite(vals[k])]
-                if bad:
-                    shown = ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
-                    kept = (
-                        f"the last good checkpoint {last_path} is kept"
-                        if last_path.exists()
-                        else "no checkpoint was written yet"
-                    )
-                    raise NonFiniteLossError(
-                        f"stage {stage}, epoch {epoch + 1}, step {step + 1}: non-finite "
-                        f"{', '.join(bad)} ({shown}); training stopped before updating any "
-                        f"weight, {kept}. Lower the learning rate or the GGD weight, or check "
-                        "the data for NaN/Inf."
-                    )
-                if scaler is not None:
-                    scaler.step(opt_g)
-                    if use_adv:
-                        scaler.step(opt_d)
-                    scaler.update()
-                else:
-                    opt_g.step()
-                    if use_adv:
-                        opt_d.step()
-                sums += torch.tensor(values, dtype=torch.float64)
-                n_images += batch["input"].shape[0] * ctx.world_size
-                bar.set_postfix(
-                    loss=f"{vals['loss']:.4f}",
-                    l1=f"{vals['l1']:.4f}",
-                    nll=f"{vals['ggd']:.3f}",
-                    d=f"{vals['d_loss']:.3f}",
-                    refresh=False,
-                )
-                bar.update(1)
-                if on_step is not None:
-                    on_step(stage, epoch, step, vals)
-        seconds = time.perf_counter() - t0
-        if ctx.enabled:
-            # DDP syncs buffers (BatchNorm statistics, spectral-norm vectors) from rank 0 at
-            # the start of each forward, so after the last step they differ: sync them now
-            for buf in [*model.buffers(), *discriminator.buffers()]:
-                dist.broadcast(buf, src=0)
-        means = (sums / max(n_steps, 1)).tolist()
-        record: dict = {
-            "stage": stage,
-            "epoch": epoch + 1,
-            "phase": sched.phase_at(epoch),
-            "lr": lr,
-            "ggd_weight": w_ggd,
-            "steps": n_steps,
-        }
-        record.update({f"train_{k}": v for k, v in zip(STEP_KEYS, means, strict=True)})
-        record["seconds"] = seconds
-        record["images_per_s"] = n_images / seconds if seconds > 0 else math.nan
+        record = _run_epoch(step, epoch, train_data, progress, on_step)
         if ctx.is_main:
             record.update(validate(model, stage, val_data, cfg, device))
         if ctx.enabled:  # every process keeps the same history (rank 0's validation figures)
@@ -430,39 +241,108 @@ def train_stage(
             dist.broadcast_object_list(box, src=0)
             record = box[0]
         history.append(record)
-        done = epoch + 1 == sched.epochs
         if ctx.is_main:
-            checkpoint.save(
-                last_path,
-                model,
-                stage=stage,
-                epoch=epoch + 1,
-                stages_trained=stage + 1 if done else stage,
-                optimizer=opt_g,
-                discriminator=discriminator,
-                disc_optimizer=opt_d,
-                scaler=scaler,
-                history=history,
-                train_config=cfg,
-            )
-            write_history(out_dir, history)
-            if progress:
-                tqdm.write(
-                    f"stage {stage} epoch {epoch + 1}/{sched.epochs}: "
-                    f"train loss {record['train_loss']:.4f} l1 {record['train_l1']:.4f} "
-                    f"| val psnr {record['val_psnr']:.2f} ssim {record['val_ssim']:.3f} "
-                    f"nll {record['val_nll']:.3f}"
-                )
+            _save_epoch(step, epoch, out_dir, history, progress)
     if ctx.is_main:
-        checkpoint.save(
+        checkpoint.save_trained(
             out_dir / stage_checkpoint_name(stage),
             model,
             stage=stage,
             epoch=sched.epochs,
-            stages_trained=stage + 1,
             history=history,
             train_config=cfg,
-            rng=False,
         )
     ctx.barrier()
     return history
+
+
+def _run_epoch(
+    step: TrainStep,
+    epoch: int,
+    train_data: Dataset,
+    progress: bool,
+    on_step: OnStep | None,
+) -> dict:
+    """Train one epoch: seed dropout, set the learning rate, run the steps; return the
+    epoch's history record without validation figures."""
+    cfg, sched, stage, ctx = step.cfg, step.sched, step.stage, step.ctx
+    torch.manual_seed(seed_for(cfg.seed, stage, epoch, ctx.rank))
+    lr = sched.lr_at(epoch)
+    w_ggd = sched.ggd_weight_at(epoch)
+    step.set_lr(lr)
+    step.model.train()
+    step.discriminator.train()
+    loader = make_loader(train_data, sched.batch_size, cfg, stage, epoch, ctx, step.device)
+    n_steps = len(loader)
+    if cfg.max_steps_per_epoch is not None:
+        n_steps = min(n_steps, cfg.max_steps_per_epoch)
+    sums = torch.zeros(len(STEP_KEYS), dtype=torch.float64)
+    n_images = 0
+    t0 = time.perf_counter()
+    desc = f"stage {stage} epoch {epoch + 1}/{sched.epochs}"
+    with tqdm(total=n_steps, desc=desc, disable=not (progress and ctx.is_main)) as bar:
+        for i, batch in enumerate(loader):
+            if i >= n_steps:
+                break
+            vals = step(batch, w_ggd, epoch, i)
+            sums += torch.tensor(list(vals.values()), dtype=torch.float64)
+            n_images += batch["input"].shape[0] * ctx.world_size
+            bar.set_postfix(
+                loss=f"{vals['loss']:.4f}",
+                l1=f"{vals['l1']:.4f}",
+                nll=f"{vals['ggd']:.3f}",
+                d=f"{vals['d_loss']:.3f}",
+                refresh=False,
+            )
+            bar.update(1)
+            if on_step is not None:
+                on_step(stage, epoch, i, vals)
+    seconds = time.perf_counter() - t0
+    if ctx.enabled:
+        # DDP syncs buffers (BatchNorm statistics, spectral-norm vectors) from rank 0 at
+        # the start of each forward, so after the last step they differ: sync them now
+        for buf in [*step.model.buffers(), *step.discriminator.buffers()]:
+            dist.broadcast(buf, src=0)
+    means = (sums / max(n_steps, 1)).tolist()
+    record: dict = {
+        "stage": stage,
+        "epoch": epoch + 1,
+        "phase": sched.phase_at(epoch),
+        "lr": lr,
+        "ggd_weight": w_ggd,
+        "steps": n_steps,
+    }
+    record.update({f"train_{k}": v for k, v in zip(STEP_KEYS, means, strict=True)})
+    record["seconds"] = seconds
+    record["images_per_s"] = n_images / seconds if seconds > 0 else math.nan
+    return record
+
+
+def _save_epoch(
+    step: TrainStep, epoch: int, out_dir: Path, history: list[dict], progress: bool
+) -> None:
+    """Rank 0 after an epoch: ``last.pt`` (the whole training state), the history files and,
+    with ``progress``, one summary line."""
+    sched, stage = step.sched, step.stage
+    checkpoint.save_training_state(
+        out_dir / LAST_CHECKPOINT,
+        step.model,
+        stage=stage,
+        epoch=epoch + 1,
+        stage_done=epoch + 1 == sched.epochs,
+        optimizer=step.opt_g,
+        discriminator=step.discriminator,
+        disc_optimizer=step.opt_d,
+        scaler=step.scaler,
+        history=history,
+        train_config=step.cfg,
+    )
+    write_history(out_dir, history)
+    if progress:
+        record = history[-1]
+        tqdm.write(
+            f"stage {stage} epoch {epoch + 1}/{sched.epochs}: "
+            f"train loss {record['train_loss']:.4f} l1 {record['train_l1']:.4f} "
+            f"| val psnr {record['val_psnr']:.2f} ssim {record['val_ssim']:.3f} "
+            f"nll {record['val_nll']:.3f}"
+        )

@@ -17,7 +17,7 @@ import torch
 from darkfield_nb import checkpoint
 from darkfield_nb.models import ProgressiveGenerator, build_generator
 from darkfield_nb.train.config import TrainConfig
-from darkfield_nb.train.progressive import FINAL_CHECKPOINT, make_datasets
+from darkfield_nb.train.progressive import make_datasets, save_final
 from darkfield_nb.train.stage import stage_checkpoint_name, train_stage
 
 
@@ -70,14 +70,5 @@ def train_or_load_stage(
         history=history,
     )
     if stage == model.config.n_stages - 1:
-        checkpoint.save(
-            out_dir / FINAL_CHECKPOINT,
-            model,
-            stage=stage,
-            epoch=run_cfg.schedule(stage).epochs,
-            stages_trained=stage + 1,
-            history=history,
-            train_config=run_cfg,
-            rng=False,
-        )
+        save_final(out_dir, model, history, run_cfg)
     return model.eval(), history
