@@ -26,6 +26,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from darkfield_nb import metrics
+from darkfield_nb.hardware import pick_device
 from darkfield_nb.labels import LUNG
 from darkfield_nb.losses import ggd_nll
 from darkfield_nb.uncertainty import ggd_interval, ggd_std, mc_dropout_predict
@@ -120,10 +121,11 @@ def evaluate(
     ``uncertainty`` for the final stage (see the module docstring). ``mc_samples=0`` skips MC
     dropout (the uncertainty block then uses the deterministic aleatoric sigma only).
     ``n_stages`` evaluates only the first stages (e.g. those a checkpoint says are trained).
+    ``device``: "auto" | "cpu" | "cuda" | a ``torch.device`` (``hardware.pick_device``).
     """
     if len(dataset) == 0:
         raise ValueError("evaluate: the data set (split) is empty")
-    device = torch.device(device)
+    device = pick_device(device)
     model = model.to(device).eval()
     n_stages = model.config.n_stages if n_stages is None else int(n_stages)
     per_image, lung_image = [], []

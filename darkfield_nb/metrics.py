@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 
 SSIM_WINDOW = 7
 SSIM_K1 = 0.01
@@ -133,16 +134,25 @@ def bootstrap_ci(
     """Mean of ``values`` with a percentile-bootstrap confidence interval.
 
     Resample the n values with replacement ``n_boot`` times, take each resample's mean, and
-    return ``(mean, q_low, q_high)`` with q the ``(1 -+ confidence) / 2`` quantiles of those means.
-    Seeded, so the interval is reproducible.
+    return ``(mean, q_low, q_high)`` with q the ``(1 -+ confidence) / 2`` quantiles of those means
+    (``scipy.stats.bootstrap(method="percentile")``). Seeded, so the interval is reproducible.
+    scipy refuses a single value; its interval is that value (every resample equals it).
     """
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(x.mean()), float(low), float(high)
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, mean, mean
+    res = stats.bootstrap(
+        (x,),
+        np.mean,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)

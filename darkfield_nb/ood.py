@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+from scipy.stats import mannwhitneyu
 from tqdm.auto import tqdm
 
+from darkfield_nb.hardware import pick_device
 from darkfield_nb.labels import DEVICE_BITS, LUNG
 from darkfield_nb.uncertainty import mc_dropout_predict
 
@@ -25,8 +26,9 @@ from darkfield_nb.uncertainty import mc_dropout_predict
 def pixel_auroc(scores, positive, negative=None) -> float:
     """AUROC of ``scores`` for ``positive`` pixels against ``negative`` ones (default: the rest).
 
-    ``scores``, ``positive`` and ``negative`` are arrays of one shape (masks boolean). Raises
-    ValueError when either group is empty.
+    ``scores``, ``positive`` and ``negative`` are arrays of one shape (masks boolean). U comes
+    from ``scipy.stats.mannwhitneyu`` (ranks averaged over ties). Raises ValueError when either
+    group is empty.
     """
     s = np.asarray(scores, dtype=np.float64)
     pos = np.asarray(positive, dtype=bool)
@@ -36,8 +38,8 @@ def pixel_auroc(scores, positive, negative=None) -> float:
     n_pos, n_neg = int(pos.sum()), int(neg.sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"pixel_auroc: {n_pos} positive and {n_neg} negative pixels")
-    ranks = rankdata(np.concatenate([s[pos], s[neg]]))
-    u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2
+    # only U is used; the asymptotic method skips scipy's exact p-value (slow for big groups)
+    u = mannwhitneyu(s[pos], s[neg], method="asymptotic").statistic
     return float(u / (n_pos * n_neg))
 
 
@@ -57,8 +59,10 @@ def device_flagging(
     ``dataset``: a ``PairedDataset`` (``pad_multiple=1``) whose masks carry the device bits.
     Returns one dict per image: ``id``, ``case``, ``auroc_epistemic``, ``auroc_aleatoric``,
     ``auroc_total``, and the mean sigmas inside and outside the device.
+    ``device``: "auto" | "cpu" | "cuda" | a ``torch.device`` (``hardware.pick_device``).
     """
     rows = []
+    device = pick_device(device)
     model = model.to(device).eval()
     for i in tqdm(range(len(dataset)), desc="device flagging", disable=not progress):
         item = dataset[i]

@@ -117,3 +117,34 @@ def plot_history(history: Sequence[dict], keys: Sequence[str] = ("train_l1", "va
         ax.set_title(key, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def attention_figure(radiograph, previous_mean, gate, stage: int):
+    """What stage ``stage + 1`` is guided by: the input, stage ``stage``'s mean (1-based label)
+    and its normalized aleatoric sigma ``gate`` (``ProgressiveGenerator.attention_map``, mean 1),
+    each with its own colour bar; the gate in ``viridis`` on its full range."""
+    panels = [
+        ("input", radiograph, "gray"),
+        (f"stage {stage} mean", previous_mean, D_CMAP),
+        (f"stage {stage} normalized sigma", gate, SIGMA_CMAP),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    for ax, (name, image, cmap) in zip(axes, panels, strict=True):
+        _show(ax, image, name, cmap)
+    return fig
+
+
+def first_of_each_case(
+    rows: Sequence[dict], *, by_split: bool = False, limit: int | None = None
+) -> list[int]:
+    """Indices of the first row of each case, in order of first appearance (at most ``limit``).
+
+    A row's case is its ``case`` column, or its ``split`` where there is no such column; with
+    ``by_split`` the same case in two splits (e.g. emphysema in ``train`` and ``ood``) counts
+    twice. ``rows`` as ``PairedDataset.rows``.
+    """
+    first: dict = {}
+    for i, row in enumerate(rows):
+        case = row.get("case", row["split"])
+        first.setdefault((row["split"], case) if by_split else case, i)
+    return list(first.values())[:limit]

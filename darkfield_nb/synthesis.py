@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from darkfield_nb.data import normalize_input
+from darkfield_nb.hardware import pick_device
 from darkfield_nb.io import IMAGE_SUFFIXES, read_image, write_image
 from darkfield_nb.uncertainty import mc_dropout_predict
 
@@ -58,11 +59,13 @@ def synthesize(
 ) -> Synthesis:
     """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes).
 
-    ``stage``: which stage's output (0-based; -1 the last).
+    ``stage``: which stage's output (0-based; -1 the last). ``device``: "auto" | "cpu" |
+    "cuda" | a ``torch.device`` (``hardware.pick_device``).
     """
     if image.ndim != 2:
         raise ValueError(f"synthesize: expected a 2-D radiograph, got shape {image.shape}")
     x = torch.from_numpy(normalize_input(image).astype(np.float32))[None, None]
+    device = pick_device(device)
     model = model.to(device).eval()
     result = mc_dropout_predict(model, x.to(device), samples=samples, seed=seed, stage=stage)
     maps = [result.mean, result.aleatoric, result.epistemic, result.total]
@@ -101,6 +104,7 @@ def synthesize_folder(
     if clash:
         raise ValueError(f"{inputs}: several files share the name(s) {clash}; outputs would clash")
     out_dir = Path(out_dir)
+    device = pick_device(device)
     report = SynthesisReport()
     for path in tqdm(paths, desc="synthesize", disable=not progress):
         targets = _outputs(out_dir, path.stem)

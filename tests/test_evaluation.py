@@ -68,6 +68,19 @@ def test_stage_metrics_match_skimage(data):
     assert "stage" in format_stage_table(result)
 
 
+def test_device_auto_is_resolved_by_pick_device(data):
+    from darkfield_nb.hardware import pick_device
+
+    ds, _ = data
+    model = ConstantModel()
+    auto = evaluate(model, ds, mc_samples=0, device="auto", progress=False)
+    explicit = evaluate(model, ds, mc_samples=0, device=pick_device("auto"), progress=False)
+    assert auto["mse"] == explicit["mse"] and auto["n_images"] == 5
+    assert (
+        auto["mse"] == evaluate(model, ds, mc_samples=0, progress=False)["mse"]
+    )  # the cpu default
+
+
 def test_uncertainty_figures_match_scipy_gennorm(data):
     ds, targets = data
     model = ConstantModel(levels=(0.3,), alpha=0.15, beta=1.5)

@@ -102,3 +102,22 @@ def test_bootstrap_ci_agrees_with_scipy_percentile_bootstrap():
 
 def test_bootstrap_ci_of_constant_values_is_a_point():
     assert metrics.bootstrap_ci([0.5] * 10) == (0.5, 0.5, 0.5)
+
+
+def test_bootstrap_ci_is_seeded_and_matches_the_normal_closed_form():
+    # for the mean of n values the bootstrap distribution is close to normal with standard
+    # error s / sqrt(n) (s the population-style sd of the sample): the 95 % percentile interval
+    # is about mean -+ 1.96 s / sqrt(n)
+    rng = np.random.default_rng(7)
+    values = rng.normal(1.0, 0.2, size=400)
+    a = metrics.bootstrap_ci(values, n_boot=8000, seed=5)
+    assert a == metrics.bootstrap_ci(values, n_boot=8000, seed=5)  # same seed, same interval
+    assert a != metrics.bootstrap_ci(values, n_boot=8000, seed=6)
+    half = 1.959964 * values.std() / np.sqrt(values.size)
+    mean, low, high = a
+    assert low == pytest.approx(mean - half, abs=0.1 * half)
+    assert high == pytest.approx(mean + half, abs=0.1 * half)
+
+
+def test_bootstrap_ci_of_one_value_is_that_value():
+    assert metrics.bootstrap_ci([0.25]) == (0.25, 0.25, 0.25)

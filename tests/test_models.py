@@ -100,6 +100,9 @@ def test_attention_map_uses_ggd_sigma():
     beta = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
     ref = stats.gennorm(beta.numpy(), scale=alpha.numpy()).std()
     torch.testing.assert_close(ggd_std(alpha, beta).numpy(), ref, rtol=1e-10, atol=0)
+    # seeded: for about 1 in 7 random initializations a pixel's sigma exceeds attention_max
+    # times the mean, the clamp cuts it and the mean falls below 1
+    torch.manual_seed(0)
     g = build_generator(GeneratorConfig(conditioning="attention", **SMALL))
     out = g(torch.randn(2, 1, 16, 16), n_stages=1)[0]
     s = g.attention_map(out)

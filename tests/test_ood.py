@@ -35,3 +35,13 @@ def test_empty_groups_and_shape_mismatch_are_refused():
         pixel_auroc(np.zeros(4), np.zeros(4, bool))
     with pytest.raises(ValueError, match="shapes differ"):
         pixel_auroc(np.zeros(4), np.zeros(5, bool))
+
+
+def test_matches_scikit_learn_roc_auc_with_ties():
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.normal(size=(20, 25)), 1)
+    pos = rng.random((20, 25)) < 0.2
+    scores[pos] += 0.5
+    ref = roc_auc_score(pos.ravel(), scores.ravel())  # default negatives: every other pixel
+    assert pixel_auroc(scores, pos) == pytest.approx(ref, abs=1e-12)

@@ -76,3 +76,19 @@ def test_missing_folder_and_name_clash(model, tmp_path, folder):
     write_image(folder / "a.tif", np.ones((8, 8), np.float32))
     with pytest.raises(ValueError, match="share the name"):
         synthesize_folder(model, folder, tmp_path / "out")
+
+
+def test_device_strings_and_devices_are_resolved_by_pick_device(model):
+    from darkfield_nb.hardware import pick_device
+
+    image = np.random.default_rng(2).random((24, 24)).astype(np.float32)
+    ref = synthesize(model, image, samples=3, seed=1, device="cpu")
+    for device in ("auto", pick_device("auto")):
+        out = synthesize(model, image, samples=3, seed=1, device=device)
+        np.testing.assert_allclose(out.darkfield, ref.darkfield, atol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_cuda_without_cuda_fails_early_with_a_clear_error(model):
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        synthesize(model, np.zeros((16, 16), np.float32), samples=2, device="cuda")

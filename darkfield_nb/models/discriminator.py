@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .config import DiscriminatorConfig
+from .unet import make_norm
 
 
 class PatchDiscriminator(nn.Module):
@@ -27,12 +28,8 @@ class PatchDiscriminator(nn.Module):
             layer = nn.Conv2d(c_in, c_out, 4, stride=stride, padding=1, bias=bias)
             return spectral_norm(layer) if cfg.norm == "spectral" else layer
 
-        def norm(c: int) -> nn.Module:
-            if cfg.norm == "instance":
-                return nn.InstanceNorm2d(c, affine=True)
-            if cfg.norm == "batch":
-                return nn.BatchNorm2d(c)
-            return nn.Identity()
+        # spectral normalization sits on the convolutions, so no normalization layer
+        layer_norm = "none" if cfg.norm == "spectral" else cfg.norm
 
         layers: list[nn.Module] = [
             conv(cfg.in_channels + cfg.out_channels, cfg.width, 2),
@@ -42,7 +39,11 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, cfg.n_layers + 1):
             c_out = cfg.width * min(2**i, 8)
             stride = 2 if i < cfg.n_layers else 1
-            layers += [conv(c, c_out, stride), norm(c_out), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                conv(c, c_out, stride),
+                make_norm(layer_norm, c_out),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
             c = c_out
         layers.append(conv(c, 1, 1))
         self.net = nn.Sequential(*layers)
