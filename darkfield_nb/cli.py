@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -69,7 +70,7 @@ def _train_config(args: argparse.Namespace):
     """A TrainConfig from ``--config`` (JSON of TrainConfig fields) and the flags over it."""
     import json
 
-    from darkfield_nb.train import StageSchedule, TrainConfig
+    from darkfield_nb.train import TrainConfig
 
     base = {}
     if args.config:
@@ -78,32 +79,26 @@ def _train_config(args: argparse.Namespace):
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{args.config}: cannot read the training config ({err})") from err
     cfg = TrainConfig.from_dict(base)
-    model = cfg.model.to_dict()
-    for flag, key in (
-        ("stages", "n_stages"),
-        ("base_width", "base_width"),
-        ("conditioning", "conditioning"),
-        ("dropout", "dropout"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            model[key] = value
-    cfg.model = type(cfg.model).from_dict(model)
+    model_flags = {"stages": "n_stages", "base_width": "base_width"}
+    model_flags.update(conditioning="conditioning", dropout="dropout")
+    model = {key: getattr(args, flag) for flag, key in model_flags.items()}
+    cfg = replace(
+        cfg, model=replace(cfg.model, **{k: v for k, v in model.items() if v is not None})
+    )
     if args.epochs or args.batch_size:
         epochs = [int(e) for e in args.epochs.split(",")] if args.epochs else None
-        stages = [cfg.schedule(k).to_dict() for k in range(cfg.n_stages)]
-        for k, st in enumerate(stages):
+        stages = []
+        for k in range(cfg.n_stages):
+            st = cfg.schedule(k)
             if epochs:
-                st["epochs"] = epochs[min(k, len(epochs) - 1)]
-                st["warmup_epochs"] = min(st["warmup_epochs"], max(st["epochs"] - 1, 0))
+                n = epochs[min(k, len(epochs) - 1)]
+                st = replace(st, epochs=n, warmup_epochs=min(st.warmup_epochs, max(n - 1, 0)))
             if args.batch_size:
-                st["batch_size"] = args.batch_size
-        cfg.stages = [StageSchedule.from_dict(st) for st in stages]
-    for flag in ("crop_size", "seed", "max_steps_per_epoch"):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(cfg, flag, value)
-    return TrainConfig.from_dict(cfg.to_dict())  # re-validate
+                st = replace(st, batch_size=args.batch_size)
+            stages.append(st)
+        cfg = replace(cfg, stages=stages)
+    run = {flag: getattr(args, flag) for flag in ("crop_size", "seed", "max_steps_per_epoch")}
+    return replace(cfg, **{k: v for k, v in run.items() if v is not None})  # validates again
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
