@@ -18,8 +18,9 @@ image equals the healthy patient's, bit for bit.
   ``f -> f_c = f + s (f_max - f)`` (``f_max`` 0.55-0.9): ``dA = mu_t (f_c - f) L_B``;
   ``eps -> eps (1 - f_c)/(1 - f) (1 - s (1 - m))`` with microstructure kept ``m`` = 0.5-0.9.
 - **Pleural effusion**: fluid (soft-tissue mu, no dark-field) replaces lung below a meniscus
-  at ``z_f = z_base + s (z_top + h - z_base)`` (``z_base`` the lung base, ``z_top`` the dome,
-  ``h`` 4-9 cm) that rises laterally by ``s`` x 1-3 cm: attenuation up
+  at ``z_f = z_base + sqrt(s) (z_top + h - z_base)`` (``z_base`` the lung base, ``z_top`` the
+  dome, ``h`` 4-9 cm; a basal wedge's height grows like the root of its volume) that rises
+  laterally by ``sqrt(s)`` x 1-3 cm: attenuation up
   (``(mu_t - mu_l) L_fluid``), dark-field down (``-eps L_fluid``).
 - **Pneumothorax**: the lung collapses towards its hilum to the linear scale
   ``c = 1 - 0.55 s`` and pleural air fills the gap: no lung, no dark-field there
@@ -193,11 +194,12 @@ class Effusion:
         base = lung.center[2] - lung.c  # the lowest lung point
         s = float(self.severity)
         width = 0.6  # meniscus edge (cm): fluid fraction ramps 0 -> 1 over it
+        h = np.sqrt(s)  # a basal wedge: its height grows like the root of its volume
         zf = (
             base
             - width
-            + s * (top + self.level - base + width)
-            + s * self.rise * np.clip(self.side * (X - xm) / lung.a_lat + 0.3, 0, 1.3) ** 2
+            + h * (top + self.level - base + width)
+            + h * self.rise * np.clip(self.side * (X - xm) / lung.a_lat + 0.3, 0, 1.3) ** 2
         )
         frac = np.clip((zf - Z) / width + 0.5, 0.0, 1.0) if s > 0 else np.zeros_like(Z * X)
         frac = frac * ((X * self.side) > 0)

@@ -393,6 +393,10 @@ def project_phantom(
     ).astype(np.float32)
 
     A_bone, bone = skeleton.project_skeleton(anat, grid, energy_kev)
+    # bone lies inside soft tissue: where a bone's closed form overhangs the body outline
+    # (a humeral head above a rounded shoulder), it is cut
+    A_bone = np.where(body, A_bone, 0.0).astype(np.float32)
+    bone &= body
 
     mask = np.zeros((n, n), np.uint16)
     scene = Scene(

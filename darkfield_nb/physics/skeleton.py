@@ -276,14 +276,16 @@ def _humeri(anat, grid, d_cort, d_canc, add):
     the head when ``anat.arms_up``."""
     sz = anat.shift_z
     for s in (-1, 1):
+        # the head stays in the shoulder joint however far out the arm hangs
+        hx = s * (anat.chest_a + min(anat.arms_out, 4.8) - 0.8)
         cx = s * (anat.chest_a + anat.arms_out - 0.8)
         cz = 12.0 + sz
         if anat.arms_up:
-            cx = s * (anat.chest_a - 1.0)
+            cx = hx = s * (anat.chest_a - 1.0)
             cz = 13.5 + sz
-        rows, cols, X, Z = grid.window(cx - 2.6, cx + 2.6, cz - 2.6, cz + 2.6)
+        rows, cols, X, Z = grid.window(hx - 2.6, hx + 2.6, cz - 2.6, cz + 2.6)
         if rows.stop > rows.start and cols.stop > cols.start:
-            rho = np.hypot(X - cx, Z - cz)
+            rho = np.hypot(X - hx, Z - cz)
             add(
                 rows,
                 cols,
