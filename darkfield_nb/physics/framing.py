@@ -138,20 +138,30 @@ def render_grid(framing: Framing, size: int) -> tuple[Grid, int]:
 
 def rotate_crop(image: np.ndarray, angle_deg: float, pad: int, order: int = 1) -> np.ndarray:
     """Rotate ``image`` (rendered with ``pad`` extra pixels per side) by ``angle_deg``
-    counter-clockwise about its centre and crop the pad: ``scipy.ndimage.rotate`` with
-    ``reshape=False`` (``order`` 1 for intensities, 0 for masks and label bits)."""
+    counter-clockwise on the display about its centre, and crop the pad.
+
+    One ``scipy.ndimage.affine_transform`` onto the cropped output: output pixel ``o``
+    (row, col) samples the input at ``M (o - c_out) + c_in`` with
+    ``M = [[cos t, sin t], [-sin t, cos t]]`` (the matrix of ``scipy.ndimage.rotate``, whose
+    result it equals exactly), ``c`` the array centres; ``order`` 1 for intensities, 0 for
+    masks and label bits (bool arrays are handled as 0/1).
+    """
     if angle_deg == 0 and pad == 0:
         return image
-    out = image
-    if angle_deg != 0:
-        is_bool = image.dtype.kind == "b"
-        src = image.astype(np.float32) if is_bool else image
-        out = ndimage.rotate(src, angle_deg, reshape=False, order=order, mode="nearest")
-        if is_bool:
-            out = out > 0.5
-    if pad:
-        out = out[pad:-pad, pad:-pad]
-    return np.ascontiguousarray(out)
+    n_in = image.shape[0]
+    n_out = n_in - 2 * pad
+    if angle_deg == 0:
+        return np.ascontiguousarray(image[pad : n_in - pad, pad : n_in - pad])
+    t = math.radians(angle_deg)
+    c, s = math.cos(t), math.sin(t)
+    m = np.array([[c, s], [-s, c]])
+    offset = np.full(2, (n_in - 1) / 2) - m @ np.full(2, (n_out - 1) / 2)
+    is_bool = image.dtype.kind == "b"
+    src = image.astype(np.uint8) if is_bool else image
+    out = ndimage.affine_transform(
+        src, m, offset, output_shape=(n_out, n_out), order=order, mode="nearest"
+    )
+    return out.astype(bool) if is_bool else out
 
 
 def open_fraction(framing: Framing, size: int) -> np.ndarray:

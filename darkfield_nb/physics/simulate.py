@@ -242,9 +242,13 @@ def simulate(
     theta = framing.rotation_deg
     A = rotate_crop(A, theta, pad)
     D = np.maximum(rotate_crop(D, theta, pad), 0.0)
-    mask = rotate_crop(scene.mask, theta, pad, order=0)
-    body = rotate_crop(scene.body, theta, pad, order=0)
-    metal = rotate_crop(scene.metal_outlier, theta, pad, order=0)
+    # label bits, body (bit 14) and metal (bit 15) turned in one nearest-neighbour pass
+    packed = scene.mask | (scene.body.astype(np.uint16) << 14)
+    packed |= scene.metal_outlier.astype(np.uint16) << 15
+    packed = rotate_crop(packed, theta, pad, order=0)
+    mask = packed & np.uint16((1 << 14) - 1)
+    body = (packed & np.uint16(1 << 14)) > 0
+    metal = (packed & np.uint16(1 << 15)) > 0
     lung = rotate_crop(scene.lung_total, theta, pad)
     A, D, w = collimate(A, D, framing)
     exposed = w >= 0.5
