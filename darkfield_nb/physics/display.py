@@ -32,7 +32,7 @@ class VendorLook:
     name: str
     lut: str = "gamma"
     gamma: tuple[float, float] = (1.6, 2.0)
-    sigmoid_slope: tuple[float, float] = (6.0, 10.0)
+    sigmoid_slope: tuple[float, float] = (4.0, 7.0)
     sigmoid_center: tuple[float, float] = (0.5, 0.65)
     high_percentile: tuple[float, float] = (99.5, 99.9)
     low_percentile: tuple[float, float] | None = None  # None: air (A = 0) is black
