@@ -46,7 +46,7 @@ class FramingRanges:
     shift_extra: float = 0.03  # ... plus up to this fraction of the field (chest may be cut)
     rotation_deg: tuple[float, float] = (-5.0, 5.0)
     arms_up_probability: float = 0.15
-    collimation_probability: float = 0.5  # per side
+    collimation_probability: float = 0.3  # per side (about 3 images in 4 have a shutter)
     collimation_depth: tuple[float, float] = (0.01, 0.08)  # shutter depth, fraction of image
     shutter_transmission: tuple[float, float] = (0.02, 0.08)  # scatter behind a shutter
     penumbra_mm: float = 2.0
