@@ -6,7 +6,7 @@ Every effect is proportional to (or monotone in) ``s``, and ``s = 0`` changes no
 image equals the healthy patient's, bit for bit.
 
 - **Emphysema** (alveolar walls destroyed), diffuse (both whole lungs, ``eps -> eps (1 - r s)``
-  with ``r`` = 0.55-0.8: fewer air-tissue interfaces) or regional (a background loss
+  with ``r`` = 0.45-0.7: fewer air-tissue interfaces) or regional (a background loss
   ``r_b`` = 0.2 over the whole lung and 1-4 upper-zone ellipsoids losing a further ``r s`` of
   the rest: ``eps -> eps (1 - r_b s)(1 - r s)``). The tissue fraction falls
   ``f -> f (1 - delta s)`` with ``delta`` = 0.25-0.45 in the lesions (0.3 ``delta`` in the
@@ -104,7 +104,7 @@ class Emphysema:
         # regional lesions: a further loss r s of what the background left
         for side, c, sm, r in [] if self.diffuse else self.blobs:
             lb = _window_length(scene, side, lambda X, Z, c=c, sm=sm: g.ellipsoid(X, Z, c, sm))
-            rr = np.clip(r * patchy, 0.3, 0.9) * s
+            rr = np.clip(r * patchy, 0.3, 0.75) * s
             scene.dD -= rr * (1.0 - rb) * scene.eps * lb
             scene.dA -= self.density_drop * s * scene.mu_lung * lb
             healthy = scene.lung_len_healthy[side]
@@ -256,13 +256,13 @@ def sample_pathology(kind: str, rng: np.random.Generator, anatomy, severity: flo
             for _ in range(int(rng.integers(1, 3))):
                 p = _lung_point(lung, rng, 0.0, 0.6)
                 semi = (rng.uniform(3.0, 5.0), 1.6 * lung.b, rng.uniform(3.5, 6.0))
-                blobs.append((side, (p[0], lung.center[1], p[2]), semi, rng.uniform(0.55, 0.8)))
+                blobs.append((side, (p[0], lung.center[1], p[2]), semi, rng.uniform(0.45, 0.7)))
         return Emphysema(
             blobs=blobs,
             density_drop=float(rng.uniform(0.25, 0.45)),
             severity=s,
             diffuse=diffuse,
-            diffuse_reduction=float(rng.uniform(0.55, 0.8)),
+            diffuse_reduction=float(rng.uniform(0.45, 0.7)),
         )
     lungs = build_lungs(anatomy)
     if kind == "pneumonia":
