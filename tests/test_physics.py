@@ -18,6 +18,8 @@ from darkfield_nb import labels
 from darkfield_nb.io import check_manifest, read_image
 from darkfield_nb.physics import (
     AcquisitionConfig,
+    DisplayRanges,
+    FramingRanges,
     darkfield_sigma,
     generate_dataset,
     hu_to_mu,
@@ -36,6 +38,13 @@ from darkfield_nb.physics.materials import LUNG_AIR_FRACTION_REF
 
 SIZE = 128
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _patient(seed, index, case, **kw):
+    """The first simulator's single framing and display: these tests are about the physics."""
+    return make_patient(
+        seed, index, case, framing=FramingRanges.fixed(), display=DisplayRanges.fixed(), **kw
+    )
 
 
 def _lung(pair):
@@ -90,7 +99,7 @@ def test_unknown_material_names_the_problem():
 
 @pytest.fixture(scope="module")
 def healthy_pairs():
-    return [simulate(make_patient(11, i, "healthy"), SIZE) for i in range(4)]
+    return [simulate(_patient(11, i, "healthy"), SIZE) for i in range(4)]
 
 
 def test_mean_lung_darkfield_in_literature_range(healthy_pairs):
@@ -128,22 +137,23 @@ def test_lungs_dark_in_radiograph_bright_in_darkfield(healthy_pairs):
 
 
 @pytest.mark.parametrize("index", [0, 3, 5])
-def test_emphysema_lowers_darkfield_not_attenuation(index):
-    healthy = simulate(make_patient(7, index, "healthy"), SIZE)
-    sick = simulate(make_patient(7, index, "emphysema"), SIZE)
+def test_emphysema_lowers_darkfield_far_more_than_attenuation(index):
+    """Emphysema: D falls by a quarter or more, A only by a few percent (hard to see)."""
+    healthy = simulate(_patient(7, index, "healthy"), SIZE)
+    sick = simulate(_patient(7, index, "emphysema", severity=0.8), SIZE)
     region = labels.has_label(sick.mask, labels.EMPHYSEMA)
     assert region.sum() > 20
     d0 = healthy.darkfield[region].mean()
     d1 = sick.darkfield[region].mean()
     assert (d0 - d1) / d0 >= 0.25, (d0, d1)
-    a0 = healthy.line_integral_clean[region]
-    a1 = sick.line_integral_clean[region]
-    assert np.abs(a1 - a0).mean() / a0.mean() < 0.05
+    a0 = healthy.line_integral_clean[region].mean()
+    a1 = sick.line_integral_clean[region].mean()
+    assert 0 < (a0 - a1) / a0 < 0.15, (a0, a1)
 
 
 def test_consolidation_raises_attenuation_lowers_darkfield():
-    healthy = simulate(make_patient(7, 2, "healthy"), SIZE)
-    sick = simulate(make_patient(7, 2, "pneumonia"), SIZE)
+    healthy = simulate(_patient(7, 2, "healthy"), SIZE)
+    sick = simulate(_patient(7, 2, "pneumonia", severity=1.0), SIZE)
     region = labels.has_label(sick.mask, labels.CONSOLIDATION)
     assert region.sum() > 10
     assert sick.line_integral_clean[region].mean() > healthy.line_integral_clean[region].mean()
@@ -151,7 +161,7 @@ def test_consolidation_raises_attenuation_lowers_darkfield():
 
 
 def test_pneumothorax_region_has_no_lung_darkfield():
-    sick = simulate(make_patient(7, 4, "pneumothorax"), SIZE)
+    sick = simulate(_patient(7, 4, "pneumothorax", severity=1.0), SIZE)
     region = labels.has_label(sick.mask, labels.PNEUMOTHORAX)
     assert region.sum() > 20
     assert float(sick.scene.lung_total[region].max()) == 0.0
@@ -171,13 +181,15 @@ def test_pneumothorax_region_has_no_lung_darkfield():
     ],
 )
 def test_every_case_sets_its_mask(case, bit):
-    pair = simulate(make_patient(5, 1, case), SIZE)
+    pair = simulate(
+        _patient(5, 1, case, **({"severity": 1.0} if case in ("effusion", "nodule") else {})), SIZE
+    )
     assert labels.has_label(pair.mask, bit).sum() > 0
 
 
 def test_metal_attenuates_and_adds_spurious_darkfield():
-    healthy = simulate(make_patient(5, 1, "healthy"), SIZE)
-    pm = simulate(make_patient(5, 1, "pacemaker"), SIZE)
+    healthy = simulate(_patient(5, 1, "healthy"), SIZE)
+    pm = simulate(_patient(5, 1, "pacemaker"), SIZE)
     can = pm.scene.A_metal > 3.0
     assert can.sum() > 5
     assert (pm.line_integral_clean[can] > healthy.line_integral_clean[can] + 2.0).all()
@@ -197,7 +209,7 @@ def test_sigma_formula_by_hand():
 
 
 def test_darkfield_noise_larger_behind_spine_and_heart():
-    patient = make_patient(3, 0, "healthy")
+    patient = _patient(3, 0, "healthy")
     noisy = simulate(patient, SIZE)
     clean = simulate(patient, SIZE, acquisition=AcquisitionConfig(noise=False))
     noise = noisy.darkfield - clean.darkfield  # same stripes: the difference is the noise
@@ -216,7 +228,7 @@ def test_darkfield_noise_larger_behind_spine_and_heart():
 
 
 def test_stripes_are_row_correlated():
-    patient = make_patient(3, 1, "healthy")
+    patient = _patient(3, 1, "healthy")
     on = simulate(patient, SIZE, acquisition=AcquisitionConfig(noise=False))
     off = simulate(patient, SIZE, acquisition=AcquisitionConfig(noise=False, stripes=False))
     lung = ndimage.binary_erosion(_lung(on), iterations=2)

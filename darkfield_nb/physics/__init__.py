@@ -4,7 +4,9 @@ Public names::
 
     generate_dataset(out, n_patients, size, seed, *, ood_patients=0, overwrite=False, ...)
     make_patient(seed, index=0, case="healthy") -> Patient
-    simulate(patient, size, fov_cm=40.0, acquisition=None) -> Pair
+    simulate(patient, size, fov_cm=None, acquisition=None) -> Pair
+    FramingRanges, Framing, sample_framing      (field of view, shift, rotation, shutters)
+    DisplayRanges, VENDOR_LOOKS, sample_display (vendor display processing, burnt-in text)
     project_ct(hu, lung_mask, spacing_mm, *, axis=1, energy_kev=47.0, seed=0, ...)
     to_radiograph(line_integral, config=None) -> uint16 image
     AcquisitionConfig, RadiographConfig, darkfield_sigma
@@ -15,7 +17,8 @@ Public names::
 Modules, one concept each: ``materials`` (mu table, HU), ``geometry`` (closed-form chords),
 ``anatomy`` (random body parameters), ``phantom`` (soft tissue, lungs, heart, vessels),
 ``skeleton`` (bones), ``pathology``, ``devices``, ``acquisition`` (blur, stripes, noise),
-``radiograph`` (display processing), ``simulate`` (one patient), ``ct`` (CT projector),
+``radiograph`` (display processing), ``display`` (vendor looks, annotations), ``framing``
+(field of view, position, rotation, collimation), ``simulate`` (one patient), ``ct`` (CT projector),
 ``volume`` (voxelized phantom), ``dataset`` (writing a data set).
 """
 
@@ -29,6 +32,8 @@ from darkfield_nb.physics.dataset import (
     verify_checksums,
     write_checksums,
 )
+from darkfield_nb.physics.display import VENDOR_LOOKS, DisplayRanges, sample_display
+from darkfield_nb.physics.framing import Framing, FramingRanges, sample_framing
 from darkfield_nb.physics.materials import MU_TABLE, hu_to_mu, mu, mu_to_hu
 from darkfield_nb.physics.radiograph import RadiographConfig, to_radiograph
 from darkfield_nb.physics.simulate import CASES, Pair, Patient, make_patient, simulate
@@ -38,7 +43,11 @@ __all__ = [
     "CASES",
     "DEFAULT_OOD_CASES",
     "MU_TABLE",
+    "VENDOR_LOOKS",
     "AcquisitionConfig",
+    "DisplayRanges",
+    "Framing",
+    "FramingRanges",
     "Pair",
     "Patient",
     "Volume",
@@ -52,6 +61,8 @@ __all__ = [
     "phantom_volume",
     "plan_cases",
     "project_ct",
+    "sample_display",
+    "sample_framing",
     "sample_recipe",
     "simulate",
     "threshold_lung_mask",

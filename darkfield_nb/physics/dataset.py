@@ -5,8 +5,15 @@
 <out>/darkfield/<id>.tif     measured D = -ln(V/V0), float32 TIFF
 <out>/masks/<id>.png         uint16 sums of darkfield_nb.labels bits
 <out>/dataset.json           provenance: version, seed, every parameter, darkfield_units "D"
-<out>/manifest.csv           id, patient, split, case, ood   (written last)
+<out>/manifest.csv           id, patient, split, case, ood, severity, and the framing and
+                             display of each image (written last)
 ```
+
+The manifest's extra columns: ``severity`` (0 healthy, else the pathology's severity in
+[0, 1]), ``fov_cm`` and ``pixel_mm`` (the field of view varies per image), ``chest_fraction``
+(torso width / image width), ``rotation_deg``, ``arms_up``, ``collimated`` (1 if a shutter
+cuts an edge), ``look`` (the vendor display) and ``bits`` (8 or 12; 8-bit images are written
+as 8-bit PNGs).
 
 One image per patient. Patient ``i`` is drawn from ``SeedSequence(seed, spawn_key=(i,))``, so
 the files do not depend on generation order or on the number of worker processes: the same
@@ -39,6 +46,8 @@ from darkfield_nb.contract import verify_checksums as verify_checksums
 from darkfield_nb.contract import write_checksums as write_checksums
 from darkfield_nb.io import write_image
 from darkfield_nb.physics.acquisition import AcquisitionConfig
+from darkfield_nb.physics.display import DisplayRanges
+from darkfield_nb.physics.framing import FramingRanges
 from darkfield_nb.physics.pathology import PATHOLOGY_CASES
 from darkfield_nb.physics.simulate import CASES, make_patient, simulate
 
@@ -50,7 +59,7 @@ def plan_cases(
     seed: int,
     *,
     ood_patients: int = 0,
-    pathology_fraction: float = 0.35,
+    pathology_fraction: float = 0.5,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     ood_cases: tuple[str, ...] = DEFAULT_OOD_CASES,
 ) -> list[dict]:
@@ -108,13 +117,26 @@ def plan_cases(
     return rows
 
 
-def _render_and_write(task: tuple) -> str:
-    root, row, index, seed, size, fov_cm, acq = task
-    pair = simulate(make_patient(seed, index, row["case"]), size, fov_cm, acq)
-    write_image(Path(root) / "attenuation" / f"{row['id']}.png", pair.attenuation)
+def _render_and_write(task: tuple) -> dict:
+    root, row, index, seed, size, fov_cm, acq, framing, display = task
+    patient = make_patient(seed, index, row["case"], framing=framing, display=display)
+    pair = simulate(patient, size, fov_cm, acq)
+    image = pair.attenuation.astype(np.uint8) if pair.bits <= 8 else pair.attenuation
+    write_image(Path(root) / "attenuation" / f"{row['id']}.png", image)
     write_image(Path(root) / "darkfield" / f"{row['id']}.tif", pair.darkfield)
     write_image(Path(root) / "masks" / f"{row['id']}.png", pair.mask)
-    return row["id"]
+    fr = pair.framing
+    return {
+        "severity": round(float(patient.severity), 4),
+        "fov_cm": round(fr.fov_cm, 3),
+        "pixel_mm": round(fr.fov_cm * 10.0 / size, 4),
+        "chest_fraction": round(fr.chest_fraction, 4),
+        "rotation_deg": round(fr.rotation_deg, 3),
+        "arms_up": int(patient.anatomy.arms_up),
+        "collimated": int(any(d > 0 for d in fr.collimation)),
+        "look": patient.display.look if patient.display else "exposure",
+        "bits": int(pair.bits),
+    }
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -158,17 +180,25 @@ def generate_dataset(
     ood_patients: int = 0,
     overwrite: bool = False,
     progress: bool = True,
-    pathology_fraction: float = 0.35,
+    pathology_fraction: float = 0.5,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     ood_cases: tuple[str, ...] = DEFAULT_OOD_CASES,
-    fov_cm: float = 40.0,
+    fov_cm: float | None = None,
     acquisition: AcquisitionConfig | None = None,
     workers: int | None = None,
+    framing: FramingRanges | None = None,
+    display: DisplayRanges | None = None,
 ) -> Path:
     """Simulate ``n_patients`` in-distribution and ``ood_patients`` out-of-distribution pairs.
 
     Writes the folder contract (module docstring) into ``out``, which must be empty or absent
-    unless ``overwrite=True``. Image size ``size`` x ``size`` over a ``fov_cm`` field (40 cm).
+    unless ``overwrite=True``. Image size ``size`` x ``size``; every patient's framing and
+    display are drawn from ``framing`` and ``display`` (default :class:`FramingRanges`,
+    :class:`DisplayRanges`: varied field of view, position, rotation, shutters and vendor
+    looks; ``FramingRanges.fixed()`` / ``DisplayRanges.fixed()`` give the first simulator's
+    single 40 cm framing and look). ``fov_cm`` overrides the field width of every image.
+    A fraction ``pathology_fraction`` of the in-distribution patients carry a pathology of a
+    random severity (manifest column ``severity``); devices are out-of-distribution only.
     ``workers`` processes render in parallel (default: the usable CPUs); the output is the
     same for any number of workers. Returns the output folder.
     """
@@ -189,22 +219,29 @@ def generate_dataset(
         ood_cases=tuple(ood_cases),
     )
     _prepare_output(out, overwrite)
+    fov = None if fov_cm is None else float(fov_cm)
+    frame_ranges = framing or FramingRanges()
+    display_ranges = display or DisplayRanges()
     tasks = [
-        (str(out), row, i, int(seed), int(size), float(fov_cm), acq) for i, row in enumerate(rows)
+        (str(out), row, i, int(seed), int(size), fov, acq, frame_ranges, display_ranges)
+        for i, row in enumerate(rows)
     ]
     workers = default_workers() if workers is None else max(1, int(workers))
     bar = tqdm(total=len(tasks), desc="make-data", unit="pair", disable=not progress)
+    extra = []
     if workers == 1 or len(tasks) == 1:
         for t in tasks:
-            _render_and_write(t)
+            extra.append(_render_and_write(t))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(
+            for cols in pool.map(
                 _render_and_write, tasks, chunksize=max(1, len(tasks) // (8 * workers))
             ):
+                extra.append(cols)
                 bar.update()
     bar.close()
+    rows = [{**row, **cols} for row, cols in zip(rows, extra, strict=True)]
     meta = {
         "darkfield_units": "D",
         "generator": "darkfield_nb.physics.generate_dataset",
@@ -213,13 +250,15 @@ def generate_dataset(
         "n_patients": int(n_patients),
         "ood_patients": int(ood_patients),
         "size": int(size),
-        "fov_cm": float(fov_cm),
-        "pixel_mm": float(fov_cm) * 10.0 / int(size),
+        "fov_cm": fov,  # None: per image (manifest columns fov_cm, pixel_mm)
+        "framing": asdict(frame_ranges),
+        "display": asdict(display_ranges),
         "pathology_fraction": float(pathology_fraction),
         "split_fractions": [float(f) for f in split_fractions],
         "ood_cases": list(ood_cases),
         "acquisition": asdict(acq),
-        "attenuation": "processed radiograph (to_radiograph), 12-bit values in 16-bit PNG",
+        "attenuation": "processed radiograph (to_radiograph): 12-bit values in 16-bit PNG, or "
+        "8-bit PNG (manifest column bits)",
         "darkfield": "measured D = -ln(V/V0), float32 TIFF",
         "mask_bits": dict(labels.MASK_BITS),
         "cases": dict(sorted(Counter(r["case"] for r in rows).items())),
@@ -236,7 +275,7 @@ def sample_recipe() -> dict:
         "n_patients": 24,
         "size": 256,
         "seed": 2601,
-        "ood_patients": 12,
-        "ood_cases": ("pacemaker", "cables", "clips", "high_contrast", "emphysema", "pneumothorax"),
-        "pathology_fraction": 0.35,
+        "ood_patients": 10,
+        "ood_cases": ("pacemaker", "cables", "clips", "high_contrast", "inverted_display"),
+        "pathology_fraction": 0.5,
     }

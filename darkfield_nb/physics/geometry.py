@@ -23,14 +23,17 @@ Interval = tuple[np.ndarray, np.ndarray]
 
 @dataclass(frozen=True)
 class Grid:
-    """Pixel-centre coordinates of a square detector of ``size`` pixels over ``fov_cm``.
+    """Pixel-centre coordinates of a square detector of ``size`` pixels over ``fov_cm``,
+    centred on the phantom point ``(cx, cz)`` (cm; the default is the phantom origin).
 
-    ``x[j] = (j + 0.5) fov/size - fov/2`` (left to right), ``z[i] = fov/2 - (i + 0.5) fov/size``
-    (top row first).
+    ``x[j] = cx + (j + 0.5) fov/size - fov/2`` (left to right),
+    ``z[i] = cz + fov/2 - (i + 0.5) fov/size`` (top row first).
     """
 
     size: int
     fov_cm: float = 40.0
+    cx: float = 0.0
+    cz: float = 0.0
 
     @property
     def pixel_cm(self) -> float:
@@ -38,22 +41,26 @@ class Grid:
 
     @property
     def x(self) -> np.ndarray:
-        return ((np.arange(self.size) + 0.5) * self.pixel_cm - self.fov_cm / 2).astype(np.float32)
+        j = np.arange(self.size) + 0.5
+        return (self.cx + j * self.pixel_cm - self.fov_cm / 2).astype(np.float32)
 
     @property
     def z(self) -> np.ndarray:
-        return (self.fov_cm / 2 - (np.arange(self.size) + 0.5) * self.pixel_cm).astype(np.float32)
+        i = np.arange(self.size) + 0.5
+        return (self.cz + self.fov_cm / 2 - i * self.pixel_cm).astype(np.float32)
 
     def cols(self, x0: float, x1: float) -> slice:
         """Column slice covering ``x0 <= x <= x1`` (clipped to the detector)."""
-        lo = int(np.floor((min(x0, x1) + self.fov_cm / 2) / self.pixel_cm))
-        hi = int(np.ceil((max(x0, x1) + self.fov_cm / 2) / self.pixel_cm)) + 1
+        left = self.cx - self.fov_cm / 2
+        lo = int(np.floor((min(x0, x1) - left) / self.pixel_cm))
+        hi = int(np.ceil((max(x0, x1) - left) / self.pixel_cm)) + 1
         return slice(max(lo, 0), max(min(hi, self.size), 0))
 
     def rows(self, z0: float, z1: float) -> slice:
         """Row slice covering ``z0 <= z <= z1`` (clipped to the detector)."""
-        lo = int(np.floor((self.fov_cm / 2 - max(z0, z1)) / self.pixel_cm))
-        hi = int(np.ceil((self.fov_cm / 2 - min(z0, z1)) / self.pixel_cm)) + 1
+        top = self.cz + self.fov_cm / 2
+        lo = int(np.floor((top - max(z0, z1)) / self.pixel_cm))
+        hi = int(np.ceil((top - min(z0, z1)) / self.pixel_cm)) + 1
         return slice(max(lo, 0), max(min(hi, self.size), 0))
 
     def window(self, x0: float, x1: float, z0: float, z1: float):
@@ -194,16 +201,32 @@ def bezier(control, n: int = 64) -> np.ndarray:
     return layer[:, 0]
 
 
-def bilinear_upsample(coarse: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear interpolation of a square ``coarse`` grid whose nodes span the detector edges
-    to ``size`` x ``size`` pixel centres (separable, two taps per axis)."""
-    n = coarse.shape[0]
-    pos = (np.arange(size) + 0.5) / size * (n - 1)
-    i0 = np.minimum(np.floor(pos).astype(int), n - 2)
-    w = (pos - i0).astype(np.float32)
-    c = coarse.astype(np.float32)
-    rows = c[i0] * (1 - w)[:, None] + c[i0 + 1] * w[:, None]
-    return rows[:, i0] * (1 - w)[None, :] + rows[:, i0 + 1] * w[None, :]
+def linear_resample(coarse: np.ndarray, shape: tuple[int, int], scale, offset) -> np.ndarray:
+    """Separable linear interpolation of a 2-D ``coarse`` grid onto ``shape`` output pixels.
+
+    Output pixel ``i`` along an axis samples the coarse grid at the fractional index
+    ``pos = (i + 0.5) * scale - offset`` (clamped to the grid: edge values repeat), with two
+    taps ``(1 - w) c[i0] + w c[i0 + 1]``, ``w = pos - floor(pos)``. ``scale`` and ``offset``
+    are numbers or per-axis pairs. The one bilinear upsampler of the physics package:
+
+    - nodes spanning the detector edges (``n`` nodes over ``size`` pixels):
+      ``scale = (n - 1) / size``, ``offset = 0`` (:func:`smooth_field`);
+    - block centres (blocks of ``f`` pixels): ``scale = 1 / f``, ``offset = 0.5``, the same
+      mapping as ``scipy.ndimage.zoom(..., order=1, grid_mode=True, mode="nearest")``
+      (:func:`~darkfield_nb.physics.radiograph.wide_blur`).
+    """
+    out = np.asarray(coarse, dtype=np.float32)
+    scales = np.broadcast_to(np.asarray(scale, dtype=np.float64), (2,))
+    offsets = np.broadcast_to(np.asarray(offset, dtype=np.float64), (2,))
+    for axis, n_out in enumerate(shape):
+        n_in = out.shape[axis]
+        pos = np.clip((np.arange(n_out) + 0.5) * scales[axis] - offsets[axis], 0, n_in - 1)
+        i0 = np.minimum(np.floor(pos).astype(int), max(n_in - 2, 0))
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        w = (pos - i0).astype(np.float32)
+        w = w[:, None] if axis == 0 else w[None, :]
+        out = np.take(out, i0, axis=axis) * (1 - w) + np.take(out, i1, axis=axis) * w
+    return out
 
 
 def smooth_field(rng: np.random.Generator, size: int, scale_cm: float, fov_cm: float) -> np.ndarray:
@@ -217,4 +240,4 @@ def smooth_field(rng: np.random.Generator, size: int, scale_cm: float, fov_cm: f
     n = max(int(np.ceil(2 * fov_cm / scale_cm)) + 1, 3)
     coarse = gaussian_filter(rng.standard_normal((n, n)), 0.7, mode="wrap")
     coarse = (coarse - coarse.mean()) / (coarse.std() + 1e-12)
-    return bilinear_upsample(coarse, size)
+    return linear_resample(coarse, (size, size), (n - 1) / size, 0.0)

@@ -1,20 +1,32 @@
-"""Lung pathologies: how each changes the lung's attenuation and dark-field, with a mask.
+"""Lung pathologies with a severity ``s`` in [0, 1]: how each changes attenuation and dark-field.
 
 Notation: ``L`` lung path (cm), ``f`` lung tissue fraction, ``mu_l = mu_lung(f)``, ``mu_t`` soft
 tissue, ``eps`` the lung dark-field coefficient (1/cm), ``L_B`` the lung path inside a lesion.
+Every effect is proportional to (or monotone in) ``s``, and ``s = 0`` changes nothing: the
+image equals the healthy patient's, bit for bit.
 
-- **Emphysema** (alveolar walls destroyed): ``eps`` drops by ``r`` = 30-70 % in a region while
-  ``f`` falls only by ``delta`` = 3-8 %: ``dD = -r eps L_B``, ``dA = -delta mu_l L_B`` (a few
-  percent of ``A``): nearly invisible in attenuation.
-- **Consolidation** (pneumonia / COVID-19-like, air replaced by fluid and cells): ``f -> f_c``
-  (0.45-0.85): ``dA = (mu_t f_c - mu_l) L_B``; ``eps -> eps (1 - f_c)/(1 - f) s`` with a
-  microstructure loss ``s`` = 0.5-0.9.
-- **Pneumothorax**: the lung collapses towards its hilum (scale ``c`` = 0.6-0.85) and pleural
-  air fills the gap: no lung, no dark-field there (``dA = -mu_t (L - L_c)``).
+- **Emphysema** (alveolar walls destroyed), diffuse (both whole lungs, ``eps -> eps (1 - r s)``
+  with ``r`` = 0.45-0.7: fewer air-tissue interfaces) or regional (a background loss
+  ``r_b`` = 0.2 over the whole lung and 1-4 upper-zone ellipsoids losing a further ``r s`` of
+  the rest: ``eps -> eps (1 - r_b s)(1 - r s)``). The tissue fraction falls
+  ``f -> f (1 - delta s)`` with ``delta`` = 0.25-0.45 in the lesions (0.3 ``delta`` in the
+  background of the regional form): lower lung density, so lower attenuation
+  (``dA = -delta s mu_l L_B``), and the chest hyperinflates
+  (:func:`~darkfield_nb.physics.anatomy.hyperinflate`: taller, deeper lungs, a lower and
+  flatter diaphragm), which adds lung path and lowers attenuation further.
+- **Consolidation** (pneumonia / COVID-19-like, air replaced by fluid and cells):
+  ``f -> f_c = f + s (f_max - f)`` (``f_max`` 0.55-0.9): ``dA = mu_t (f_c - f) L_B``;
+  ``eps -> eps (1 - f_c)/(1 - f) (1 - s (1 - m))`` with microstructure kept ``m`` = 0.5-0.9.
 - **Pleural effusion**: fluid (soft-tissue mu, no dark-field) replaces lung below a meniscus
-  that rises laterally.
-- **Nodules**: solid spheres (0.5-1.5 cm radius) replace lung: ``dA = (mu_t - mu_l) L_n``,
-  ``dD = -eps L_n``.
+  at ``z_f = z_base + sqrt(s) (z_top + h - z_base)`` (``z_base`` the lung base, ``z_top`` the
+  dome, ``h`` 4-9 cm; a basal wedge's height grows like the root of its volume) that rises
+  laterally by ``sqrt(s)`` x 1-3 cm: attenuation up
+  (``(mu_t - mu_l) L_fluid``), dark-field down (``-eps L_fluid``).
+- **Pneumothorax**: the lung collapses towards its hilum to the linear scale
+  ``c = 1 - 0.55 s`` and pleural air fills the gap: no lung, no dark-field there
+  (``dA = -mu_l (L - L_c)``); the collapsed lung is denser (``f -> min(f / c^2, 0.8)``).
+- **Nodules**: solid spheres of radius ``s`` x 0.6-1.6 cm replace lung:
+  ``dA = (mu_t - mu_l) L_n``, ``dD = -eps L_n``.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import numpy as np
 
 from darkfield_nb import labels
 from darkfield_nb.physics import geometry as g
-from darkfield_nb.physics.phantom import SIDES, Scene
+from darkfield_nb.physics.phantom import SIDES, Scene, dome_top
 
 PATHOLOGY_CASES = ("emphysema", "pneumonia", "pneumothorax", "effusion", "nodule")
 
@@ -61,56 +73,87 @@ def _window_length(scene: Scene, side: int, within) -> np.ndarray:
 @dataclass
 class Emphysema:
     blobs: list = field(default_factory=list)  # (side, center xyz, semi xyz, reduction r)
-    air_increase: float = 0.05  # delta: relative drop of the tissue fraction
+    density_drop: float = 0.35  # delta: relative drop of the tissue fraction at severity 1
+    severity: float = 1.0
+    diffuse: bool = False  # both whole lungs (blobs unused)
+    diffuse_reduction: float = 0.7  # r of the diffuse form
+    background_reduction: float = 0.2  # r_b: loss over the whole lung of the regional form
     case = "emphysema"
+
+    def adjust_anatomy(self, anat):
+        """The hyperinflated chest (:func:`~darkfield_nb.physics.anatomy.hyperinflate`)."""
+        from darkfield_nb.physics.anatomy import hyperinflate
+
+        return hyperinflate(anat, self.severity)
 
     def apply(self, scene: Scene, rng: np.random.Generator) -> None:
         size, fov = scene.grid.size, scene.grid.fov_cm
         patchy = 1.0 + 0.12 * g.smooth_field(rng, size, 2.0, fov)
         region = np.zeros((size, size), bool)
-        for side, c, s, r in self.blobs:
-            lb = _window_length(scene, side, lambda X, Z, c=c, s=s: g.ellipsoid(X, Z, c, s))
-            rr = np.clip(r * patchy, 0.3, 0.75)
-            scene.dD -= rr * scene.eps * lb
-            scene.dA -= self.air_increase * scene.mu_lung * lb
+        s = float(self.severity)
+        # background: mild loss over both whole lungs (the whole of a diffuse emphysema)
+        rb = (self.diffuse_reduction if self.diffuse else self.background_reduction) * s
+        for side in SIDES:
+            lung = scene.lung_len[side]
+            scene.dD -= rb * scene.eps * lung
+            scene.dA -= (
+                self.density_drop * s * (1.0 if self.diffuse else 0.3) * scene.mu_lung * lung
+            )
+            if self.diffuse:
+                region |= (lung > 2.0) & (s > 0)
+        # regional lesions: a further loss r s of what the background left
+        for side, c, sm, r in [] if self.diffuse else self.blobs:
+            lb = _window_length(scene, side, lambda X, Z, c=c, sm=sm: g.ellipsoid(X, Z, c, sm))
+            rr = np.clip(r * patchy, 0.3, 0.75) * s
+            scene.dD -= rr * (1.0 - rb) * scene.eps * lb
+            scene.dA -= self.density_drop * s * scene.mu_lung * lb
             healthy = scene.lung_len_healthy[side]
-            region |= (lb >= 0.8 * healthy) & (healthy > 2.0)
+            region |= (lb >= 0.8 * healthy) & (healthy > 2.0) & (s > 0)
         scene.mask |= np.where(region, labels.EMPHYSEMA, 0).astype(np.uint16)
 
 
 @dataclass
 class Consolidation:
-    blobs: list = field(default_factory=list)  # (side, center, semi, tissue fraction f_c)
-    microstructure_loss: float = 0.7  # s
+    blobs: list = field(default_factory=list)  # (side, center, semi, tissue fraction f_max)
+    microstructure_kept: float = 0.7  # m
+    severity: float = 1.0
     case = "pneumonia"
 
     def apply(self, scene: Scene, rng: np.random.Generator) -> None:
         size, fov = scene.grid.size, scene.grid.fov_cm
         mottle = g.smooth_field(rng, size, 1.2, fov)
         region = np.zeros((size, size), bool)
+        s = float(self.severity)
         f = scene.mu_lung / scene.mu_t  # tissue fraction, as mu_lung = mu_t f
-        for side, c, s, fc in self.blobs:
-            lb = _window_length(scene, side, lambda X, Z, c=c, s=s: g.ellipsoid(X, Z, c, s))
-            fcx = np.clip(fc * (1.0 + 0.2 * mottle), f + 0.05, 0.95)
-            scene.dA += (scene.mu_t * fcx - scene.mu_lung) * lb
-            eps_c = scene.eps * (1.0 - fcx) / (1.0 - f) * self.microstructure_loss
+        for side, c, sm, fmax in self.blobs:
+            lb = _window_length(scene, side, lambda X, Z, c=c, sm=sm: g.ellipsoid(X, Z, c, sm))
+            fcx = np.clip(fmax * (1.0 + 0.2 * mottle), f + 0.05, 0.95)
+            scene.dA += scene.mu_t * s * (fcx - f) * lb  # f -> f_c = f + s (f_max - f)
+            kept = 1.0 - s * (1.0 - self.microstructure_kept)
+            eps_c = scene.eps * (1.0 - s * (fcx - f) / (1.0 - f)) * kept
             scene.dD -= (scene.eps - eps_c) * lb
             healthy = scene.lung_len_healthy[side]
-            region |= (lb >= 0.3 * healthy) & (lb > 1.0)
+            region |= (lb >= 0.3 * healthy) & (lb > 1.0) & (s > 0)
         scene.mask |= np.where(region, labels.CONSOLIDATION, 0).astype(np.uint16)
 
 
 @dataclass
 class Pneumothorax:
     side: int = 1
-    collapse: float = 0.75  # c: linear scale of the collapsed lung about its hilum
+    severity: float = 1.0  # the lung collapses to the linear scale c = 1 - 0.55 s
     case = "pneumothorax"
+
+    @property
+    def collapse(self) -> float:
+        return 1.0 - 0.55 * float(self.severity)
 
     def apply(self, scene: Scene, rng: np.random.Generator) -> None:
         lung = scene.lungs[self.side]
         cx, cy, cz = lung.center
         hx, hz = cx - self.side * 0.95 * lung.a_med, cz - 0.45 * lung.c  # medial-basal anchor
         c = self.collapse
+        if c >= 1.0:
+            return
         collapsed = replace(
             lung,
             center=(hx + c * (cx - hx), cy, hz + c * (cz - hz)),
@@ -128,7 +171,7 @@ class Pneumothorax:
         fn = np.minimum(f / c**2, 0.8)
         scene.dA += scene.mu_t * (fn - f) * new
         scene.dD -= scene.eps * (1.0 - (1.0 - fn) / (1.0 - f)) * new
-        scene.dA -= scene.mu_t * gap  # pleural air instead of tissue
+        scene.dA -= scene.mu_t * gap  # pleural air: lung path -> air (compose adds mu_t - mu_l)
         scene.lung_len[self.side] = new
         region = (scene.lung_len_healthy[self.side] > 1.0) & (new <= 0.0)
         scene.mask |= np.where(region, labels.PNEUMOTHORAX, 0).astype(np.uint16)
@@ -137,22 +180,28 @@ class Pneumothorax:
 @dataclass
 class Effusion:
     side: int = -1
-    level: float = 2.5  # height of the meniscus above the dome top (cm)
-    rise: float = 2.0  # lateral rise of the meniscus (cm)
+    level: float = 6.0  # meniscus height above the dome top at severity 1 (cm)
+    rise: float = 2.0  # lateral rise of the meniscus at severity 1 (cm)
+    severity: float = 1.0
     case = "effusion"
 
     def apply(self, scene: Scene, rng: np.random.Generator) -> None:
         grid, anat = scene.grid, scene.anatomy
         X, Z = grid.x[None, :], grid.z[:, None]
-        top = (anat.dome_right if self.side < 0 else anat.dome_left) * anat.height + anat.shift_z
+        top = dome_top(anat, self.side)
         lung = scene.lungs[self.side]
         xm = lung.center[0]
+        base = lung.center[2] - lung.c  # the lowest lung point
+        s = float(self.severity)
+        width = 0.6  # meniscus edge (cm): fluid fraction ramps 0 -> 1 over it
+        h = np.sqrt(s)  # a basal wedge: its height grows like the root of its volume
         zf = (
-            top
-            + self.level
-            + self.rise * np.clip(self.side * (X - xm) / lung.a_lat + 0.3, 0, 1.3) ** 2
+            base
+            - width
+            + h * (top + self.level - base + width)
+            + h * self.rise * np.clip(self.side * (X - xm) / lung.a_lat + 0.3, 0, 1.3) ** 2
         )
-        frac = 0.5 * (1.0 + np.tanh((zf - Z) / 0.5))
+        frac = np.clip((zf - Z) / width + 0.5, 0.0, 1.0) if s > 0 else np.zeros_like(Z * X)
         frac = frac * ((X * self.side) > 0)
         old = scene.lung_len[self.side]
         fluid = frac * old
@@ -165,12 +214,16 @@ class Effusion:
 
 @dataclass
 class Nodules:
-    spheres: list = field(default_factory=list)  # (center xyz, radius)
+    spheres: list = field(default_factory=list)  # (center xyz, radius at severity 1)
+    severity: float = 1.0
     case = "nodule"
 
     def apply(self, scene: Scene, rng: np.random.Generator) -> None:
         region = np.zeros((scene.grid.size,) * 2, bool)
-        for c, r in self.spheres:
+        for c, r1 in self.spheres:
+            r = r1 * float(self.severity)
+            if r <= 0:
+                continue
             rows, cols, X, Z = scene.grid.window(c[0] - r, c[0] + r, c[2] - r, c[2] + r)
             if rows.stop <= rows.start or cols.stop <= cols.start:
                 continue
@@ -183,18 +236,35 @@ class Nodules:
         scene.mask |= np.where(region, labels.NODULE, 0).astype(np.uint16)
 
 
-def sample_pathology(kind: str, rng: np.random.Generator, lungs: dict):
-    """A random pathology of ``kind`` (one of :data:`PATHOLOGY_CASES`) for these lungs."""
+def sample_pathology(kind: str, rng: np.random.Generator, anatomy, severity: float):
+    """A random pathology of ``kind`` (one of :data:`PATHOLOGY_CASES`) of ``severity`` in
+    [0, 1] for the chest ``anatomy`` (the lesions are placed in the lungs that the pathology's
+    own anatomy change, if any, produces)."""
+    from darkfield_nb.physics.anatomy import hyperinflate
+    from darkfield_nb.physics.phantom import build_lungs
+
+    s = float(severity)
+    if not 0.0 <= s <= 1.0:
+        raise ValueError(f"severity must be in [0, 1], got {severity}")
     if kind == "emphysema":
+        lungs = build_lungs(hyperinflate(anatomy, s))
+        diffuse = bool(rng.random() < 0.35)
         blobs = []
         sides = list(SIDES) if rng.random() < 0.6 else [int(rng.choice(SIDES))]
         for side in sides:
             lung = lungs[side]
             for _ in range(int(rng.integers(1, 3))):
                 p = _lung_point(lung, rng, 0.0, 0.6)
-                semi = (rng.uniform(2.5, 4.5), 1.6 * lung.b, rng.uniform(3.0, 5.0))
-                blobs.append((side, (p[0], lung.center[1], p[2]), semi, rng.uniform(0.35, 0.7)))
-        return Emphysema(blobs=blobs, air_increase=float(rng.uniform(0.03, 0.08)))
+                semi = (rng.uniform(3.0, 5.0), 1.6 * lung.b, rng.uniform(3.5, 6.0))
+                blobs.append((side, (p[0], lung.center[1], p[2]), semi, rng.uniform(0.45, 0.7)))
+        return Emphysema(
+            blobs=blobs,
+            density_drop=float(rng.uniform(0.25, 0.45)),
+            severity=s,
+            diffuse=diffuse,
+            diffuse_reduction=float(rng.uniform(0.45, 0.7)),
+        )
+    lungs = build_lungs(anatomy)
     if kind == "pneumonia":
         blobs = []
         sides = list(SIDES) if rng.random() < 0.6 else [int(rng.choice(SIDES))]
@@ -203,20 +273,23 @@ def sample_pathology(kind: str, rng: np.random.Generator, lungs: dict):
             for _ in range(int(rng.integers(1, 3))):
                 p = _lung_point(lung, rng, -0.6, 0.2)
                 semi = (rng.uniform(2.0, 4.0), rng.uniform(3.0, 6.0), rng.uniform(2.0, 4.0))
-                blobs.append((side, tuple(p), semi, rng.uniform(0.45, 0.85)))
-        return Consolidation(blobs=blobs, microstructure_loss=float(rng.uniform(0.5, 0.9)))
+                blobs.append((side, tuple(p), semi, rng.uniform(0.55, 0.9)))
+        return Consolidation(
+            blobs=blobs, microstructure_kept=float(rng.uniform(0.5, 0.9)), severity=s
+        )
     if kind == "pneumothorax":
-        return Pneumothorax(side=int(rng.choice(SIDES)), collapse=float(rng.uniform(0.6, 0.85)))
+        return Pneumothorax(side=int(rng.choice(SIDES)), severity=s)
     if kind == "effusion":
         return Effusion(
             side=int(rng.choice(SIDES)),
-            level=float(rng.uniform(1.5, 6.0)),
+            level=float(rng.uniform(4.0, 9.0)),
             rise=float(rng.uniform(1.0, 3.0)),
+            severity=s,
         )
     if kind == "nodule":
         spheres = []
         for _ in range(int(rng.integers(1, 4))):
             lung = lungs[int(rng.choice(SIDES))]
-            spheres.append((_lung_point(lung, rng, -0.5, 0.7), float(rng.uniform(0.5, 1.5))))
-        return Nodules(spheres=spheres)
+            spheres.append((_lung_point(lung, rng, -0.5, 0.7), float(rng.uniform(0.6, 1.6))))
+        return Nodules(spheres=spheres, severity=s)
     raise ValueError(f"unknown pathology {kind!r}; known: {', '.join(PATHOLOGY_CASES)}")

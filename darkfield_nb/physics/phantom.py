@@ -125,6 +125,12 @@ def torso_interval(anat: Anatomy, X, Z, inset: float = 0.0) -> g.Interval:
     return g.elliptic_cylinder_z(X, 0.0, -0.3, a, b)
 
 
+def dome_top(anat: Anatomy, side: int) -> float:
+    """Height (cm) of the top of the diaphragm dome under lung ``side`` (-1 right, +1 left)."""
+    top = anat.dome_right if side < 0 else anat.dome_left
+    return top * anat.height + anat.shift_z - anat.dome_drop
+
+
 def build_lungs(anat: Anatomy) -> dict:
     """The two lungs with their holes (dome, heart, mediastinum, spine, aorta / vena cava)."""
     w, d, h, sz = anat.width, anat.depth, anat.height, anat.shift_z
@@ -153,22 +159,30 @@ def build_lungs(anat: Anatomy) -> dict:
         return g.ellipsoid(X, Z, (-2.7 * w, 1.0 * d, 5.0 * h + sz), (1.4, 1.6, 5.5))
 
     lungs = {}
+    flat = 1.0 - anat.dome_flatten
     for side in SIDES:
-        top = (anat.dome_right if side < 0 else anat.dome_left) * h + sz
+        top = dome_top(anat, side)
         x0 = 6.5 * side * w
 
         def dome(X, Z, top=top, x0=x0):
-            return g.paraboloid_below(X, Z, top, x0, 1.0 * d, 0.11 / w**2, 0.05 / d**2)
+            return g.paraboloid_below(
+                X, Z, top, x0, 1.0 * d, 0.11 * flat / w**2, 0.05 * flat / d**2
+            )
 
         holes = [dome, heart, mediastinum, spine]
         holes += [aorta, descending_aorta] if side > 0 else [vena_cava]
-        lungs[side] = Lung(
+        c = 14.0 * h
+        lungs[side] = Lung(  # hyperinflation grows the lung downwards (the apex stays)
             side=side,
-            center=(7.7 * side * w, -0.8 * d, (0.3 if side < 0 else 0.0) * h + sz),
-            a_lat=6.1 * w,
+            center=(
+                7.7 * side * w,
+                -0.8 * d,
+                (0.3 if side < 0 else 0.0) * h + sz - c * anat.inflate_z,
+            ),
+            a_lat=6.1 * w * (1.0 + anat.inflate_xy),
             a_med=(5.6 if side < 0 else 5.3) * w,
-            b=6.7 * d,
-            c=14.0 * h,
+            b=6.7 * d * (1.0 + anat.inflate_y),
+            c=c * (1.0 + anat.inflate_z),
             holes=holes,
         )
     lungs["heart"] = (heart_c, heart_s, anat.heart_angle_deg)
@@ -187,17 +201,26 @@ def _body_attenuation(anat: Anatomy, grid: g.Grid, mu_t: float, mu_fat: float, X
     parts = [(outer[0][rows, cols], outer[1][rows, cols])]
     parts += [g.ellipsoid(Xw, Zw, (s * (a - 1.5), -0.8, zs), (6.0, 6.2, 4.2)) for s in SIDES]
     body_len[rows, cols] = g.union_length(parts)
-    # arms lie beside the chest wall: add what does not overlap the torso and shoulders
+    # arms lie beside the chest wall (or are raised beside the head): add what does not
+    # overlap the torso and shoulders
     arm_x = a + anat.arms_out
+    top = 12.0 + anat.shift_z
+    if anat.arms_up:
+        arm_x = a - 1.0
+        z_lo, z_hi = top, grid.cz + grid.fov_cm
+    else:
+        z_lo, z_hi = grid.cz - grid.fov_cm, 13.5 + anat.shift_z
     for s in SIDES:
-        rows, cols, Xw, Zw = grid.window(
-            s * arm_x - 3.9, s * arm_x + 3.9, -grid.fov_cm, 13.5 + anat.shift_z
-        )
+        rows, cols, Xw, Zw = grid.window(s * arm_x - 6.0, s * arm_x + 6.0, z_lo, z_hi)
         if rows.stop <= rows.start or cols.stop <= cols.start:
             continue
-        arm = g.elliptic_cylinder_z(Xw + 0 * Zw, s * arm_x, -0.8, 3.9, 4.6)
-        top = 12.0 + anat.shift_z
-        fade = np.clip((top + 1.5 - Zw) / 3.0, 0.0, 1.0)  # the arm rounds off into the shoulder
+        if anat.arms_up:  # upper arm rising from the shoulder, tilted outwards
+            axis = s * (arm_x + 0.12 * (Zw - top))
+            arm = g.elliptic_cylinder_z(Xw - axis, 0.0, -0.8, 4.2, 4.6)
+            fade = np.clip((Zw - top + 1.0) / 3.0, 0.0, 1.0)
+        else:
+            arm = g.elliptic_cylinder_z(Xw + 0 * Zw, s * arm_x, -0.8, 3.9, 4.6)
+            fade = np.clip((top + 1.5 - Zw) / 3.0, 0.0, 1.0)  # rounds off into the shoulder
         mid, half = (arm[1] + arm[0]) / 2, fade * (arm[1] - arm[0]) / 2
         arm = (mid - half, mid + half)
         torso_w = (outer[0][rows, cols], outer[1][rows, cols])
@@ -217,16 +240,20 @@ def _body_attenuation(anat: Anatomy, grid: g.Grid, mu_t: float, mu_fat: float, X
     return A.astype(np.float32), body_len > 0
 
 
+def carina_z(anat: Anatomy) -> float:
+    """Height (cm) of the carina, where the trachea splits into the main bronchi."""
+    return 5.6 * anat.height + anat.shift_z
+
+
 def _airways(anat: Anatomy, X, Z, mu_t: float) -> np.ndarray:
     """Trachea, main bronchi and gastric bubble: air replacing soft tissue (negative excess)."""
-    sz = anat.shift_z
-    carina = (0.2, 5.6 * anat.height + sz)
+    carina = (0.2, carina_z(anat))
     path = g.tube_chord(np.abs(X - 0.2), 0.85) * (Z > carina[1])
     for s in SIDES:
         hilum = (s * 4.0 * anat.width, carina[1] - 3.2)
         path = path + g.tube_chord(g.segment_distance(X, Z, carina, hilum), 0.55)
     if anat.gastric_bubble:
-        c = (6.3 * anat.width, 1.0, anat.dome_left * anat.height + sz - 3.2)
+        c = (6.3 * anat.width, 1.0, dome_top(anat, 1) - 3.2)
         path = path + g.length(g.ellipsoid(X, Z, c, (2.6, 2.2, 1.7)))
     return (-mu_t * path).astype(np.float32)
 
@@ -311,19 +338,21 @@ def vessel_path(segs, grid: g.Grid) -> np.ndarray:
 
 def project_phantom(
     anat: Anatomy,
-    size: int,
+    grid: g.Grid | int,
     energy_kev: float,
     fov_cm: float = 40.0,
     rng: np.random.Generator | None = None,
 ) -> Scene:
-    """Project the healthy phantom (no pathology, no devices) onto a ``size`` x ``size`` grid.
+    """Project the healthy phantom (no pathology, no devices) onto ``grid`` (a
+    :class:`~darkfield_nb.physics.geometry.Grid`, or a size in pixels over ``fov_cm``).
 
     ``rng`` draws the lung texture fields (tissue-fraction and microstructure variation).
     """
     from darkfield_nb.physics import skeleton
 
     rng = np.random.default_rng(0) if rng is None else rng
-    grid = g.Grid(size, fov_cm)
+    grid = grid if isinstance(grid, g.Grid) else g.Grid(int(grid), fov_cm)
+    size, fov_cm = grid.size, grid.fov_cm
     X = grid.x[None, :]
     Z = grid.z[:, None]
     n = size
@@ -364,6 +393,10 @@ def project_phantom(
     ).astype(np.float32)
 
     A_bone, bone = skeleton.project_skeleton(anat, grid, energy_kev)
+    # bone lies inside soft tissue: where a bone's closed form overhangs the body outline
+    # (a humeral head above a rounded shoulder), it is cut
+    A_bone = np.where(body, A_bone, 0.0).astype(np.float32)
+    bone &= body
 
     mask = np.zeros((n, n), np.uint16)
     scene = Scene(

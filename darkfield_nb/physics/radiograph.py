@@ -6,13 +6,17 @@ and sharpen edges, then store 12-bit grey values. :func:`to_radiograph` does the
 simulated attenuation images live in the same domain as real chest X-rays (bone and soft tissue
 bright, lungs dark, air black):
 
-1. window: ``w = clip((A - lo) / (hi - lo), 0, 1)`` with ``lo = low_value`` and
-   ``hi = min(P_high(A), metal_cap * P_95(A))`` (``P_q`` the q-th percentile), so opaque
-   metal saturates instead of darkening the whole image;
+1. window: ``w = clip((A - lo) / (hi - lo), 0, 1)`` with ``lo = low_value`` (or the
+   ``low_percentile`` of ``A``) and ``hi = min(P_high(A), metal_cap * P_95(A))`` (``P_q`` the
+   q-th percentile over the exposed field, ``window_mask``), so opaque metal and shutters
+   saturate instead of darkening the whole image;
 2. latitude compression: ``w <- w - k_eq (G_big * w - mean(w))`` (``G_big`` a wide Gaussian);
-3. tone curve: ``v = w^gamma``;
+3. tone curve (look-up table): ``v = w^gamma`` (``lut="gamma"``) or the normalized logistic
+   ``v = (S(k (w^gamma - c)) - S(-k c)) / (S(k (1 - c)) - S(-k c))`` (``lut="sigmoid"``,
+   ``S`` the logistic function, slope ``k``, centre ``c``), the S-shaped film-like curve;
 4. unsharp mask: ``v <- v + k_us (v - G_small * v)``;
-5. quantize: ``round(clip(v, 0, 1) (2^bits - 1))`` as uint16.
+5. photometry: ``v <- 1 - v`` when ``invert`` (a MONOCHROME1 image read as MONOCHROME2);
+6. quantize: ``round(clip(v, 0, 1) (2^bits - 1))`` as uint16 (8-bit archives: ``bits=8``).
 
 Gaussian radii are fractions of the image width, so the result looks the same at every size.
 """
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
+
+from darkfield_nb.physics.geometry import linear_resample
 
 
 @dataclass
@@ -38,21 +44,11 @@ class RadiographConfig:
     unsharp_amount: float = 0.6  # edge enhancement strength
     unsharp_radius: float = 0.006  # small Gaussian sigma, fraction of image width
     bits: int = 12  # stored bit depth (values 0 .. 2^bits - 1)
-
-
-def _upsample(small: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
-    """Linear interpolation from block centres (``factor`` pixels each) back to pixels."""
-    out = small
-    for axis, n_out in enumerate(shape):
-        n_in = small.shape[axis]
-        pos = np.clip((np.arange(n_out) + 0.5) / factor - 0.5, 0, n_in - 1)
-        i0 = np.minimum(np.floor(pos).astype(int), max(n_in - 2, 0))
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        w = pos - i0
-        a, b = np.take(out, i0, axis=axis), np.take(out, i1, axis=axis)
-        w = w[:, None] if axis == 0 else w[None, :]
-        out = a * (1 - w) + b * w
-    return out
+    lut: str = "gamma"  # tone curve: "gamma" or "sigmoid"
+    sigmoid_slope: float = 8.0  # k of the sigmoid look-up table
+    sigmoid_center: float = 0.45  # c of the sigmoid look-up table
+    low_percentile: float | None = None  # window low end from a percentile instead of low_value
+    invert: bool = False  # MONOCHROME1 read as MONOCHROME2 (a reader error): v -> 1 - v
 
 
 def wide_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -69,14 +65,36 @@ def wide_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
     padded = np.pad(image, ((0, hs * f - h), (0, ws * f - w)), mode="edge")
     small = padded.reshape(hs, f, ws, f).mean(axis=(1, 3))
     small = gaussian_filter(small, sigma_px / f, mode="nearest")
-    return _upsample(small, (h, w), f)
+    return linear_resample(small, (h, w), 1.0 / f, 0.5)
 
 
-def to_radiograph(line_integral: np.ndarray, config: RadiographConfig | None = None) -> np.ndarray:
+def tone_curve(w: np.ndarray, cfg: RadiographConfig) -> np.ndarray:
+    """Step 3 of the module docstring: the look-up table applied to the window ``w``."""
+    v = w**cfg.gamma
+    if cfg.lut == "gamma":
+        return v
+    if cfg.lut == "sigmoid":
+        k, c = cfg.sigmoid_slope, cfg.sigmoid_center
+
+        def S(x):  # noqa: N802 (the logistic function of the formula)
+            return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+        lo, hi = S(-k * c), S(k * (1.0 - c))
+        return (S(k * (v - c)) - lo) / (hi - lo)
+    raise ValueError(f"lut must be 'gamma' or 'sigmoid', got {cfg.lut!r}")
+
+
+def to_radiograph(
+    line_integral: np.ndarray,
+    config: RadiographConfig | None = None,
+    window_mask: np.ndarray | None = None,
+) -> np.ndarray:
     """Turn a line-integral image ``A = integral mu dl`` into a processed radiograph (uint16).
 
-    See the module docstring for the five steps and their formulas. Returns values in
-    ``0 .. 2^bits - 1`` (12 bits by default), bone bright and lungs dark.
+    See the module docstring for the six steps and their formulas. ``window_mask`` (bool)
+    limits the window percentiles to the exposed field (behind collimator shutters excluded).
+    Returns values in ``0 .. 2^bits - 1`` (12 bits by default), bone bright and lungs dark
+    (the reverse when ``invert``).
     """
     cfg = config or RadiographConfig()
     a = np.asarray(line_integral, dtype=np.float64)
@@ -87,19 +105,25 @@ def to_radiograph(line_integral: np.ndarray, config: RadiographConfig | None = N
     if not 1 <= cfg.bits <= 16:
         raise ValueError(f"bits must be in 1..16, got {cfg.bits}")
     n = max(a.shape)
-    p_hi, p95 = np.percentile(a, [cfg.high_percentile, 95.0])
+    field = a if window_mask is None or not np.any(window_mask) else a[window_mask]
+    p_hi, p95 = np.percentile(field, [cfg.high_percentile, 95.0])
     hi = float(min(p_hi, cfg.metal_cap * p95)) if cfg.metal_cap > 0 else float(p_hi)
     lo = float(cfg.low_value)
+    if cfg.low_percentile is not None:
+        lo = float(np.percentile(field, cfg.low_percentile))
     if hi <= lo:
         hi = lo + 1.0
     w = np.clip((a - lo) / (hi - lo), 0.0, 1.0)
     if cfg.equalize_amount:
         big = wide_blur(w, cfg.equalize_radius * n)
         w = np.clip(w - cfg.equalize_amount * (big - big.mean()), 0.0, 1.0)
-    v = w**cfg.gamma
+    v = tone_curve(w, cfg)
     if cfg.unsharp_amount and cfg.unsharp_radius * n >= 0.3:
         v = v + cfg.unsharp_amount * (
             v - gaussian_filter(v, cfg.unsharp_radius * n, mode="nearest")
         )
+    v = np.clip(v, 0.0, 1.0)
+    if cfg.invert:
+        v = 1.0 - v
     top = (1 << cfg.bits) - 1
     return np.round(np.clip(v, 0.0, 1.0) * top).astype(np.uint16)

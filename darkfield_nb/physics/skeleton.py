@@ -14,6 +14,8 @@ drawn) to meet it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from darkfield_nb.physics import geometry as g
@@ -24,6 +26,98 @@ from darkfield_nb.physics.anatomy import Anatomy
 def _profile(d, half):
     """Elliptic cross-section factor ``sqrt(1 - (d/half)^2)`` (0 outside)."""
     return np.sqrt(np.maximum(1.0 - (d / half) ** 2, 0.0))
+
+
+# --------------------------------------------------------------------------------------------
+# Landmarks: the one definition of where each bone is (the projector below and the voxel model
+# of :mod:`~darkfield_nb.physics.volume` both read these)
+# --------------------------------------------------------------------------------------------
+
+N_RIBS = 12
+VERTEBRA_BODY_FRACTION = 0.84  # vertebral body height / level period (the rest is disc)
+
+
+@dataclass(frozen=True)
+class RibRing:
+    """Rib ``k`` (0 = first rib): an elliptic ring wall around the thorax.
+
+    Outer semi-axes ``(a_o, b_o)``, inner ``(a_o - t, b_o - t)``; at ``u = |x| / a_o`` the
+    posterior half runs at height ``zk + 0.8 u - (drop + 0.8) u^2`` (for ``u >= u0_post``),
+    the anterior half at ``zk - drop - 5 (1 - u)`` (for ``u >= u0_ant``).
+    """
+
+    a_o: float
+    b_o: float
+    t: float
+    zk: float
+    drop: float
+    u0_post: float
+    u0_ant: float
+
+    def z_posterior(self, u):
+        return self.zk + 0.8 * u - (self.drop + 0.8) * u**2
+
+    def z_anterior(self, u):
+        return self.zk - self.drop - 5.0 * (1 - u)
+
+
+def rib_rings(anat: Anatomy) -> list[RibRing]:
+    """The twelve rib rings of ``anat`` (the first ribs smaller; ``rib_spacing`` apart)."""
+    w, h = anat.width, anat.height
+    a_cage = anat.chest_a - 1.1
+    b_cage = anat.chest_b * anat.depth - 1.2
+    out = []
+    for k in range(N_RIBS):
+        size_k = min(1.0, 0.5 + 0.14 * k)
+        a_o = a_cage * size_k
+        out.append(
+            RibRing(
+                a_o=a_o,
+                b_o=b_cage * (0.6 + 0.4 * size_k),
+                t=anat.rib_thickness,
+                zk=13.4 * h + anat.shift_z - k * anat.rib_spacing * h,
+                drop=2.2 + 1.6 * (1 - size_k),
+                u0_post=2.3 * w / a_o,
+                u0_ant=0.42 + 0.1 * (1 - size_k),
+            )
+        )
+    return out
+
+
+def vertebra_halfwidth(anat: Anatomy, Z):
+    """Half-width (cm) of the vertebral body at height ``Z``: grows caudally, 1.3 in the neck."""
+    a_v = np.clip(1.9 + 0.035 * (2.0 - Z), 1.3, 2.6) * anat.width
+    return np.where(Z > 15.0 + anat.shift_z, 1.3, a_v)
+
+
+def vertebra_depth(anat: Anatomy) -> tuple[float, float]:
+    """``(b_v, y_v)``: antero-posterior half-depth and centre (cm) of the vertebral bodies."""
+    return 1.6 * anat.depth, -5.5 * anat.depth
+
+
+def vertebra_phase(anat: Anatomy, Z):
+    """``(period, phase)``: the level period (cm) and the phase in [0, 1) of height ``Z``
+    within its level (body for ``phase < VERTEBRA_BODY_FRACTION``, then disc)."""
+    period = 2.55 * anat.height
+    return period, np.mod(Z - (13.4 * anat.height + anat.shift_z), period) / period
+
+
+def clavicle_centerline(anat: Anatomy, abs_x):
+    """``(t, zc, r, slope)`` of the clavicle at lateral distance ``|x|``: relative position
+    ``t`` from the sternal end (x = 2.2) to the acromion (x = 15.5 w), centre height ``zc``,
+    radius ``r`` and the slope ``dz/dx`` of the centre line."""
+    xm, xl = clavicle_x(anat)
+    sz = anat.shift_z + anat.clavicle_lift
+    zm, zl = 12.2 + sz, 14.8 + sz
+    t = np.clip((abs_x - xm) / (xl - xm), 0.0, 1.0)
+    zc = zm + (zl - zm) * t - 0.7 * np.sin(2 * np.pi * t)
+    slope = ((zl - zm) - 0.7 * 2 * np.pi * np.cos(2 * np.pi * t)) / (xl - xm)
+    return t, zc, 0.85 - 0.3 * t, slope
+
+
+def clavicle_x(anat: Anatomy) -> tuple[float, float]:
+    """Lateral extent ``(sternal end, acromial end)`` of each clavicle (cm)."""
+    return 2.2, 15.5 * anat.width
 
 
 def project_skeleton(anat: Anatomy, grid: g.Grid, energy_kev: float):
@@ -47,23 +141,15 @@ def project_skeleton(anat: Anatomy, grid: g.Grid, energy_kev: float):
 
 
 def _ribs(anat, grid, d_cort, d_canc, add):
-    w, h, sz = anat.width, anat.height, anat.shift_z
-    a_cage = anat.chest_a - 1.1
-    b_cage = anat.chest_b * anat.depth - 1.2
-    t = anat.rib_thickness
-    z1 = 13.4 * h + sz
-    for k in range(12):
-        size_k = min(1.0, 0.5 + 0.14 * k)
-        a_o, b_o = a_cage * size_k, b_cage * (0.6 + 0.4 * size_k)
-        a_i, b_i = a_o - t, b_o - t
-        zk = z1 - k * anat.rib_spacing * h
-        drop = 2.2 + 1.6 * (1 - size_k)
+    for ring in rib_rings(anat):
+        a_o, zk, drop = ring.a_o, ring.zk, ring.drop
+        a_i, b_o, b_i = a_o - ring.t, ring.b_o, ring.b_o - ring.t
         for side in (-1, 1):
             for part in ("posterior", "anterior"):
                 if part == "posterior":
-                    u0, hz, zmin, zmax = 2.3 * w / a_o, 0.55, zk - drop - 1.0, zk + 0.9
+                    u0, hz, zmin, zmax = ring.u0_post, 0.55, zk - drop - 1.0, zk + 0.9
                 else:
-                    u0, hz = 0.42 + 0.1 * (1 - size_k), 0.6
+                    u0, hz = ring.u0_ant, 0.6
                     zmin, zmax = zk - drop - 5.0 - 1.0, zk - drop + 1.0
                 x0, x1 = sorted((side * u0 * a_o, side * a_o))
                 rows, cols, X, Z = grid.window(x0, x1, zmin, zmax)
@@ -72,20 +158,20 @@ def _ribs(anat, grid, d_cort, d_canc, add):
                 u = np.clip(np.abs(X) / a_o, 0.0, 1.0)
                 h_o = b_o * np.sqrt(np.maximum(1 - u**2, 0.0))
                 h_i = b_i * np.sqrt(np.maximum(1 - (np.abs(X) / a_i) ** 2, 0.0))
-                ring = (h_o - h_i) * (u >= u0)
+                ring_len = (h_o - h_i) * (u >= u0)
                 if part == "posterior":
-                    zc = zk + 0.8 * u - (drop + 0.8) * u**2
+                    zc = ring.z_posterior(u)
                     slope = (0.8 - 2 * (drop + 0.8) * u) / a_o
                 else:
-                    zc = zk - drop - 5.0 * (1 - u)
+                    zc = ring.z_anterior(u)
                     slope = 5.0 / a_o * np.ones_like(u)
-                    ring = ring * np.clip((u - u0) / 0.08, 0, 1)  # fades into cartilage
+                    ring_len = ring_len * np.clip((u - u0) / 0.08, 0, 1)  # fades into cartilage
                 hz_eff = hz * np.sqrt(1 + slope**2)
                 dz = Z - zc
                 weight = 0.55 if part == "posterior" else 0.3  # thin cortex; anterior ribs faint
                 val = (
                     weight
-                    * ring
+                    * ring_len
                     * (
                         d_cort * _profile(dz, hz_eff)
                         - (d_cort - d_canc) * 0.5 * _profile(dz, 0.55 * hz_eff)
@@ -95,15 +181,13 @@ def _ribs(anat, grid, d_cort, d_canc, add):
 
 
 def _spine(anat, grid, d_cort, d_canc, add):
-    d, sz, h = anat.depth, anat.shift_z, anat.height
-    rows, cols, X, Z = grid.window(-4.0, 4.0, -grid.fov_cm, grid.fov_cm)
+    sz = anat.shift_z
+    rows, cols, X, Z = grid.window(-4.0, 4.0, grid.cz - grid.fov_cm, grid.cz + grid.fov_cm)
     # vertebral body half-width grows caudally; height period ~ 2.5 cm (body + disc)
-    a_v = np.clip(1.9 + 0.035 * (2.0 - Z), 1.3, 2.6) * anat.width
-    a_v = np.where(Z > 15.0 + sz, 1.3, a_v)
-    b_v = 1.6 * d
-    period = 2.55 * h
-    phase = np.mod(Z - (13.4 * h + sz), period) / period  # 0..1 within a level
-    body_frac = 0.84
+    a_v = vertebra_halfwidth(anat, Z)
+    b_v = vertebra_depth(anat)[0]
+    period, phase = vertebra_phase(anat, Z)  # phase 0..1 within a level
+    body_frac = VERTEBRA_BODY_FRACTION
     vz = np.clip(phase / body_frac, 0, 1)
     in_body = (phase < body_frac).astype(np.float32)
     end = (
@@ -117,17 +201,17 @@ def _spine(anat, grid, d_cort, d_canc, add):
     )
     add(rows, cols, val)
     # pedicles (cortical rings seen end-on) and spinous processes, per level
-    z_top = 13.4 * h + sz + 2 * period
+    z_top = 13.4 * anat.height + sz + 2 * period
     k = 0
     while True:
         zc_level = z_top - k * period
         k += 1
-        if zc_level < -grid.fov_cm / 2 - period:
+        if zc_level < grid.cz - grid.fov_cm / 2 - period:
             break
-        if zc_level > grid.fov_cm / 2 + period:
+        if zc_level > grid.cz + grid.fov_cm / 2 + period:
             continue
         zb = zc_level - 0.3 * period * body_frac  # upper part of the body
-        aw = float(np.clip(1.9 + 0.035 * (2.0 - zb), 1.3, 2.6)) * anat.width
+        aw = float(vertebra_halfwidth(anat, np.float64(zb)))
         for s in (-1, 1):
             cx = s * (aw - 0.35)
             rows, cols, X, Z = grid.window(cx - 0.6, cx + 0.6, zb - 0.8, zb + 0.8)
@@ -144,17 +228,14 @@ def _spine(anat, grid, d_cort, d_canc, add):
 
 
 def _clavicles(anat, grid, d_cort, d_canc, add):
+    xm, xl = clavicle_x(anat)
     sz = anat.shift_z + anat.clavicle_lift
+    zm, zl = 12.2 + sz, 14.8 + sz
     for s in (-1, 1):
-        xm, xl = 2.2, 15.5 * anat.width
-        zm, zl = 12.2 + sz, 14.8 + sz
         rows, cols, X, Z = grid.window(s * xm, s * xl, zm - 2.5, zl + 2.5)
         if rows.stop <= rows.start or cols.stop <= cols.start:
             continue
-        t = np.clip((np.abs(X) - xm) / (xl - xm), 0.0, 1.0)
-        zc = zm + (zl - zm) * t - 0.7 * np.sin(2 * np.pi * t)
-        slope = ((zl - zm) - 0.7 * 2 * np.pi * np.cos(2 * np.pi * t)) / (xl - xm)
-        r = 0.85 - 0.3 * t
+        _, zc, r, slope = clavicle_centerline(anat, np.abs(X))
         dist = np.abs(Z - zc) / np.sqrt(1 + slope**2)
         inside_x = np.clip((np.abs(X) - xm + 0.8) / 0.8, 0, 1) * (np.abs(X) <= xl + 0.2)
         val = d_cort * g.tube_chord(dist, r) - (d_cort - d_canc) * g.tube_chord(dist, 0.7 * r)
@@ -191,22 +272,33 @@ def _scapulae(anat, grid, d_cort, add):
 
 
 def _humeri(anat, grid, d_cort, d_canc, add):
+    """Humeral heads at the shoulders and shafts running down beside the chest, or up beside
+    the head when ``anat.arms_up``."""
     sz = anat.shift_z
     for s in (-1, 1):
+        # the head stays in the shoulder joint however far out the arm hangs
+        hx = s * (anat.chest_a + min(anat.arms_out, 4.8) - 0.8)
         cx = s * (anat.chest_a + anat.arms_out - 0.8)
         cz = 12.0 + sz
-        rows, cols, X, Z = grid.window(cx - 2.6, cx + 2.6, cz - 2.6, cz + 2.6)
+        if anat.arms_up:
+            cx = hx = s * (anat.chest_a - 1.0)
+            cz = 13.5 + sz
+        rows, cols, X, Z = grid.window(hx - 2.6, hx + 2.6, cz - 2.6, cz + 2.6)
         if rows.stop > rows.start and cols.stop > cols.start:
-            rho = np.hypot(X - cx, Z - cz)
+            rho = np.hypot(X - hx, Z - cz)
             add(
                 rows,
                 cols,
                 d_cort * (g.tube_chord(rho, 2.4) - g.tube_chord(rho, 2.1))
                 + d_canc * g.tube_chord(rho, 2.1),
             )
-        rows, cols, X, Z = grid.window(cx - 1.3, cx + 1.3, -grid.fov_cm, cz - 1.5)
+        if anat.arms_up:  # the shaft leaves the head upwards and slightly outwards
+            z0, z1, tilt = cz + 1.5, grid.cz + grid.fov_cm, -0.12
+        else:
+            z0, z1, tilt = grid.cz - grid.fov_cm, cz - 1.5, 0.02
+        rows, cols, X, Z = grid.window(cx - 1.3 - 4, cx + 1.3 + 4, z0, z1)
         if rows.stop > rows.start and cols.stop > cols.start:
-            dx = np.abs(X - cx - s * 0.02 * (cz - Z))
+            dx = np.abs(X - cx - s * tilt * (cz - Z))
             add(
                 rows,
                 cols,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from darkfield_nb.physics import geometry as g
-from darkfield_nb.physics import materials
+from darkfield_nb.physics import materials, skeleton
 from darkfield_nb.physics.pathology import Consolidation, Effusion, Emphysema, Nodules
-from darkfield_nb.physics.phantom import SIDES, torso_interval
+from darkfield_nb.physics.phantom import SIDES, carina_z, torso_interval
 from darkfield_nb.physics.simulate import Patient, render_scene
 
 
@@ -60,18 +60,26 @@ def phantom_volume(patient: Patient, n: int = 96, fov_cm: float = 40.0) -> Volum
     mu_lung = scene.mu_lung[:, None, :]
     for p in [patient.pathology] if patient.pathology is not None else []:
         if isinstance(p, Emphysema):
-            for _, c, s, r in p.blobs:
+            sev = p.severity
+            rb = (p.diffuse_reduction if p.diffuse else p.background_reduction) * sev
+            eps = eps * (1 - rb)
+            mu_lung = mu_lung * (1 - p.density_drop * sev * (1.0 if p.diffuse else 0.3))
+            for _, c, s, r in [] if p.diffuse else p.blobs:
                 blob = lung & _inside(g.ellipsoid(X2, Z2, c, s), Y)
-                eps = np.where(blob, eps * (1 - r), eps)
-                mu_lung = np.where(blob, mu_lung * (1 - p.air_increase), mu_lung)
+                eps = np.where(blob, eps * (1 - r * sev), eps)
+                mu_lung = np.where(blob, mu_lung * (1 - p.density_drop * sev), mu_lung)
         elif isinstance(p, Consolidation):
-            for _, c, s, fc in p.blobs:
+            sev = p.severity
+            for _, c, s, fmax in p.blobs:
                 blob = lung & _inside(g.ellipsoid(X2, Z2, c, s), Y)
                 f = scene.mu_lung[:, None, :] / mu_t
-                eps = np.where(blob, eps * (1 - fc) / (1 - f) * p.microstructure_loss, eps)
+                fc = f + sev * (np.maximum(fmax, f + 0.05) - f)
+                kept = 1 - sev * (1 - p.microstructure_kept)
+                eps = np.where(blob, eps * (1 - fc) / (1 - f) * kept, eps)
                 mu_lung = np.where(blob, mu_t * fc, mu_lung)
         elif isinstance(p, Nodules):
-            for c, r in p.spheres:
+            for c, r1 in p.spheres:
+                r = r1 * p.severity
                 ball = (X3 - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z3 - c[2]) ** 2 < r * r
                 lung &= ~ball
         elif isinstance(p, Effusion):
@@ -81,40 +89,29 @@ def phantom_volume(patient: Patient, n: int = 96, fov_cm: float = 40.0) -> Volum
     mu = np.where(lung, mu_lung, mu)
     eps = np.where(lung, eps, 0.0)
     # trachea (air) above the carina
-    carina = 5.6 * anat.height + anat.shift_z
-    mu = np.where(((X3 - 0.2) ** 2 + Y**2 < 0.85**2) & (Z3 > carina) & body, 0.0, mu)
+    mu = np.where(((X3 - 0.2) ** 2 + Y**2 < 0.85**2) & (Z3 > carina_z(anat)) & body, 0.0, mu)
     # vertebral bodies: elliptic cylinders, cancellous with a cortical rim, discs left out
-    a_v = np.clip(1.9 + 0.035 * (2.0 - Z3), 1.3, 2.6) * anat.width
-    b_v, yv = 1.6 * anat.depth, -5.5 * anat.depth
-    period = 2.55 * anat.height
-    phase = np.mod(Z3 - (13.4 * anat.height + anat.shift_z), period) / period
+    a_v = skeleton.vertebra_halfwidth(anat, Z3)
+    b_v, yv = skeleton.vertebra_depth(anat)
+    _, phase = skeleton.vertebra_phase(anat, Z3)
     rho = (X3 / a_v) ** 2 + ((Y - yv) / b_v) ** 2
-    vert = (rho < 1) & (phase < 0.84)
+    vert = (rho < 1) & (phase < skeleton.VERTEBRA_BODY_FRACTION)
     mu = np.where(vert, mu_t + np.where(rho > 0.8, d_cort, d_canc), mu)
-    # ribs: elliptic ring walls at the posterior / anterior heights of skeleton._ribs
-    a_cage = anat.chest_a - 1.1
-    b_cage = anat.chest_b * anat.depth - 1.2
-    t = anat.rib_thickness
-    for k in range(12):
-        size_k = min(1.0, 0.5 + 0.14 * k)
-        a_o, b_o = a_cage * size_k, b_cage * (0.6 + 0.4 * size_k)
-        zk = 13.4 * anat.height + anat.shift_z - k * anat.rib_spacing * anat.height
-        drop = 2.2 + 1.6 * (1 - size_k)
+    # ribs: elliptic ring walls at the posterior / anterior heights of skeleton.rib_rings
+    for ring in skeleton.rib_rings(anat):
+        a_o, b_o, t = ring.a_o, ring.b_o, ring.t
         r_o = (X3 / a_o) ** 2 + (Y / b_o) ** 2
         r_i = (X3 / (a_o - t)) ** 2 + (Y / (b_o - t)) ** 2
         u = np.clip(np.abs(X3) / a_o, 0, 1)
-        zc = np.where(Y < 0, zk + 0.8 * u - (drop + 0.8) * u**2, zk - drop - 5.0 * (1 - u))
-        ok = np.where(Y < 0, u >= 2.3 * anat.width / a_o, u >= 0.42 + 0.1 * (1 - size_k))
+        zc = np.where(Y < 0, ring.z_posterior(u), ring.z_anterior(u))
+        ok = np.where(Y < 0, u >= ring.u0_post, u >= ring.u0_ant)
         rib = (r_o <= 1) & (r_i >= 1) & (np.abs(Z3 - zc) < 0.55) & ok
         mu = np.where(rib, mu_t + 0.5 * (d_cort + d_canc), mu)
     # clavicles
-    for s in SIDES:
-        tt = np.clip((np.abs(X3) - 2.2) / (15.5 * anat.width - 2.2), 0, 1)
-        zl = anat.shift_z + anat.clavicle_lift
-        zc = 12.2 + zl + 2.6 * tt - 0.7 * np.sin(2 * np.pi * tt)
-        clav = ((Z3 - zc) ** 2 + (Y - 5.5) ** 2 < (0.85 - 0.3 * tt) ** 2) & (X3 * s > 2.0)
-        clav &= np.abs(X3) < 15.5 * anat.width
-        mu = np.where(clav, mu_t + d_cort, mu)
+    xm, xl = skeleton.clavicle_x(anat)
+    _, zc, r, _ = skeleton.clavicle_centerline(anat, np.abs(X3))
+    clav = ((Z3 - zc) ** 2 + (Y - 5.5) ** 2 < r**2) & (np.abs(X3) > xm) & (np.abs(X3) < xl)
+    mu = np.where(clav, mu_t + d_cort, mu)
     mu = mu.astype(np.float32)
     return Volume(
         mu=mu,
