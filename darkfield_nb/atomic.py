@@ -47,8 +47,12 @@ class WriteError(OSError, ValueError):
     """A file or folder could not be written; the message names the path and the reason.
 
     Both an ``OSError`` (what it is) and a ``ValueError`` (so front ends that report
-    ``ValueError`` in one line report this too). ``errno`` is the underlying error number.
+    ``ValueError`` in one line report this too). ``errno`` is the underlying error number;
+    ``str()`` is the message alone, without the ``[Errno N]`` prefix.
     """
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 #: Error numbers of a writer that mean the destination is full or read-only.
