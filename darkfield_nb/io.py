@@ -149,9 +149,10 @@ def _warn_converted(path: Path, what: str) -> None:
     )
 
 
-def _too_many_pixels(path: Path, declared: str, n: int) -> ImageReadError:
+def _too_many_pixels(path: Path, n: int, size: str = "") -> ImageReadError:
+    declared = f"{size} = {n:,}" if size else f"{n:,}"
     return ImageReadError(
-        f"{path}: image declares {declared} = {n:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+        f"{path}: image declares {declared} pixels, more than the {MAX_IMAGE_PIXELS:,} "
         "read_image decodes (a decompression bomb, or not a radiograph); refused unread"
     )
 
@@ -165,14 +166,14 @@ def _read_pillow(path: Path) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         n = int(found.group(1)) if found else MAX_IMAGE_PIXELS + 1
-        raise _too_many_pixels(path, "a size of", n) from exc
+        raise _too_many_pixels(path, n) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"{path}: corrupt or unreadable image ({exc})") from exc
     try:
         with im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:  # also when Image.MAX_IMAGE_PIXELS was lifted
-                raise _too_many_pixels(path, f"{w} x {h}", w * h)
+                raise _too_many_pixels(path, w * h, f"{w} x {h}")
             im.load()
             mode = im.mode
             if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "P", "PA", "LA", "La", "RGBa"):
@@ -197,7 +198,7 @@ def _read_tiff(path: Path) -> np.ndarray:
             series = tif.series[0]
             n = math.prod(series.shape)
             if n > MAX_IMAGE_PIXELS * (4 if "S" in series.axes else 1):
-                raise _too_many_pixels(path, " x ".join(map(str, series.shape)), n)
+                raise _too_many_pixels(path, n, " x ".join(map(str, series.shape)))
             arr = series.asarray()
             axes = series.axes
             photometric = tif.pages[0].photometric
@@ -247,6 +248,9 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise ImageReadError(
             f"{path}: wrong dimensionality: DICOM has {frames} frames, expected one 2-D image"
         )
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > MAX_IMAGE_PIXELS:  # compressed pixel data can be a bomb too
+        raise _too_many_pixels(path, rows * cols, f"{rows} x {cols}")
     try:
         arr = ds.pixel_array
     except Exception as exc:

@@ -28,6 +28,7 @@ shape mismatch (before)                validate           does not match its par
 PNG bomb 30000 x 30000 (7)             read_image         900,000,000 pixels ... decompression bomb
 PNG bomb 10000 x 10000 (7)             read_image         100,000,000 pixels ... decompression bomb
 TIFF bomb 30000 x 30000 (7)            read_image         30000 x 30000 = 900,000,000 pixels
+DICOM bomb 30000 x 30000 (7)           read_image         30000 x 30000 = 900,000,000 pixels
 PNG bomb in a data set (7)             validate           decompression bomb
 float64 beyond float32, npy (8)        read_image         values beyond float32 range (max |x| =
 float64 beyond float32, tif (8)        read_image         values beyond float32 range (max |x| =
@@ -109,6 +110,27 @@ def _tiff_bomb(tmp: Path) -> Path:
     with tifffile.TiffFile(path, mode="r+") as tif:
         for tag in ("ImageWidth", "ImageLength", "RowsPerStrip"):
             tif.pages[0].tags[tag].overwrite(30000)
+    return path
+
+
+def _dicom_bomb(tmp: Path) -> Path:
+    """A DICOM whose Rows and Columns say 30000 x 30000 over 8 bytes of pixel data."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.Rows, ds.Columns = 30000, 30000
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = bytes(8)
+    path = tmp / "bomb.dcm"
+    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -406,6 +428,12 @@ CASES = [
         "TIFF bomb 30000 x 30000",
         "read_image",
         lambda t, m: _same(_tiff_bomb(t)),
+        ("30000 x 30000 = 900,000,000 pixels", "decompression bomb"),
+    ),
+    Case(
+        "DICOM bomb 30000 x 30000",
+        "read_image",
+        lambda t, m: _same(_dicom_bomb(t)),
         ("30000 x 30000 = 900,000,000 pixels", "decompression bomb"),
     ),
     Case(
@@ -735,6 +763,18 @@ def test_in_range_float64_and_large_but_allowed_images_read(tmp_path):
     path = tmp_path / "wide.png"
     path.write_bytes(_png_header(9000, 9000))  # 81 M pixels: under the limit, decoded (and short)
     with pytest.raises(ValueError, match="corrupt or unreadable image"):
+        read_image(path)
+
+
+def test_bomb_refused_even_when_pillow_limit_is_lifted(tmp_path, monkeypatch):
+    """read_image's own limit holds when a user sets PIL.Image.MAX_IMAGE_PIXELS = None."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    path = _png_bomb(tmp_path, 30000)
+    with pytest.raises(
+        ValueError, match=r"bomb30000.png: image declares 30000 x 30000 = 900,000,000"
+    ):
         read_image(path)
 
 
