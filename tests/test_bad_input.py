@@ -812,3 +812,41 @@ def test_a_trainable_folder_raises_no_split_warning(tmp_path):
         warnings.simplefilter("error")
         assert validate_dataset(root) == []
     assert require_splits(root) == {"train": 2, "val": 1, "test": 1}
+
+
+def test_min_image_side_is_what_the_default_generator_takes():
+    """The reference is the model: a 16 x 16 input fails in the default generator (1 x 1
+    bottleneck under instance norm), 17 x 17 runs; MIN_IMAGE_SIDE sits exactly there."""
+    import torch
+
+    from darkfield_nb.contract import MIN_IMAGE_SIDE
+    from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
+
+    model = ProgressiveGenerator(GeneratorConfig()).eval()
+    assert MIN_IMAGE_SIDE == model.config.stride + 1 == 17
+    side = MIN_IMAGE_SIDE - 1
+    with torch.no_grad(), pytest.raises(ValueError, match="more than 1 spatial element"):
+        model(torch.rand(1, 1, side, side))
+    with torch.no_grad():
+        model(torch.rand(1, 1, MIN_IMAGE_SIDE, MIN_IMAGE_SIDE))
+
+
+def test_radiograph_checks_at_the_boundary(tmp_path):
+    from darkfield_nb.contract import ImageContentError, check_radiograph, radiograph_problems
+
+    ok = _ramp((17, 17)).astype(np.float32)
+    assert radiograph_problems("x.png", ok) == []
+    assert check_radiograph("x.png", ok) is ok
+    assert radiograph_problems("x.png", ok[:, :16]) == [
+        "x.png: image is 17 x 16 px, too small: each side must be at least 17 px"
+    ]
+    assert radiograph_problems("x.png", ok, min_side=33)[0].endswith("at least 33 px")
+    almost = np.zeros((32, 32), np.float32)
+    almost[5, 5] = 1e-6  # one pixel of contrast is not constant
+    assert radiograph_problems("x.png", almost) == []
+    with pytest.raises(ImageContentError) as info:
+        check_radiograph("t.png", np.full((8, 8), 3.0))
+    assert str(info.value) == (
+        "t.png: image is 8 x 8 px, too small: each side must be at least 17 px; "
+        "constant image (every pixel is 3): no contrast to work from"
+    )
