@@ -10,7 +10,8 @@
 ```
 
 This module holds the names, the manifest and sidecar readers and writers, the dark-field
-units, checksums, and the one patient-level split rule. It sits at the floor of the import
+units, what an input image must be (:func:`radiograph_problems`: not constant, not too small),
+checksums, and the one patient-level split rule. It sits at the floor of the import
 flow: it imports only ``darkfield_nb.io`` (atomic writes, the CSV writer) and
 ``darkfield_nb.labels``.
 """
@@ -25,6 +26,8 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from darkfield_nb.io import atomic_write_text, write_csv
 from darkfield_nb.labels import SPLITS
@@ -43,8 +46,18 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("id", "patient", "split")
 DARKFIELD_UNITS: tuple[str, ...] = ("D", "visibility")
 
 
+#: The smallest image side accepted as input. The default generator (``depth`` 4, total
+#: stride 16, instance norm) cannot take an image whose sides are all <= 16 px: its bottleneck is
+#: 1 x 1 and normalization needs more than one pixel. A model with stride ``s`` needs ``s + 1``.
+MIN_IMAGE_SIDE = 17
+
+
 class ManifestError(ValueError):
     """``manifest.csv`` or ``dataset.json`` is missing or malformed (message names the file)."""
+
+
+class ImageContentError(ValueError):
+    """An image was read but cannot serve as input (constant, too small); names the file."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,6 +213,67 @@ def write_sidecar(root: str | os.PathLike, meta: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# What an input image must be
+# --------------------------------------------------------------------------------------------
+
+
+def size_problem(
+    path: str | os.PathLike, shape: Sequence[int], min_side: int = MIN_IMAGE_SIDE
+) -> str | None:
+    """One line naming ``path`` when an image of ``shape`` (H, W) has a side < ``min_side``."""
+    h, w = (int(v) for v in tuple(shape)[-2:])
+    if min(h, w) >= min_side:
+        return None
+    return f"{path}: image is {h} x {w} px, too small: each side must be at least {min_side} px"
+
+
+def constant_problem(path: str | os.PathLike, array) -> str | None:
+    """One line naming ``path`` when every pixel of ``array`` has the same value.
+
+    A constant radiograph carries no anatomy: the per-image normalization maps it to zeros and
+    the model returns a meaningless map (negative D included), so it is refused by name.
+    """
+    a = np.asarray(array)
+    if a.size == 0:
+        return None
+    lo, hi = np.nanmin(a), np.nanmax(a)
+    if lo != hi:
+        return None
+    return f"{path}: constant image (every pixel is {float(lo):g}): no contrast to work from"
+
+
+def radiograph_problems(
+    path: str | os.PathLike, array, *, min_side: int = MIN_IMAGE_SIDE
+) -> list[str]:
+    """Why ``array`` (read from ``path``) cannot be an input radiograph; empty when it can.
+
+    Problems, one line each naming the file: a side shorter than ``min_side`` pixels
+    (:func:`size_problem`), every pixel equal (:func:`constant_problem`). Reading problems
+    (corrupt, NaN/Inf, wrong dimensionality) are ``darkfield_nb.io.read_image``'s.
+    """
+    a = np.asarray(array)
+    found = [size_problem(path, a.shape, min_side), constant_problem(path, a)]
+    return [p for p in found if p]
+
+
+def check_radiograph(
+    path: str | os.PathLike, array, *, min_side: int = MIN_IMAGE_SIDE
+) -> np.ndarray:
+    """Return ``array`` when it can be an input radiograph; else raise naming the file.
+
+    The check ``predict`` runs per file after ``read_image`` (see :func:`radiograph_problems`).
+
+    Raises:
+        ImageContentError: (a ``ValueError``) one line: the problems joined by ``"; "``.
+    """
+    problems = radiograph_problems(path, array, min_side=min_side)
+    if problems:
+        prefix = f"{path}: "
+        raise ImageContentError(prefix + "; ".join(m.removeprefix(prefix) for m in problems))
+    return array
+
+
+# --------------------------------------------------------------------------------------------
 # Checksums
 # --------------------------------------------------------------------------------------------
 
@@ -234,7 +308,10 @@ def _data_files(root: Path) -> list[Path]:
     files = [root / name for name in (MANIFEST_NAME, SIDECAR_NAME) if (root / name).is_file()]
     for sub in DATA_DIRS:
         if (root / sub).is_dir():
-            files += sorted(p for p in (root / sub).iterdir() if p.is_file())
+            # hidden names (temporary files of an unfinished write) are not data
+            files += sorted(
+                p for p in (root / sub).iterdir() if p.is_file() and not p.name.startswith(".")
+            )
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

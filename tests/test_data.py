@@ -339,7 +339,8 @@ def test_missing_mask_gives_zeros(dataset_root):
 
 def test_batches_with_crop_and_dataloader(tmp_path):
     root = make_dataset(tmp_path / "ds", n=4, shape=(40, 36))
-    write_image(root / "attenuation" / "img3.png", np.ones((44, 50), np.uint16))
+    ramp = np.arange(44 * 50, dtype=np.uint16).reshape(44, 50)  # not constant: inputs need contrast
+    write_image(root / "attenuation" / "img3.png", ramp)
     write_image(root / "darkfield" / "img3.tif", np.zeros((44, 50), np.float32))
     write_image(root / "masks" / "img3.png", np.zeros((44, 50), np.uint16))
     ds = PairedDataset(root, crop_size=32, augment=Augment(seed=1))

@@ -8,6 +8,7 @@ Public names::
     assign_splits(patients, fractions, seed)        # patient-level, deterministic (contract)
     Augment                                         # aligned geometry + display processing
     validate_dataset(root) -> list[str]; inspect_dataset(root) -> DatasetReport
+    require_splits(root, ("train", "val")) -> counts   # raises EmptySplitError naming the split
     PairedDataset(root, split=None, ...)
 """
 
@@ -20,18 +21,28 @@ from darkfield_nb.data.transforms import (
     pad_to_multiple,
     unpad,
 )
-from darkfield_nb.data.validate import DatasetReport, inspect_dataset, validate_dataset
+from darkfield_nb.data.validate import (
+    TRAINING_SPLITS,
+    DatasetReport,
+    EmptySplitError,
+    inspect_dataset,
+    require_splits,
+    validate_dataset,
+)
 
 __all__ = [
     "DARKFIELD_UNITS",
+    "TRAINING_SPLITS",
     "Augment",
     "DatasetReport",
+    "EmptySplitError",
     "PairedDataset",
     "assign_splits",
     "darkfield_to_D",
     "inspect_dataset",
     "normalize_input",
     "pad_to_multiple",
+    "require_splits",
     "unpad",
     "validate_dataset",
 ]

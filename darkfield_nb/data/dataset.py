@@ -15,12 +15,14 @@ from darkfield_nb.contract import (
     ATTENUATION_DIR,
     DARKFIELD_DIR,
     MASKS_DIR,
+    MIN_IMAGE_SIDE,
+    check_radiograph,
     read_manifest,
     read_sidecar,
 )
 from darkfield_nb.data.augment import Augment
 from darkfield_nb.data.transforms import darkfield_to_D, normalize_input, pad_to_multiple
-from darkfield_nb.data.validate import scan_folder, validate_dataset
+from darkfield_nb.data.validate import inspect_dataset, scan_folder
 from darkfield_nb.io import read_image
 from darkfield_nb.labels import SPLITS
 
@@ -52,10 +54,14 @@ class PairedDataset(Dataset):
         load_masks: read ``masks/<id>.*`` when present.
         cache: keep decoded images in memory (per DataLoader worker); augmentation is still
             drawn fresh each time.
-        crop_size: an int or (h, w); every image must be at least this large.
-        check: run ``validate_dataset`` first and raise ``ValueError`` listing every problem.
-            With False, problems surface when an item is read, still naming the file.
+        crop_size: an int or (h, w); every image must be at least this large, and the crop at
+            least ``min_side``.
+        check: run ``validate_dataset`` first and raise ``ValueError`` listing every problem
+            (empty splits are not checked here: see ``data.require_splits``). With False,
+            problems surface when an item is read, still naming the file.
         normalize: the (low, high) percentiles of ``normalize_input``.
+        min_side: the smallest accepted image side (``contract.MIN_IMAGE_SIDE``; a model of
+            stride ``s`` needs ``s + 1``); a smaller or constant input image is refused by name.
     """
 
     def __init__(
@@ -69,10 +75,22 @@ class PairedDataset(Dataset):
         crop_size: int | tuple[int, int] | None = None,
         check: bool = True,
         normalize: tuple[float, float] = (1.0, 99.0),
+        min_side: int = MIN_IMAGE_SIDE,
     ) -> None:
         self.root = Path(root)
+        self.min_side = int(min_side)
+        if isinstance(crop_size, int):
+            crop_size = (crop_size, crop_size)
+        if crop_size is not None and min(crop_size) < self.min_side:
+            raise ValueError(
+                f"PairedDataset: crop_size {tuple(crop_size)} is smaller than the smallest "
+                f"image side the model takes ({self.min_side} px)"
+            )
         if check:
-            problems = validate_dataset(self.root)
+            report = inspect_dataset(self.root, min_side=self.min_side, required_splits=())
+            for message in report.warnings:
+                warnings.warn(message, UserWarning, stacklevel=2)
+            problems = report.errors
             if problems:
                 listing = "\n".join(f"  - {p}" for p in problems)
                 raise ValueError(
@@ -92,8 +110,6 @@ class PairedDataset(Dataset):
         self.pad_multiple = int(pad_multiple)
         self.load_masks = load_masks
         self.cache = cache
-        if isinstance(crop_size, int):
-            crop_size = (crop_size, crop_size)
         self.crop_size = crop_size
         self.normalize = normalize
         self.epoch = 0
@@ -127,7 +143,9 @@ class PairedDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         p = self.paths(index)
-        att = read_image(p["attenuation"])
+        att = check_radiograph(
+            p["attenuation"], read_image(p["attenuation"]), min_side=self.min_side
+        )
         target = darkfield_to_D(read_image(p["darkfield"]), self.units)
         if att.shape != target.shape:
             raise ValueError(

@@ -10,7 +10,13 @@ The contract (DESIGN section 3)::
 
 Errors make a data set unusable (``PairedDataset`` refuses it). Warnings do not: a colour image
 that is converted to grey, an image file that the manifest does not list (it is ignored), a mask
-without an image, visibility values <= 0 (clipped before the log).
+without an image, visibility values <= 0 (clipped before the log), a constant dark-field target,
+and an empty ``train`` or ``val`` split.
+
+Empty splits are warnings, not errors, because a folder with only a ``test`` split is a valid
+data set for ``evaluate`` and ``predict``. Training cannot use it: ``train`` calls
+:func:`require_splits` (``("train", "val")``), which raises :class:`EmptySplitError` naming the
+manifest and the empty split; ``evaluate`` can call it with its own split.
 """
 
 from __future__ import annotations
@@ -28,14 +34,23 @@ from darkfield_nb.contract import (
     DARKFIELD_DIR,
     MANIFEST_NAME,
     MASKS_DIR,
+    MIN_IMAGE_SIDE,
     ManifestError,
     check_manifest,
+    radiograph_problems,
+    read_manifest,
     read_sidecar,
 )
 from darkfield_nb.io import IMAGE_SUFFIXES, read_image
 
 FOLDERS = (ATTENUATION_DIR, DARKFIELD_DIR)
 MASK_FOLDER = MASKS_DIR
+#: The splits training needs: ``train`` to learn from, ``val`` to measure and pick checkpoints.
+TRAINING_SPLITS: tuple[str, ...] = ("train", "val")
+
+
+class EmptySplitError(ValueError):
+    """A split a task needs has no images; the message names the manifest and the split."""
 
 
 @dataclass
@@ -47,6 +62,8 @@ class DatasetReport:
     warnings: list[str] = field(default_factory=list)
     n_pairs: int = 0
     split_counts: dict[str, int] = field(default_factory=dict)
+    #: Splits of ``required_splits`` (``inspect_dataset``) with no manifest rows.
+    empty_splits: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +100,46 @@ def scan_folder(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return files, problems
 
 
+def split_problems(
+    manifest: str | os.PathLike,
+    counts: dict[str, int],
+    required: tuple[str, ...] | list[str] = TRAINING_SPLITS,
+    purpose: str = "training",
+) -> list[str]:
+    """One line per split of ``required`` with no rows in ``counts`` (``{split: n_rows}``)."""
+    listing = ", ".join(f"{k} {n}" for k, n in counts.items() if n) or "no rows at all"
+    return [
+        f"{manifest}: split {s!r} has no images, but {purpose} needs it (manifest: {listing})"
+        for s in required
+        if not counts.get(s)
+    ]
+
+
+def require_splits(
+    root: str | os.PathLike,
+    required: tuple[str, ...] | list[str] = TRAINING_SPLITS,
+    purpose: str = "training",
+) -> dict[str, int]:
+    """Rows per split of the manifest at ``root``; raise if a ``required`` split is empty.
+
+    ``train`` calls it with the default ``("train", "val")`` before building anything;
+    ``evaluate`` can call ``require_splits(root, (split,), "evaluate")``.
+
+    Raises:
+        EmptySplitError: one line naming the manifest and every empty split.
+        ManifestError: the manifest is missing or malformed.
+    """
+    counts: dict[str, int] = {}
+    for row in read_manifest(root):
+        counts[row["split"]] = counts.get(row["split"], 0) + 1
+    manifest = Path(root) / MANIFEST_NAME
+    problems = split_problems(manifest, counts, required, purpose)
+    if problems:
+        prefix = f"{manifest}: "
+        raise EmptySplitError(prefix + "; ".join(m.removeprefix(prefix) for m in problems))
+    return counts
+
+
 def _read(path: Path, report: DatasetReport) -> np.ndarray | None:
     """Read an image, turning its exceptions into errors and its warnings into warnings."""
     with warnings.catch_warnings(record=True) as caught:
@@ -99,10 +156,19 @@ def _read(path: Path, report: DatasetReport) -> np.ndarray | None:
     return image
 
 
-def inspect_dataset(root: str | os.PathLike, *, progress: bool = False) -> DatasetReport:
+def inspect_dataset(
+    root: str | os.PathLike,
+    *,
+    progress: bool = False,
+    min_side: int = MIN_IMAGE_SIDE,
+    required_splits: tuple[str, ...] | list[str] = TRAINING_SPLITS,
+) -> DatasetReport:
     """Check every part of a paired data set; never raises for a problem in the data.
 
     Reads every image once (use ``progress=True`` for a progress bar on large folders).
+    ``min_side``: the smallest accepted image side (``contract.MIN_IMAGE_SIDE``; a model of
+    stride ``s`` needs ``s + 1``). ``required_splits``: splits whose emptiness is reported as a
+    warning (and listed in ``report.empty_splits``); ``()`` checks none.
     """
     root = Path(root)
     report = DatasetReport(root=root)
@@ -159,6 +225,12 @@ def inspect_dataset(root: str | os.PathLike, *, progress: bool = False) -> Datas
     for i in tqdm(ids, desc="validate", disable=not progress):
         a = _read(att[i], report) if i in att else None
         d = _read(dfd[i], report) if i in dfd else None
+        if a is not None:
+            report.errors += radiograph_problems(att[i], a, min_side=min_side)
+        if d is not None and d.size and d.min() == d.max():
+            report.warnings.append(
+                f"{dfd[i]}: constant dark-field target (every pixel is {float(d.flat[0]):g})"
+            )
         if a is not None and d is not None:
             if a.shape != d.shape:
                 report.errors.append(
@@ -184,10 +256,21 @@ def inspect_dataset(root: str | os.PathLike, *, progress: bool = False) -> Datas
                 )
     for row in rows:
         report.split_counts[row["split"]] = report.split_counts.get(row["split"], 0) + 1
+    if rows or not problems:  # a manifest that could be read
+        report.empty_splits = [s for s in required_splits if not report.split_counts.get(s)]
+        report.warnings += split_problems(
+            root / MANIFEST_NAME, report.split_counts, report.empty_splits
+        )
     return report
 
 
-def validate_dataset(root: str | os.PathLike, *, progress: bool = False) -> list[str]:
+def validate_dataset(
+    root: str | os.PathLike,
+    *,
+    progress: bool = False,
+    min_side: int = MIN_IMAGE_SIDE,
+    required_splits: tuple[str, ...] | list[str] = TRAINING_SPLITS,
+) -> list[str]:
     """Every error in the paired data set at ``root``; an empty list when it is valid.
 
     Each message starts with the file (or folder) it is about and names the problem: missing
@@ -195,13 +278,19 @@ def validate_dataset(root: str | os.PathLike, *, progress: bool = False) -> list
     shape mismatch (both shapes), NaN/Inf values, empty, corrupt or unreadable file, wrong
     dimensionality, unknown extension, a sub-directory among the images, a manifest row naming
     missing files, manifest problems (missing columns, unknown split, duplicate id, a patient
-    in two splits), malformed ``dataset.json``, and mask problems (shape, non-integer values).
+    in two splits), malformed ``dataset.json``, mask problems (shape, non-integer values), and
+    input radiographs that cannot be used: a constant image, or a side shorter than
+    ``min_side`` pixels (``contract.radiograph_problems``).
 
-    Problems that do not stop training are issued as ``UserWarning`` rather than returned:
-    colour images converted to grey, images missing from the manifest, masks without an image.
-    Use ``inspect_dataset`` to get both lists and the split counts.
+    Problems that do not make the folder unusable are issued as ``UserWarning`` rather than
+    returned: colour images converted to grey, images missing from the manifest, masks without
+    an image, a constant dark-field target, and an empty split of ``required_splits`` (default
+    ``train`` and ``val``: a test-only folder is valid for ``evaluate``; ``train`` refuses it
+    with :func:`require_splits`). Use ``inspect_dataset`` to get both lists and the counts.
     """
-    report = inspect_dataset(root, progress=progress)
+    report = inspect_dataset(
+        root, progress=progress, min_side=min_side, required_splits=required_splits
+    )
     for message in report.warnings:
         warnings.warn(message, UserWarning, stacklevel=2)
     return report.errors
