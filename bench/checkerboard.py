@@ -15,6 +15,12 @@ For each model (the shipped one by default; more with ``--model NAME=CHECKPOINT`
                         input (0.5, the image size): 0 when no position can be told apart;
   mse, ssim             ``darkfield_nb.evaluation.evaluate`` (deterministic, no MC dropout).
 
+``--crop C`` also prints, for the training split, the target's local noise (mean |D - G_2 * D|,
+G_2 a Gaussian of 2 px) in the top 4 rows, the middle and the bottom 4 rows of a C x C crop,
+averaged over every crop position the sampler can draw: the label noise a network trained on
+crops sees at each crop edge (in the simulated chest images the lower half is noisier, so the
+bottom edge of a crop is noisier than its top, a cue zero padding lets a network learn).
+
 ``--png DIR`` writes one figure per model: input, target, mu and sigma of the first image,
 mu's Nyquist-band detail (mu minus its 3x3 mean), and mu and sigma on each ``--real``
 radiograph (resized to the model's image size).
@@ -22,6 +28,7 @@ radiograph (resized to the model's image size).
     python bench/checkerboard.py [--data data_samples] [--split test]
         [--model transpose=runs/a/last.pt --model resize=runs/b/last.pt] [--no-shipped]
         [--real /work/shared/real_cxr/00000001_000.png] [--png DIR] [--json out.json]
+        [--crop 128]
 """
 
 from __future__ import annotations
@@ -86,6 +93,28 @@ def measure(model, data: PairedDataset) -> dict:
     }
 
 
+def crop_edge_noise(data: PairedDataset, crop: int, k: int = 4) -> dict[str, float]:
+    """Target noise at the top, middle and bottom ``k`` rows of a ``crop``-row random crop,
+    averaged over all ``H - crop + 1`` crop offsets (uniform, as ``PairedDataset`` draws them)."""
+    from scipy import ndimage
+
+    rows = np.mean(
+        [np.abs(y - ndimage.gaussian_filter(y, 2.0)).mean(1) for y in
+         (data.load_raw(i)[1].astype(np.float64) for i in range(len(data)))],
+        axis=0,
+    )  # fmt: skip
+    offsets = range(len(rows) - crop + 1)
+    in_crop = np.mean([rows[o : o + crop] for o in offsets], axis=0)
+    mid = crop // 2
+    return {
+        "image_top": float(rows[:k].mean()),
+        "image_bottom": float(rows[-k:].mean()),
+        "crop_top": float(in_crop[:k].mean()),
+        "crop_middle": float(in_crop[mid - k : mid + k].mean()),
+        "crop_bottom": float(in_crop[-k:].mean()),
+    }
+
+
 def _resized(path: str, size: tuple[int, int]) -> torch.Tensor:
     from skimage.transform import resize
 
@@ -139,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--png", default=None, help="folder for one figure per model")
     p.add_argument("--json", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--crop", type=int, default=None, help="report crop-edge label noise")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,6 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
         models.append((name, path))
     data = PairedDataset(args.data, split=args.split, pad_multiple=1)
     results = {}
+    if args.crop:
+        noise = crop_edge_noise(PairedDataset(args.data, split="train", pad_multiple=1), args.crop)
+        results["crop_edge_noise"] = noise
+        print("target noise, train split:", {k: round(v, 5) for k, v in noise.items()})
     for name, path in models:
         model = checkpoint.load(path)
         cfg = model.config
