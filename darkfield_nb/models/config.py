@@ -14,6 +14,13 @@ NORMS = ("instance", "batch", "group", "none")
 CONDITIONINGS = ("concat", "attention")
 DROPOUT_KINDS = ("channel", "element")
 DISC_NORMS = ("spectral", "instance", "batch", "none")
+UPSAMPLES = ("resize", "transpose")
+PADDING_MODES = ("zeros", "reflect", "replicate")
+
+#: Values that a stored GeneratorConfig dict without the key stands for. Checkpoints written
+#: before these fields existed used transposed-convolution upsampling and zero padding; a dict
+#: that lacks the key is one of them (see :meth:`GeneratorConfig.from_dict`).
+LEGACY_DEFAULTS = {"upsample": "transpose", "padding_mode": "zeros"}
 
 
 def _from_dict(cls, d: dict[str, Any]):
@@ -47,6 +54,20 @@ class GeneratorConfig:
     residual: stage k >= 1 predicts a correction to the previous stage's mean,
         ``mu_k = mu_{k-1} + delta_k``, with its mean head initialized to zero, so a new stage
         starts exactly where the previous one ended and can only learn to improve on it.
+    upsample: decoder upsampling. "resize": nearest-neighbour x2 then a 3x3 convolution
+        (Odena et al. 2016, "Deconvolution and checkerboard artifacts"): every output pixel is
+        made by the same kernel, so no 2-pixel grid. "transpose": ``ConvTranspose2d(2, stride=2)``,
+        whose four kernel taps each serve one pixel parity and leave a checkerboard unless
+        trained away (the behaviour of models saved before this field existed).
+    padding_mode: border handling of every 3x3 convolution: "replicate" (default), "reflect"
+        or "zeros". Zero padding marks the border of the map, and a network trained on random
+        crops learns from it where the crop's edges are; see ``bench/checkerboard.py`` for the
+        bright bottom-edge sigma band this gave the shipped model. "reflect" needs every
+        feature map to be at least 2 pixels wide (inputs of at least ``2 * stride``).
+
+    Dicts without ``upsample`` / ``padding_mode`` (checkpoints written before these fields
+    existed) are read with :data:`LEGACY_DEFAULTS` by :meth:`from_dict`; constructing
+    ``GeneratorConfig()`` directly gives the new defaults.
     """
 
     n_stages: int = 3
@@ -63,6 +84,8 @@ class GeneratorConfig:
     in_channels: int = 1
     attention_max: float = 10.0
     residual: bool = True
+    upsample: str = "resize"
+    padding_mode: str = "replicate"
 
     def __post_init__(self) -> None:
         if isinstance(self.dropout_stages, tuple):
@@ -88,6 +111,14 @@ class GeneratorConfig:
             ),
             (self.in_channels >= 1, f"in_channels={self.in_channels} must be >= 1"),
             (self.attention_max > 1, f"attention_max={self.attention_max} must be > 1"),
+            (
+                self.upsample in UPSAMPLES,
+                f"upsample={self.upsample!r} must be one of {UPSAMPLES}",
+            ),
+            (
+                self.padding_mode in PADDING_MODES,
+                f"padding_mode={self.padding_mode!r} must be one of {PADDING_MODES}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -128,7 +159,9 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
-        return _from_dict(cls, d)
+        """Rebuild from a dict; a missing ``upsample`` / ``padding_mode`` means the legacy value
+        (:data:`LEGACY_DEFAULTS`), so checkpoints saved before those fields load unchanged."""
+        return _from_dict(cls, {**LEGACY_DEFAULTS, **d})
 
 
 @dataclass

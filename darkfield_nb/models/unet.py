@@ -3,7 +3,13 @@
 Layout (``depth`` = 4, ``base_width`` = 16)::
 
     encoder   conv-block(16) -> pool -> (32) -> pool -> (64) -> pool -> (128) -> pool -> (256)
-    decoder   [dropout -> up-conv -> concat skip -> conv-block] x depth -> 1x1 heads
+    decoder   [dropout -> upsample x2 -> concat skip -> conv-block] x depth -> 1x1 heads
+
+Upsampling (``config.upsample``): "resize" is nearest-neighbour x2 followed by a 3x3 convolution
+(Odena et al. 2016), "transpose" a ``ConvTranspose2d(kernel 2, stride 2)`` (models saved before
+the option existed). Every 3x3 convolution pads with ``config.padding_mode``: with "replicate" or
+"reflect" a constant input gives exactly constant maps (no border can be told apart), which zero
+padding does not.
 
 Heads (``h`` the last decoder features):
 
@@ -51,17 +57,46 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"norm={kind!r} must be one of instance, batch, group, none")
 
 
-def conv_block(c_in: int, c_out: int, norm: str) -> nn.Sequential:
+def conv_block(c_in: int, c_out: int, norm: str, padding_mode: str = "zeros") -> nn.Sequential:
     """Two 3x3 convolutions, each followed by normalization and LeakyReLU(0.2)."""
     bias = norm == "none"
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias, padding_mode=padding_mode),
         make_norm(norm, c_out),
         nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias, padding_mode=padding_mode),
         make_norm(norm, c_out),
         nn.LeakyReLU(0.2, inplace=True),
     )
+
+
+class ResizeConv2d(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 convolution (resize-convolution)."""
+
+    def __init__(self, in_channels: int, out_channels: int, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode=padding_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def upsample_layer(c_in: int, c_out: int, kind: str, padding_mode: str = "zeros") -> nn.Module:
+    """x2 upsampling from ``c_in`` to ``c_out`` channels.
+
+    "transpose": ``ConvTranspose2d(c_in, c_out, 2, stride=2)``; output pixel (2i + a, 2j + b)
+    gets only kernel tap (a, b), so the four pixel parities are made by four different weights
+    (a period-2 grid unless training equalizes them).
+    "resize": ``Upsample(nearest, x2)`` then ``Conv2d(c_in, c_out, 3, padding=1)``: one kernel
+    for every output pixel.
+    """
+    if kind == "transpose":
+        return nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
+    if kind == "resize":
+        return ResizeConv2d(c_in, c_out, padding_mode)
+    raise ValueError(f"upsample={kind!r} must be 'resize' or 'transpose'")
 
 
 def _inverse_softplus(y: float) -> float:
@@ -83,7 +118,7 @@ class UNetStage(nn.Module):
         self.down = nn.ModuleList()
         c = in_channels
         for w in widths:
-            self.down.append(conv_block(c, w, config.norm))
+            self.down.append(conv_block(c, w, config.norm, config.padding_mode))
             c = w
         self.pool = nn.MaxPool2d(2)
         self.drop = nn.ModuleList()
@@ -91,8 +126,10 @@ class UNetStage(nn.Module):
         self.up = nn.ModuleList()
         for i in reversed(range(config.depth)):
             self.drop.append(_make_dropout(dropout, config.dropout_kind))
-            self.upconv.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
-            self.up.append(conv_block(2 * widths[i], widths[i], config.norm))
+            self.upconv.append(
+                upsample_layer(widths[i + 1], widths[i], config.upsample, config.padding_mode)
+            )
+            self.up.append(conv_block(2 * widths[i], widths[i], config.norm, config.padding_mode))
         self.head_mu = nn.Conv2d(widths[0], 1, 1)
         self.head_alpha = nn.Conv2d(widths[0], 1, 1)
         self.head_beta = nn.Conv2d(widths[0], 1, 1)
