@@ -17,6 +17,11 @@ from darkfield_nb.train.config import StageSchedule, TrainConfig, upgan_stages
 
 PRETRAINED_DATA = {"patients": 269, "ood": 24, "size": 256, "seed": 1}
 
+#: The decoder of the shipped model: transposed-convolution upsampling and zero padding (the
+#: settings before ``GeneratorConfig`` had these fields; new models default to resize-convolution
+#: and replicate padding, which remove its checkerboard and its bottom-edge sigma band).
+SHIPPED_DECODER = {"upsample": "transpose", "padding_mode": "zeros"}
+
 
 def pretrained(base_width: int = 16, conditioning: str = "concat") -> TrainConfig:
     """Three stages, UP-GAN-like weights (L1 1 -> 0.5 -> 0.1, GGD 1e-4 -> 1e-3 -> 1e-2),
@@ -29,6 +34,7 @@ def pretrained(base_width: int = 16, conditioning: str = "concat") -> TrainConfi
             dropout=0.1,
             dropout_stages="last",
             conditioning=conditioning,
+            **SHIPPED_DECODER,
         ),
         stages=upgan_stages(epochs=(12, 10, 10), warmup_epochs=(3, 2, 2), batch_size=8),
         discriminator=DiscriminatorConfig(width=32),
@@ -42,7 +48,9 @@ def single_stage_baseline() -> TrainConfig:
     """One U-Net of base width 28 (about the parameters of three width-16 stages) trained for
     32 epochs, the three stages' total, with the first stage's loss weights."""
     return TrainConfig(
-        model=GeneratorConfig(n_stages=1, base_width=28, dropout=0.1, dropout_stages="last"),
+        model=GeneratorConfig(
+            n_stages=1, base_width=28, dropout=0.1, dropout_stages="last", **SHIPPED_DECODER
+        ),
         stages=[
             StageSchedule(
                 epochs=32, batch_size=8, lr=2e-4, l1_weight=1.0, ggd_weight=1e-3, warmup_epochs=3
