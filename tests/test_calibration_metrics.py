@@ -57,9 +57,11 @@ def test_image_shaped_and_masked_equal_flat(gaussian):
     shape = (4, 25, 40)
     mask = np.random.default_rng(1).random(shape) < 0.6
     flat = [a.reshape(shape)[mask] for a in (y, mu, sigma)]
-    assert cal.miscalibration_area(*(a.reshape(shape) for a in (y, mu)), sigma=sigma.reshape(
-        shape), mask=mask) == pytest.approx(uct.metrics_calibration.miscalibration_area(
-            flat[1], flat[2], flat[0]), abs=1e-6)
+    assert cal.miscalibration_area(
+        *(a.reshape(shape) for a in (y, mu)), sigma=sigma.reshape(shape), mask=mask
+    ) == pytest.approx(
+        uct.metrics_calibration.miscalibration_area(flat[1], flat[2], flat[0]), abs=1e-6
+    )
     with pytest.raises(ValueError, match="mask shape"):
         cal.coverage(y, mu, sigma=sigma, mask=mask)
 

@@ -69,8 +69,9 @@ def test_per_region_factors_recover_region_scales_and_round_trip():
     assert sc.per_region["soft_tissue"] == pytest.approx(0.5, rel=0.03)
     back = cal.recalibrator_from_dict(json.loads(json.dumps(sc.to_dict())))
     assert back == sc
-    np.testing.assert_allclose(back.apply(alpha, regions), alpha * np.where(lung, 2.0, 0.5),
-                               rtol=0.03)
+    np.testing.assert_allclose(
+        back.apply(alpha, regions), alpha * np.where(lung, 2.0, 0.5), rtol=0.03
+    )
     with pytest.raises(ValueError, match="regions"):
         back.apply(alpha)
 
@@ -89,8 +90,9 @@ def test_isotonic_recalibration_fixes_a_miscalibrated_pit_on_new_data():
     assert np.mean((y2 >= lo) & (y2 <= hi)) == pytest.approx(0.9, abs=0.01)
     back = cal.recalibrator_from_dict(json.loads(json.dumps(iso.to_dict())))
     np.testing.assert_array_equal(back.table, iso.table)
-    np.testing.assert_allclose(back.inverse(back(np.array([0.2, 0.5, 0.8]))), [0.2, 0.5, 0.8],
-                               atol=2e-3)
+    np.testing.assert_allclose(
+        back.inverse(back(np.array([0.2, 0.5, 0.8]))), [0.2, 0.5, 0.8], atol=2e-3
+    )
 
 
 def test_from_dict_refuses_the_wrong_kind():

@@ -20,8 +20,9 @@ def test_zero_empirical_risk_closed_forms(n, delta):
     R+ = 1 - delta^(1/n); Bentkus e (1 - R)^n = delta gives 1 - (delta/e)^(1/n) (looser), so
     the HB bound is Hoeffding's."""
     assert cal.hoeffding_ucb(0.0, n, delta) == pytest.approx(1 - delta ** (1 / n), rel=1e-9)
-    assert cal.bentkus_ucb(0.0, n, delta) == pytest.approx(1 - (delta / math.e) ** (1 / n),
-                                                           rel=1e-9)
+    assert cal.bentkus_ucb(0.0, n, delta) == pytest.approx(
+        1 - (delta / math.e) ** (1 / n), rel=1e-9
+    )
     assert cal.hb_ucb(0.0, n, delta) == pytest.approx(1 - delta ** (1 / n), rel=1e-9)
 
 
@@ -89,7 +90,7 @@ def test_lambda_hat_follows_the_definition():
     lambdas = np.linspace(0, 6, 601)
     risks = _synthetic_risks(300, lambdas, 0)
     res = cal.rcps_lambda(risks, lambdas, alpha=0.1, delta=0.1)
-    assert np.all(res.ucb[res.index:] < 0.1)
+    assert np.all(res.ucb[res.index :] < 0.1)
     assert res.ucb[res.index - 1] >= 0.1  # one step lower would not qualify
     np.testing.assert_allclose(res.ucb, cal.hb_ucb(risks.mean(0), 300, 0.1))
     # a non-monotone bound: the infimum must stay above the last failure
@@ -109,8 +110,9 @@ def test_rcps_is_valid_over_random_partitions():
     alpha = delta = 0.1
     lambdas = np.linspace(0, 6, 301)
     risks = _synthetic_risks(2000, lambdas, 1)
-    out = cal.rcps_validity(risks, lambdas, n_cal=500, alpha=alpha, delta=delta,
-                            n_partitions=200, seed=0)
+    out = cal.rcps_validity(
+        risks, lambdas, n_cal=500, alpha=alpha, delta=delta, n_partitions=200, seed=0
+    )
     assert out["violation_rate"] <= delta + 3 * math.sqrt(delta * (1 - delta) / 200)
     assert np.all(np.isfinite(out["lambda_hat"]))
     # not trivially valid: the test risk sits close to alpha, not at zero

@@ -10,6 +10,7 @@ the formulas and normalizations:
 * :mod:`.recalibrate`     sigma scaling (global, per region), isotonic PIT recalibration
 * :mod:`.risk`            risk-controlling prediction sets (Hoeffding-Bentkus bound)
 * :mod:`.collect`         a model's MC-dropout predictions on a split, cached as .npz
+* :mod:`.report`         :func:`calibration_summary`, the figures pooled and per region
 * :mod:`.plots`           reliability, sparsification, coverage-per-region, risk, miss gallery
 """
 
@@ -44,6 +45,7 @@ from .recalibrate import (
     recalibrator_from_dict,
 )
 from .regions import REGIONS, region_masks, region_of_pixels
+from .report import calibration_summary
 from .risk import (
     RCPSCalibration,
     RCPSResult,
@@ -73,6 +75,7 @@ __all__ = [
     "bentkus_ucb",
     "binned_rmse",
     "calibration_errors",
+    "calibration_summary",
     "central_pit",
     "collect_predictions",
     "coverage",

@@ -142,8 +142,11 @@ def coverage(
     mask: ArrayLike | None = None,
 ) -> float:
     """Fraction of selected pixels inside the central p-interval: (1/N) sum_i [c_i <= p]."""
-    return float(coverage_curve(y, mu, sigma=sigma, alpha=alpha, beta=beta, mask=mask,
-                                levels=np.array([p]))[1][0])
+    levels = np.array([p])
+    _, observed = coverage_curve(
+        y, mu, sigma=sigma, alpha=alpha, beta=beta, mask=mask, levels=levels
+    )
+    return float(observed[0])
 
 
 def area_between(levels: np.ndarray, observed: np.ndarray) -> float:

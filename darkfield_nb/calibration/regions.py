@@ -36,9 +36,7 @@ def _border_components(dark: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(dark)
     if n == 0:
         return np.zeros_like(dark)
-    border = np.unique(
-        np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    )
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     border = border[border > 0]
     return np.isin(labels, border)
 
