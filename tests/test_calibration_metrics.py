@@ -212,3 +212,22 @@ def test_region_masks_partition():
     assert r["air"][0, 0].all() and r["air"].sum() == 8
     assert r["soft_tissue"][0, 4, 4]
     assert not cal.region_masks(mask)["air"].any()
+
+
+def test_summary_pools_regions_by_pixel_count():
+    """Regions partition the pixels, so pooled coverage and NLL are the pixel-weighted means of
+    the regions'; the pooled Spearman is scipy's on all pixels."""
+    rng = np.random.default_rng(11)
+    shape = (2, 40, 40)
+    mu, alpha, beta = np.zeros(shape), rng.uniform(0.2, 1, shape), rng.uniform(0.8, 2.5, shape)
+    y = stats.gennorm.rvs(beta, scale=1.2 * alpha, random_state=rng)
+    lung = np.zeros(shape, bool)
+    lung[:, :25] = True
+    out = cal.calibration_summary(y, mu, alpha, beta, {"lung": lung, "bone": ~lung})
+    w = np.array([out["lung"]["pixels"], out["bone"]["pixels"]]) / y.size
+    for key in ("coverage_90", "nll_ggd"):
+        pooled = w[0] * out["lung"][key] + w[1] * out["bone"][key]
+        assert out["all"][key] == pytest.approx(pooled, rel=1e-9)
+    sigma = stats.gennorm(beta, scale=alpha).std()
+    ref = stats.spearmanr(sigma.ravel(), np.abs(y).ravel()).statistic
+    assert out["all"]["spearman"] == pytest.approx(ref)

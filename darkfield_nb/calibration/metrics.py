@@ -116,8 +116,14 @@ def coverage_curve(
     For the Gaussian this equals uncertainty-toolbox's ``get_proportion_lists_vectorized``
     (interval type): it counts |r|/sigma <= Phi^-1(1/2 + p/2).
     """
-    c = central_pit(y, mu, sigma=sigma, alpha=alpha, beta=beta)
-    return observed_coverage(c, mask=mask, levels=levels)
+    kind = _check_dist(sigma, alpha, beta, "coverage_curve")
+    if kind == "gaussian":
+        y_, m_, s_ = pixels(y, mu, sigma, mask=mask, name="coverage_curve")
+        c = central_pit(y_, m_, sigma=s_)
+    else:
+        y_, m_, a_, b_ = pixels(y, mu, alpha, beta, mask=mask, name="coverage_curve")
+        c = central_pit(y_, m_, alpha=a_, beta=b_)
+    return observed_coverage(c, levels=levels)
 
 
 def observed_coverage(

@@ -132,8 +132,9 @@ def coverage_by_region_plot(
     for k, bar in enumerate(ax.patches):
         bar.set_hatch(["", "//", "..", "xx"][(k // max(1, len(table))) % 4])
     ax.axhline(nominal, color="k", ls="--", lw=1, label=f"nominal {nominal:.2f}")
-    ax.set(ylim=(0, 1), title=title, xlabel="")
-    ax.legend(fontsize=7, loc="lower right")
+    low = max(0.0, min(frame["coverage"].min(), nominal) - 0.05)
+    ax.set(ylim=(low, 1.0), title=title, xlabel="")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return ax
 
 
