@@ -16,7 +16,13 @@ cancellation as c = P(1/beta, (|y - mu| / alpha)^beta) (GGD) or erf(|y - mu| / (
 (Gaussian). Observed coverage of the central p-interval = mean(c <= p); calibrated: = p.
 
 Cross-checked in tests against ``uncertainty_toolbox`` (Gaussian case, same arrays) and
-``scipy.stats.gennorm`` / ``scipy.stats.norm`` (GGD and Gaussian).
+``scipy.stats.gennorm`` / ``scipy.stats.norm`` (GGD and Gaussian). Definitions match
+uncertainty-toolbox 0.1.1 exactly where it has the metric: the level grid linspace(0, 1, 100),
+interval (not quantile) proportions counted with <=, the miscalibration area by trapezoids that
+split where the curves cross, MACE / RMSCE as plain means over the grid, NLL as a mean (its
+``scaled=True``), sharpness as the root mean variance. It has no ENCE or UCE: those follow
+Levi et al. 2019 and Laves et al. 2020 (see :func:`ence`, :func:`uce`) and are tested on a case
+computed by hand.
 """
 
 from __future__ import annotations
