@@ -103,7 +103,8 @@ def sparsification_plot(curves: dict[str, Sparsification] | Sparsification, ax=N
             lw=1.8,
             label=f"{label} (AUSE/random {s.ause_over_random:.2f})",
         )
-        ax.plot(s.fractions, s.oracle, STYLES[k % 4], color=palette[k], lw=0.8, alpha=0.7)
+        oracle = "oracle (thin)" if k == 0 else None
+        ax.plot(s.fractions, s.oracle, STYLES[k % 4], color=palette[k], lw=0.8, label=oracle)
     unit = "relative " if first.normalized else ""
     ax.set(
         xlabel="fraction of pixels removed (most uncertain first)",
