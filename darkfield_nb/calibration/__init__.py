@@ -12,6 +12,8 @@ the formulas and normalizations:
 * :mod:`.collect`         a model's MC-dropout predictions on a split, cached as .npz
 * :mod:`.report`         :func:`calibration_summary`, the figures pooled and per region
 * :mod:`.plots`           reliability, sparsification, coverage-per-region, risk, miss gallery
+* :mod:`.store`           the recalibration fitted on validation, stored in a checkpoint,
+                          applied per image, reported before / after (``darkfield-nb calibrate``)
 """
 
 from .collect import Predictions, collect_predictions
@@ -61,20 +63,31 @@ from .risk import (
     risk_curves,
 )
 from .sparsification import Sparsification, sparsification
+from .store import (
+    apply_recalibration,
+    calibrate_checkpoint,
+    calibration_report,
+    fit_recalibration,
+    recalibration_of,
+    write_calibrated_checkpoint,
+)
 
 __all__ = [
-    "REGIONS",
     "IsotonicRecalibration",
     "Predictions",
     "RCPSCalibration",
     "RCPSResult",
+    "REGIONS",
     "SigmaScaling",
     "Sparsification",
+    "apply_recalibration",
     "area_between",
     "bentkus_pvalue",
     "bentkus_ucb",
     "binned_rmse",
+    "calibrate_checkpoint",
     "calibration_errors",
+    "calibration_report",
     "calibration_summary",
     "central_pit",
     "collect_predictions",
@@ -82,6 +95,7 @@ __all__ = [
     "coverage_curve",
     "ence",
     "fit_isotonic",
+    "fit_recalibration",
     "fit_scale",
     "fit_sigma_scaling",
     "ggd_halfwidth",
@@ -99,6 +113,7 @@ __all__ = [
     "predictive_alpha",
     "rcps_lambda",
     "rcps_validity",
+    "recalibration_of",
     "recalibrator_from_dict",
     "region_masks",
     "region_of_pixels",
@@ -108,4 +123,5 @@ __all__ = [
     "spearman",
     "spearman_per_image",
     "uce",
+    "write_calibrated_checkpoint",
 ]
