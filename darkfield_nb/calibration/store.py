@@ -91,7 +91,8 @@ def _fit_coverage(preds: Predictions, regions: dict, sc, iso, rcps, p: float) ->
         "rcps": None,
     }
     if math.isfinite(rcps.lambda_hat):
-        need = needed_lambda(y, mu, *(2 * [ggd_halfwidth(p, a_t, beta)]))
+        q = ggd_halfwidth(p, a_t, beta)
+        need = needed_lambda(y, mu, q, q)
         out["rcps"] = float(np.mean(need <= rcps.lambda_hat))
     return out
 
@@ -348,9 +349,10 @@ def apply_recalibration(
 
 
 # ----------------------------------------------------------------------------- report
-def _selections(regions: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
-    sel = {"all": None}
-    sel.update({k: m for k, m in regions.items() if int(m.sum()) >= MIN_REGION_PIXELS})
+def _selections(regions: dict[str, np.ndarray], min_pixels: int) -> dict:
+    """``{"all": None, region: mask}`` for the regions with at least ``min_pixels`` pixels."""
+    sel: dict[str, np.ndarray | None] = {"all": None}
+    sel.update({k: m for k, m in regions.items() if int(m.sum()) >= min_pixels})
     return sel
 
 
@@ -371,6 +373,7 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
     regions = preds.regions()
     sc = SigmaScaling.from_dict(recal["sigma_scaling"])
     p = float(summary_kw.pop("p", sc.p))
+    selections = _selections(regions, summary_kw.get("min_pixels", MIN_REGION_PIXELS))
     key = f"{round(100 * p)}"
 
     def summary(a):
@@ -380,7 +383,7 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
     c_iso = iso.central_pit(pit(y, mu, alpha=a_t, beta=beta))
     lo, hi = iso.interval(p, mu, a_t, beta)
     iso_out = {}
-    for name, sel in _selections(regions).items():
+    for name, sel in selections.items():
         levels, observed = observed_coverage(c_iso, mask=sel, levels=100)
         iso_out[name] = {
             "pixels": int(y.size if sel is None else sel.sum()),
@@ -394,7 +397,7 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
         h = ggd_halfwidth(rc.halfwidth_level, a_t, beta)
         inside = needed_lambda(y, mu, h, h) <= rc.lambda_hat
         rcps_out["risk"] = float(np.mean(1.0 - inside.mean(axis=(1, 2))))
-        for name, sel in _selections(regions).items():
+        for name, sel in selections.items():
             rcps_out[name] = {
                 "pixels": int(y.size if sel is None else sel.sum()),
                 "coverage": float(inside.mean() if sel is None else inside[sel].mean()),
