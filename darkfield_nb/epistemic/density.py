@@ -1,0 +1,173 @@
+"""Feature-space density: Mahalanobis distance of encoder features to the training features.
+
+A network has not seen an input when its features fall where the training features never were.
+With the training features ``f_1 .. f_n`` (vectors of ``p`` channels) summarized by their mean
+``m`` and a shrinkage covariance ``S``, the distance of a feature vector ``f`` is
+
+    d(f) = sqrt((f - m)^T S^-1 (f - m)).
+
+``S`` is the Ledoit-Wolf estimate (Ledoit & Wolf 2004, as ``sklearn.covariance.LedoitWolf``):
+with ``E = (1/n) sum (f_i - m)(f_i - m)^T`` and ``nu = tr(E) / p``,
+
+    S = (1 - s) E + s nu I,   s = min(b, d2) / d2,
+    d2 = ||E - nu I||_F^2 / p,  b = (1 / (n^2 p)) sum_i ||(f_i - m)(f_i - m)^T - E||_F^2,
+
+which keeps ``S`` invertible when ``n`` is not much larger than ``p``.
+
+Two scores from the encoder of one U-Net stage (:class:`FeatureDensity`):
+
+* per pixel: every spatial position of encoder level ``level`` (the bottleneck by default,
+  stride ``2**depth``) is one feature vector; the distance map is upsampled bilinearly to the
+  padded input size and cropped like the network's outputs;
+* per image: the channel means over the image (global average pooling) are one vector per
+  image, scored against the pooled training vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from darkfield_nb.data.transforms import pad_to_multiple, unpad
+
+
+def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, Ledoit-Wolf shrinkage covariance and shrinkage ``s`` of the rows of ``x`` (n, p)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"ledoit_wolf: need (n >= 2, p) samples, got shape {x.shape}")
+    n, p = x.shape
+    mean = x.mean(0)
+    xc = x - mean
+    emp = xc.T @ xc / n
+    nu = np.trace(emp) / p
+    x2 = xc**2
+    b_sum = float((x2.T @ x2).sum()) / n - float((emp**2).sum())
+    b = b_sum / (n * p)
+    d2 = float(((emp - nu * np.eye(p)) ** 2).sum()) / p
+    s = 0.0 if d2 == 0 else min(b, d2) / d2
+    cov = (1.0 - s) * emp + s * nu * np.eye(p)
+    return mean, cov, s
+
+
+@dataclass
+class GaussianDensity:
+    """Mean and precision (inverse shrinkage covariance) of training feature vectors."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    shrinkage: float
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> GaussianDensity:
+        mean, cov, s = ledoit_wolf(x)
+        return cls(mean, np.linalg.inv(cov), s)
+
+    def distance(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Mahalanobis distance of each row of ``x`` (n, p): sqrt((x - m)^T P (x - m))."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"GaussianDensity.distance: rows of {self.mean.shape[0]} features expected, "
+                f"got shape {x.shape}"
+            )
+        xc = x - self.mean
+        d2 = np.einsum("ij,jk,ik->i", xc, self.precision, xc)
+        return np.sqrt(np.maximum(d2, 0.0))
+
+
+def encoder_features(model, x: torch.Tensor, level: int = -1, stage: int = -1) -> torch.Tensor:
+    """Output of encoder block ``level`` (-1: the bottleneck) of stage ``stage`` for x, in the
+    padded coordinates of the network: (B, C, Hp / 2**level, Wp / 2**level). Eval mode."""
+    unet = model.stages[stage]
+    n_run = stage % model.config.n_stages + 1
+    got: list[torch.Tensor] = []
+    handle = unet.down[level].register_forward_hook(lambda _m, _i, out: got.append(out))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x, n_stages=n_run)
+    finally:
+        handle.remove()
+        model.train(was)
+    return got[-1]
+
+
+class FeatureDensity:
+    """Mahalanobis distances of one encoder level's features to the training features.
+
+    ``FeatureDensity(model, level=-1, stage=-1).fit(images)`` with ``images`` an iterable of
+    (B, C, H, W) normalized inputs from the training split; then :meth:`pixel_map` and
+    :meth:`image_distance`. ``max_pixels`` caps the pixel vectors used in the fit (a seeded
+    random subset), which keeps the covariance cheap at fine levels.
+    """
+
+    def __init__(
+        self, model, level: int = -1, stage: int = -1, max_pixels: int = 50_000, seed: int = 0
+    ) -> None:
+        self.model, self.level, self.stage = model, level, stage
+        self.max_pixels, self.seed = max_pixels, seed
+        self.pixel: GaussianDensity | None = None
+        self.image: GaussianDensity | None = None
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return encoder_features(self.model, x, self.level, self.stage).double()
+
+    def fit(self, images: Iterable[torch.Tensor]) -> FeatureDensity:
+        pix, pooled = [], []
+        for x in images:
+            f = self._features(x)
+            pix.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).numpy())
+            pooled.append(f.mean(dim=(-2, -1)).numpy())
+        if not pix:
+            raise ValueError("FeatureDensity.fit: no training images")
+        p = np.concatenate(pix)
+        if p.shape[0] > self.max_pixels:
+            rng = np.random.default_rng(self.seed)
+            p = p[rng.choice(p.shape[0], self.max_pixels, replace=False)]
+        self.pixel = GaussianDensity.fit(p)
+        self.image = GaussianDensity.fit(np.concatenate(pooled))
+        return self
+
+    def _check(self) -> None:
+        if self.pixel is None:
+            raise RuntimeError("FeatureDensity: call fit(training images) first")
+
+    def pixel_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel distance (B, 1, H, W): the level's distances, bilinearly upsampled to the
+        padded input and cropped back to x's size."""
+        self._check()
+        f = self._features(x)
+        b, c, h, w = f.shape
+        d = self.pixel.distance(f.permute(0, 2, 3, 1).reshape(-1, c).numpy())
+        d = torch.from_numpy(d).reshape(b, 1, h, w)
+        xp, pads = pad_to_multiple(x, self.model.config.stride)
+        up = F.interpolate(d, size=xp.shape[-2:], mode="bilinear", align_corners=False)
+        return unpad(up, pads).to(x.dtype)
+
+    def image_distance(self, x: torch.Tensor) -> np.ndarray:
+        """Per-image distance (B,) of the pooled features."""
+        self._check()
+        return self.image.distance(self._features(x).mean(dim=(-2, -1)).numpy())
+
+
+def distance_to_sigma(distance, d_ref: float, sigma_ref: float):
+    """An epistemic sigma in dark-field units from a distance map, for the total map:
+
+        sigma_epi = sigma_ref * max(d / d_ref - 1, 0),
+
+    zero up to ``d_ref`` (e.g. the 95th percentile of training-pixel distances) and growing by
+    ``sigma_ref`` (e.g. the median aleatoric sigma of the validation images) per ``d_ref``
+    beyond it."""
+    if d_ref <= 0 or sigma_ref < 0:
+        raise ValueError(
+            f"distance_to_sigma: need d_ref > 0, sigma_ref >= 0 ({d_ref}, {sigma_ref})"
+        )
+    if isinstance(distance, torch.Tensor):
+        return sigma_ref * (distance / d_ref - 1.0).clamp_min(0.0)
+    return sigma_ref * np.maximum(np.asarray(distance) / d_ref - 1.0, 0.0)
