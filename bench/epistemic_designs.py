@@ -33,14 +33,37 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 
-from darkfield_nb.epistemic import Placement, apply_placement
+from darkfield_nb.data import PairedDataset, normalize_input
+from darkfield_nb.epistemic import (
+    FeatureDensity,
+    MultiLevelDensity,
+    OODThreshold,
+    Placement,
+    apply_placement,
+    distance_to_sigma,
+    ensemble_predict,
+    image_auroc,
+    image_score,
+    mc_strategy,
+    rank_vs_median,
+    set_rate,
+)
+from darkfield_nb.ggd import ggd_std
+from darkfield_nb.io import IMAGE_SUFFIXES, read_image
+from darkfield_nb.labels import DEVICE_BITS, LUNG, SPLITS
+from darkfield_nb.metrics import DARKFIELD_DATA_RANGE, mse, ssim
 from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig, ProgressiveGenerator
+from darkfield_nb.ood import pixel_auroc
 from darkfield_nb.physics import generate_dataset
 from darkfield_nb.train import TrainConfig, upgan_stages
 from darkfield_nb.train.progressive import make_datasets
 from darkfield_nb.train.stage import make_discriminator, train_stage
+from darkfield_nb.uncertainty import mc_dropout_predict
 
 SIZE = 128
 DATA_SEED = 11
@@ -143,13 +166,289 @@ def cmd_train(args) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- evaluation
+def body_mask(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Body pixels of a simulated image: normalized input above 0.05 or any label bit, holes
+    filled (the masks carry no body label; air outside the patient normalizes to about 0)."""
+    return ndimage.binary_fill_holes((x > 0.05) | (mask != 0))
+
+
+def load_real(real_dir: Path, size: int) -> list[tuple[str, torch.Tensor]]:
+    """Real radiographs resized (area) to ``size`` square, normalized like the training inputs."""
+    out = []
+    for path in sorted(real_dir.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        img = torch.from_numpy(read_image(path).astype(np.float32))[None, None]
+        img = F.interpolate(img, size=(size, size), mode="area")
+        out.append((path.name, normalize_input(img)))
+    return out
+
+
+class Design:
+    """One epistemic design: ``predict(x)`` gives (mean, aleatoric, epistemic, total, extra)
+    with ``extra`` the per-pixel raw score (distance) and per-image distance for densities."""
+
+    def __init__(self, name: str, trained: str, kind: str, predict) -> None:
+        self.name, self.trained, self.kind, self.predict = name, trained, kind, predict
+
+
+def mc_design(work: Path, name: str, model_name: str, where: str, rate: float, samples: int):
+    model = load_model(work, model_name)
+    set_rate(model, rate, where=where)
+    strategy = mc_strategy(model)
+
+    def predict(x):
+        r = mc_dropout_predict(model, x, samples=samples, seed=0, strategy=strategy)
+        return r.mean, r.aleatoric, r.epistemic, r.total, None
+
+    return Design(name, model_name, f"MC T={samples}", predict)
+
+
+def ensemble_design(work: Path, names: list[str]):
+    members = [load_model(work, n) for n in names]
+
+    def predict(x):
+        r = ensemble_predict(members, x)
+        return r.mean, r.aleatoric, r.epistemic, r.total, None
+
+    return Design(f"ensemble K={len(names)}", "+".join(names), f"K={len(names)}", predict)
+
+
+def density_design(work: Path, level: int | tuple[int, ...], train_ds, val_ds):
+    model = load_model(work, "det_s0")
+    train = [train_ds[i]["input"][None] for i in range(len(train_ds))]
+    if isinstance(level, tuple):
+        dens = MultiLevelDensity(model, levels=level).fit(train)
+    else:
+        dens = FeatureDensity(model, level=level).fit(train)
+    # sigma scale: 95th percentile of validation pixel distances and median aleatoric sigma
+    dists, sig = [], []
+    for i in range(len(val_ds)):
+        x = val_ds[i]["input"][None]
+        dists.append(dens.pixel_map(x).flatten())
+        with torch.no_grad():
+            out = model(x)[-1]
+        sig.append(ggd_std(out.alpha, out.beta).flatten())
+    d_ref = float(torch.quantile(torch.cat(dists).double(), 0.95))
+    s_ref = float(torch.cat(sig).median())
+
+    def predict(x):
+        with torch.no_grad():
+            out = model(x)[-1]
+        ale = ggd_std(out.alpha, out.beta)
+        d = dens.pixel_map(x)
+        epi = distance_to_sigma(d, d_ref, s_ref)
+        return out.mu, ale, epi, (ale**2 + epi**2).sqrt(), (d, dens.image_distance(x))
+
+    if isinstance(level, tuple):
+        lvl = f"levels {level[0]}-{level[-1]}"
+    else:
+        lvl = "bottleneck" if level == -1 else f"level {level}"
+    return Design(f"Mahalanobis {lvl}", "det_s0", "1 pass + density", predict)
+
+
+def time_designs(designs: list[Design], base, size: int, repeats: int) -> dict[str, float]:
+    """Fastest of ``repeats`` round-robin runs of each design and of one deterministic pass of
+    ``base`` at ``size`` px; returns each design's ratio to that pass."""
+    x = normalize_input(torch.rand(1, 1, size, size))
+    times: dict[str, list[float]] = {d.name: [] for d in designs} | {"forward": []}
+    with torch.no_grad():
+        base(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            base(x)
+            times["forward"].append(time.perf_counter() - t0)
+            for d in designs:
+                t0 = time.perf_counter()
+                d.predict(x)
+                times[d.name].append(time.perf_counter() - t0)
+    fwd = min(times.pop("forward"))
+    return {"forward_s": fwd} | {k: min(v) / fwd for k, v in times.items()}
+
+
+def _np(t) -> np.ndarray:
+    return t[0, 0].detach().double().numpy()
+
+
+def score_design(d: Design, ood_ds, test_ds, val_ds, real) -> dict:
+    """Pixel AUROCs per OOD image, per-image scores of every split, val quality."""
+    res: dict = {"pixel": [], "scores": {}}
+    for i in range(len(ood_ds)):
+        item = ood_ds[i]
+        x, mask = item["input"][None], item["mask"][0].numpy()
+        mean, ale, epi, tot, extra = d.predict(x)
+        dev = (mask & DEVICE_BITS) > 0
+        lung = ((mask & LUNG) > 0) & ~dev
+        body = body_mask(item["input"][0].numpy(), mask) & ~dev
+        raw = _np(extra[0]) if extra is not None else _np(epi)
+        row = {"case": ood_ds.rows[i]["case"]}
+        for name, m in (("epi", raw), ("tot", _np(tot))):
+            row[f"{name}_lung"] = pixel_auroc(m, dev, lung)
+            row[f"{name}_body"] = pixel_auroc(m, dev, body)
+        res["pixel"].append(row)
+        res["scores"].setdefault("ood", []).append(_image_scores(epi, extra))
+    ssim_v, mse_v, ratio = [], [], []
+    for split, ds in (("test", test_ds), ("val", val_ds)):
+        for i in range(len(ds)):
+            item = ds[i]
+            mean, ale, epi, tot, extra = d.predict(item["input"][None])
+            res["scores"].setdefault(split, []).append(_image_scores(epi, extra))
+            if split == "val":
+                tgt = item["target"][None]
+                ssim_v.append(float(ssim(tgt, mean.float(), data_range=DARKFIELD_DATA_RANGE)))
+                mse_v.append(float(mse(tgt, mean.float())))
+                ratio.append(float(epi.mean() / ale.mean()))
+    for name, x in real:
+        _, _, epi, _, extra = d.predict(x)
+        res["scores"].setdefault("real", []).append(_image_scores(epi, extra) | {"name": name})
+    res["val_ssim"], res["val_mse"] = float(np.mean(ssim_v)), float(np.mean(mse_v))
+    res["epi_over_ale_val"] = float(np.mean(ratio))
+    return res
+
+
+def _image_scores(epi, extra) -> dict:
+    """Per-image scores: q99 of the epistemic map (and of the distance map, plus the pooled
+    distance, for densities)."""
+    out = {"q99_epi": image_score(epi[0, 0], q=0.99), "mean_epi": float(epi.mean())}
+    if extra is not None:
+        out["q99_dist"] = image_score(extra[0][0, 0], q=0.99)
+        out["pooled_dist"] = float(extra[1][0])
+    return out
+
+
+def summarize(name: str, r: dict, score_key: str) -> dict:
+    """Case means of the pixel AUROCs; per-image AUROC, calibrated flags, real-image ranks."""
+    cases = ("pacemaker", "cables", "clips")
+    s = {"design": name}
+    for col in ("epi_lung", "epi_body", "tot_lung", "tot_body"):
+        s[col] = {c: float(np.mean([p[col] for p in r["pixel"] if p["case"] == c])) for c in cases}
+    sc = {k: np.array([v[score_key] for v in rows]) for k, rows in r["scores"].items()}
+    s["score"] = score_key
+    s["image_auroc"] = image_auroc(sc["ood"], sc["test"])
+    thr = OODThreshold.calibrate(sc["val"], 0.05, score_key)
+    s["threshold"] = thr.threshold
+    s["flagged"] = {k: float(thr.flag(v).mean()) for k, v in sc.items()}
+    s["real"] = [
+        {"name": row["name"]} | rank_vs_median(row[score_key], sc["test"])
+        for row in r["scores"]["real"]
+    ]
+    s["real_above_median"] = sum(x["above_median"] for x in s["real"])
+    for k in ("val_ssim", "val_mse", "epi_over_ale_val"):
+        s[k] = r[k]
+    return s
+
+
+def build_designs(work: Path, samples: int, train_ds, val_ds) -> list[Design]:
+    have = {n for n in MODELS if (work / "models" / n / "generator.pt").exists()}
+    designs = []
+    mc = [
+        ("dec_ch_p0.1", "decoder", 0.1),
+        ("dec_ch_p0.3", "decoder", 0.1),
+        ("dec_ch_p0.3", "decoder", 0.3),
+        ("dec_ch_p0.3", "last", 0.3),
+        ("dec_ch_p0.3", "bottleneck", 0.3),
+        ("dec_ch_p0.3", "decoder", 0.5),
+        ("dec_el_p0.3", "decoder", 0.3),
+        ("encdec_ch_p0.3", "encoder_decoder", 0.3),
+    ]
+    for model_name, where, rate in mc:
+        if model_name in have:
+            name = f"MC {where} p{rate} ({model_name})"
+            designs.append(mc_design(work, name, model_name, where, rate, samples))
+    members = [n for n in ("det_s0", "det_s1", "det_s2", "det_s3", "det_s4") if n in have]
+    if len(members) >= 2:
+        designs.append(ensemble_design(work, members))
+    if "det_s0" in have:
+        designs.append(density_design(work, -1, train_ds, val_ds))
+        designs.append(density_design(work, 2, train_ds, val_ds))
+        designs.append(density_design(work, (0, 1, 2, 3, 4), train_ds, val_ds))
+    return designs
+
+
+def cmd_eval(args) -> None:
+    data = args.work / "data"
+    split = {s: PairedDataset(data, split=s, pad_multiple=1, check=False) for s in SPLITS}
+    real = load_real(args.real_dir, SIZE) if args.real_dir.is_dir() else []
+    designs = build_designs(args.work, args.samples, split["train"], split["val"])
+    base = load_model(args.work, "det_s0")
+    cost = time_designs(designs, base, 256, args.repeats)
+    print(f"one deterministic pass at 256 px: {cost['forward_s'] * 1e3:.1f} ms", flush=True)
+    rows = []
+    for d in designs:
+        r = score_design(d, split["ood"], split["test"], split["val"], real)
+        keys = ["q99_epi"] + (["q99_dist", "pooled_dist"] if d.kind.endswith("density") else [])
+        for key in keys:
+            s = summarize(d.name, r, key) | {"trained": d.trained, "cost": cost[d.name]}
+            rows.append(s)
+            print(json.dumps(s, default=float), flush=True)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load": os.getloadavg(),
+        "threads": torch.get_num_threads(),
+        "forward_256_s": cost["forward_s"],
+        "n": {k: len(v) for k, v in split.items()} | {"real": len(real)},
+    }
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=float))
+    text = markdown(rows, meta)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+
+
+def _c(d: dict) -> str:
+    return " / ".join(f"{v:.2f}" for v in d.values())
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    """Two tables: pixel AUROCs; per-image score, cost and quality."""
+    lines = [
+        "| design | trained | epistemic vs lung | epistemic vs body | total vs lung "
+        "| total vs body |",
+        "|---|---|---|---|---|---|",
+    ]
+    seen = set()
+    for r in rows:
+        if r["design"] in seen:
+            continue
+        seen.add(r["design"])
+        lines.append(
+            f"| {r['design']} | {r['trained']} | {_c(r['epi_lung'])} | {_c(r['epi_body'])} "
+            f"| {_c(r['tot_lung'])} | {_c(r['tot_body'])} |"
+        )
+    lines += [
+        "",
+        "| design | per-image score | image AUROC | flagged val / test / OOD "
+        "| real > ID median | real / ID median | cost (x 1 pass) | val SSIM | val MSE "
+        "| epi / ale (val) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        f = r["flagged"]
+        ratios = ", ".join(f"{x['over_median']:.2f}" for x in r["real"])
+        lines.append(
+            f"| {r['design']} | {r['score']} | {r['image_auroc']:.3f} | "
+            f"{f['val']:.2f} / {f['test']:.2f} / {f['ood']:.2f} | "
+            f"{r['real_above_median']}/{len(r['real'])} | {ratios} | {r['cost']:.1f}x | "
+            f"{r['val_ssim']:.3f} | {r['val_mse']:.4f} | {r['epi_over_ale_val']:.3f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"{meta['date']}; one pass at 256 px {meta['forward_256_s'] * 1e3:.0f} ms; "
+        f"threads {meta['threads']}; load {tuple(round(v, 1) for v in meta['load'])}; "
+        f"images {meta['n']}"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("step", choices=("data", "train", "eval"))
     ap.add_argument("--work", type=Path, default=Path(".cache/epistemic_designs"))
     ap.add_argument("--patients", type=int, default=80)
     ap.add_argument("--ood", type=int, default=18)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--only", nargs="*", default=None, help="model names (train step)")
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
@@ -163,8 +462,6 @@ def main() -> None:
     elif args.step == "train":
         cmd_train(args)
     else:
-        from epistemic_eval import cmd_eval  # noqa: PLC0415  (bench/ sibling module)
-
         cmd_eval(args)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from darkfield_nb.epistemic import (
     FeatureDensity,
     GaussianDensity,
+    MultiLevelDensity,
     OODThreshold,
     Placement,
     apply_placement,
@@ -152,6 +153,24 @@ def test_feature_density_maps_and_separates_unseen_inputs() -> None:
     fine = FeatureDensity(model, level=0).fit(train)  # full-resolution features
     assert fine.pixel_map(far).mean() > 1.2 * fine.pixel_map(near).mean()
     assert fine.image_distance(far)[0] > 1.2 * fine.image_distance(near)[0]
+
+
+def test_multi_level_density_is_the_mean_of_normalized_levels() -> None:
+    model = _model()
+    torch.manual_seed(4)
+    train = [_smooth(2) for _ in range(6)]
+    multi = MultiLevelDensity(model, levels=(0, -1)).fit(train)
+    singles = [FeatureDensity(model, level=lv).fit(train) for lv in (0, -1)]
+    x = _smooth(2)
+    meds = [
+        float(np.median(np.concatenate([s.pixel_map(t).double().flatten().numpy() for t in train])))
+        for s in singles
+    ]
+    ref = sum(s.pixel_map(x) / m for s, m in zip(singles, meds, strict=True)) / 2
+    np.testing.assert_allclose(multi.pixel_map(x).numpy(), ref.numpy(), rtol=1e-5)
+    pooled_meds = [np.median(np.concatenate([s.image_distance(t) for t in train])) for s in singles]
+    ref_img = sum(s.image_distance(x) / m for s, m in zip(singles, pooled_meds, strict=True)) / 2
+    np.testing.assert_allclose(multi.image_distance(x), ref_img, rtol=1e-6)
 
 
 def test_distance_to_sigma_closed_form() -> None:

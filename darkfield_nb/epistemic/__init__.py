@@ -10,6 +10,7 @@
 from .density import (
     FeatureDensity,
     GaussianDensity,
+    MultiLevelDensity,
     distance_to_sigma,
     encoder_features,
     ledoit_wolf,
@@ -32,6 +33,7 @@ __all__ = [
     "PLACEMENTS",
     "FeatureDensity",
     "GaussianDensity",
+    "MultiLevelDensity",
     "OODThreshold",
     "Placement",
     "apply_placement",

@@ -171,3 +171,48 @@ def distance_to_sigma(distance, d_ref: float, sigma_ref: float):
     if isinstance(distance, torch.Tensor):
         return sigma_ref * (distance / d_ref - 1.0).clamp_min(0.0)
     return sigma_ref * np.maximum(np.asarray(distance) / d_ref - 1.0, 0.0)
+
+
+class MultiLevelDensity:
+    """Mahalanobis distances at several encoder levels, each divided by its median over the
+    training features and averaged:
+
+        u(x) = (1/|L|) sum_{l in L} d_l(x) / med_l,
+
+    per pixel (each level's map upsampled to the input) and per image (pooled features). Fine
+    levels see thin structures (cables, clips) that the bottleneck averages away; coarse
+    levels see context. ``levels`` index ``stage.down`` (0 the finest, -1 or depth the
+    bottleneck)."""
+
+    def __init__(self, model, levels=(0, 1, 2, 3, 4), stage: int = -1, **kwargs) -> None:
+        if not levels:
+            raise ValueError("MultiLevelDensity: levels is empty")
+        self.model = model
+        self.parts = [FeatureDensity(model, level=lv, stage=stage, **kwargs) for lv in levels]
+        self.pixel_ref: list[float] = []
+        self.image_ref: list[float] = []
+
+    def fit(self, images: Iterable[torch.Tensor]) -> MultiLevelDensity:
+        images = list(images)
+        self.pixel_ref, self.image_ref = [], []
+        for part in self.parts:
+            part.fit(images)
+            pix = np.concatenate([part.pixel_map(x).double().flatten().numpy() for x in images])
+            pooled = np.concatenate([part.image_distance(x) for x in images])
+            self.pixel_ref.append(float(np.median(pix)))
+            self.image_ref.append(float(np.median(pooled)))
+        return self
+
+    def pixel_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean normalized distance per pixel, (B, 1, H, W)."""
+        if not self.pixel_ref:
+            raise RuntimeError("MultiLevelDensity: call fit(training images) first")
+        maps = [p.pixel_map(x) / r for p, r in zip(self.parts, self.pixel_ref, strict=True)]
+        return torch.stack(maps).mean(0)
+
+    def image_distance(self, x: torch.Tensor) -> np.ndarray:
+        """Mean normalized pooled distance per image, (B,)."""
+        if not self.image_ref:
+            raise RuntimeError("MultiLevelDensity: call fit(training images) first")
+        d = [p.image_distance(x) / r for p, r in zip(self.parts, self.image_ref, strict=True)]
+        return np.mean(d, axis=0)
