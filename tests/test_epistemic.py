@@ -18,6 +18,7 @@ from darkfield_nb.epistemic import (
     FeatureDensity,
     GaussianDensity,
     MultiLevelDensity,
+    OODDetector,
     OODThreshold,
     Placement,
     apply_placement,
@@ -271,3 +272,28 @@ def test_reinit_last_stage_keeps_the_others() -> None:
         for a, b in zip(model.stages[1].parameters(), member.stages[1].parameters(), strict=True)
     ]
     assert any(changed)
+
+
+# ----------------------------------------------------------------------------- detector
+def test_detector_calibrates_maps_and_round_trips() -> None:
+    model = _model()
+    torch.manual_seed(6)
+    train = [_smooth(4) for _ in range(5)]
+    val = [_smooth(1) for _ in range(40)]
+    det = OODDetector(model, levels=(0, 1, 2)).fit(train, val)
+    val_scores = np.concatenate([det.predict(x).score for x in val])
+    assert det.threshold.threshold == pytest.approx(np.quantile(val_scores, 0.95))
+    assert det.threshold.flag(val_scores).sum() == 2  # 5 % of 40 lie above the 95th pct
+    x = _smooth(2)
+    pred = det.predict(x)
+    assert pred.epistemic.shape == x.shape and (pred.epistemic >= 0).all()
+    np.testing.assert_allclose(
+        pred.total.numpy() ** 2,
+        pred.aleatoric.numpy() ** 2 + pred.epistemic.numpy() ** 2,
+        rtol=1e-5,
+    )
+    ref = distance_to_sigma(pred.distance, det.d_ref, det.sigma_ref)
+    np.testing.assert_allclose(pred.epistemic.numpy(), ref.numpy(), rtol=1e-6)
+    again = OODDetector.from_state(model, det.state()).predict(x)
+    np.testing.assert_allclose(again.distance.numpy(), pred.distance.numpy())
+    np.testing.assert_array_equal(again.flag, pred.flag)

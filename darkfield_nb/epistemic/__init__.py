@@ -4,7 +4,8 @@
   bottleneck, encoder and decoder), applied to a built generator;
 * :mod:`.ensemble`: a deep ensemble of the last stage;
 * :mod:`.density`: Mahalanobis distance of encoder features to the training features;
-* :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold.
+* :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
+* :mod:`.detector`: the fitted density, calibrated flag and epistemic sigma map in one object.
 """
 
 from .density import (
@@ -15,6 +16,7 @@ from .density import (
     encoder_features,
     ledoit_wolf,
 )
+from .detector import OODDetector, OODPrediction
 from .ensemble import ensemble_predict, reinit_last_stage, train_last_stage_ensemble
 from .placement import (
     KINDS,
@@ -34,6 +36,8 @@ __all__ = [
     "FeatureDensity",
     "GaussianDensity",
     "MultiLevelDensity",
+    "OODDetector",
+    "OODPrediction",
     "OODThreshold",
     "Placement",
     "apply_placement",
