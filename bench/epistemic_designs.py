@@ -74,9 +74,11 @@ MODELS: dict[str, tuple[Placement | None, int]] = {
     "det_s2": (None, 2),
     "det_s3": (None, 3),
     "det_s4": (None, 4),
-    "det_s5": (None, 5),  # det_s5 .. det_s7: trained because seeds 2, 3, 4 failed to train
+    "det_s5": (None, 5),  # det_s5 .. det_s9: trained because seeds 2, 3, 4 failed to train
     "det_s6": (None, 6),
     "det_s7": (None, 7),
+    "det_s8": (None, 8),
+    "det_s9": (None, 9),
     "dec_ch_p0.1": (Placement("decoder", 0.1, "channel"), 0),
     "dec_ch_p0.3": (Placement("decoder", 0.3, "channel"), 0),
     "dec_el_p0.3": (Placement("decoder", 0.3, "element"), 0),
@@ -87,7 +89,7 @@ MODELS: dict[str, tuple[Placement | None, int]] = {
 # Ensembles: the first five seeds as trained, and the seeds whose training did not fail (final
 # validation L1 at most twice that of det_s0; seeds 2-5 collapsed with this short recipe)
 ENSEMBLE_AS_TRAINED = ("det_s0", "det_s1", "det_s2", "det_s3", "det_s4")
-ENSEMBLE_CANDIDATES = tuple(f"det_s{i}" for i in range(8))
+ENSEMBLE_CANDIDATES = tuple(f"det_s{i}" for i in range(10))
 
 
 def trained_ok(work: Path, names) -> list[str]:
@@ -254,13 +256,18 @@ def density_design(work: Path, level: int | tuple[int, ...], train_ds, val_ds):
     d_ref = float(torch.quantile(torch.cat(dists).double(), 0.95))
     s_ref = float(torch.cat(sig).median())
 
+    multi = isinstance(dens, MultiLevelDensity)
+
     def predict(x):
-        with torch.no_grad():
-            out = model(x)[-1]
+        if multi:  # features, distances and the prediction from one forward pass
+            d, img, out = dens.evaluate(x)
+        else:
+            with torch.no_grad():
+                out = model(x)[-1]
+            d, img = dens.pixel_map(x), dens.image_distance(x)
         ale = ggd_std(out.alpha, out.beta)
-        d = dens.pixel_map(x)
         epi = distance_to_sigma(d, d_ref, s_ref)
-        return out.mu, ale, epi, (ale**2 + epi**2).sqrt(), (d, dens.image_distance(x))
+        return out.mu, ale, epi, (ale**2 + epi**2).sqrt(), (d, img)
 
     if isinstance(level, tuple):
         lvl = f"levels {level[0]}-{level[-1]}"
@@ -421,6 +428,20 @@ def cmd_eval(args) -> None:
         args.markdown.write_text(text)
 
 
+def cmd_time(args) -> None:
+    """Only the cost table: every design timed round-robin at 256 px, ``--repeats`` rounds."""
+    data = args.work / "data"
+    split = {s: PairedDataset(data, split=s, pad_multiple=1, check=False) for s in SPLITS}
+    designs = build_designs(args.work, args.samples, split["train"], split["val"])
+    if args.designs:
+        designs = [d for d in designs if any(k in d.name for k in args.designs)]
+    cost = time_designs(designs, load_model(args.work, "det_s0"), 256, args.repeats)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": os.getloadavg()}
+    print(json.dumps({"meta": meta, "cost": cost}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "cost": cost}, indent=1))
+
+
 def _c(d: dict) -> str:
     return " / ".join(f"{v:.2f}" for v in d.values())
 
@@ -468,7 +489,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", choices=("data", "train", "eval"))
+    ap.add_argument("step", choices=("data", "train", "eval", "time"))
     ap.add_argument("--work", type=Path, default=Path(".cache/epistemic_designs"))
     ap.add_argument("--patients", type=int, default=80)
     ap.add_argument("--ood", type=int, default=18)
@@ -484,6 +505,8 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.step == "data":
         cmd_data(args)
+    elif args.step == "time":
+        cmd_time(args)
     elif args.step == "train":
         cmd_train(args)
     else:

@@ -60,24 +60,15 @@ class OODDetector:
         self.d_ref = self.sigma_ref = None
         self.threshold: OODThreshold | None = None
 
-    @torch.no_grad()
-    def _aleatoric(self, x: torch.Tensor):
-        was = self.model.training
-        self.model.eval()
-        try:
-            out = self.model(x)[-1]
-        finally:
-            self.model.train(was)
-        return out.mu, ggd_std(out.alpha, out.beta)
-
     def fit(self, train: Iterable[torch.Tensor], val: Iterable[torch.Tensor]) -> OODDetector:
         """``train``, ``val``: iterables of normalized inputs (B, C, H, W) of the two splits."""
         self.density.fit(list(train))
         dist, sig, scores = [], [], []
         for x in val:
-            dist.append(self.density.pixel_map(x).double().flatten().numpy())
-            sig.append(self._aleatoric(x)[1].double().flatten().numpy())
-            scores.append(self.density.image_distance(x))
+            d, s, out = self.density.evaluate(x)
+            dist.append(d.double().flatten().numpy())
+            sig.append(ggd_std(out.alpha, out.beta).double().flatten().numpy())
+            scores.append(s)
         if not dist:
             raise ValueError("OODDetector.fit: no validation images")
         self.d_ref = float(np.quantile(np.concatenate(dist), 0.95))
@@ -90,10 +81,9 @@ class OODDetector:
     def predict(self, x: torch.Tensor) -> OODPrediction:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
-        mean, ale = self._aleatoric(x)
-        dist = self.density.pixel_map(x)
+        dist, score, out = self.density.evaluate(x)  # one forward pass
+        mean, ale = out.mu, ggd_std(out.alpha, out.beta)
         epi = distance_to_sigma(dist, self.d_ref, self.sigma_ref).to(ale.dtype)
-        score = self.density.image_distance(x)
         return OODPrediction(
             mean, ale, epi, (ale**2 + epi**2).sqrt(), dist, score, self.threshold.flag(score)
         )
