@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from darkfield_nb.ood import pixel_auroc
+from scipy.stats import rankdata
 
 
 def image_score(
@@ -85,14 +84,17 @@ class OODThreshold:
 
 
 def image_auroc(ood_scores, in_scores) -> float:
-    """Per-image AUROC: P(score of an OOD image > score of an in-distribution image) + ties/2
-    (the Mann-Whitney form of ``darkfield_nb.ood.pixel_auroc``)."""
+    """Per-image AUROC, P(score of an OOD image > score of an in-distribution image) + ties/2,
+    as the Mann-Whitney U / (n_ood n_in) with ranks averaged over ties (the same statistic as
+    ``darkfield_nb.ood.pixel_auroc``; not imported from there so that ``ood`` can import this
+    module)."""
     o = np.asarray(ood_scores, dtype=np.float64).ravel()
     i = np.asarray(in_scores, dtype=np.float64).ravel()
-    scores = np.concatenate([o, i])
-    pos = np.zeros(scores.shape, dtype=bool)
-    pos[: o.size] = True
-    return pixel_auroc(scores, pos)
+    if o.size == 0 or i.size == 0:
+        raise ValueError(f"image_auroc: {o.size} OOD and {i.size} in-distribution scores")
+    ranks = rankdata(np.concatenate([o, i]))
+    u = ranks[: o.size].sum() - o.size * (o.size + 1) / 2
+    return float(u / (o.size * i.size))
 
 
 def rank_vs_median(score: float, in_scores) -> dict[str, float]:
