@@ -32,8 +32,11 @@ from darkfield_nb.epistemic import (
     rank_vs_median,
     reinit_last_stage,
     set_rate,
+    train_last_stage_ensemble,
 )
-from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
+from darkfield_nb.io import write_image, write_manifest
+from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig, ProgressiveGenerator
+from darkfield_nb.train import StageSchedule, TrainConfig, make_datasets
 from darkfield_nb.uncertainty import mc_dropout_predict
 
 
@@ -298,3 +301,38 @@ def test_detector_calibrates_maps_and_round_trips() -> None:
     again = OODDetector.from_state(model, det.state()).predict(x)
     np.testing.assert_allclose(again.distance.numpy(), pred.distance.numpy())
     np.testing.assert_array_equal(again.flag, pred.flag)
+
+
+def _pairs(root, n: int = 6, size: int = 32):
+    """Toy paired folder: D a smooth function of a random attenuation field."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        field = rng.random((size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
+        write_image(root / "attenuation" / f"im{i}.png", (field * 60000 + 1000).astype(np.uint16))
+        write_image(root / "darkfield" / f"im{i}.tif", (0.5 * (1 - field) ** 2).astype(np.float32))
+        rows.append({"id": f"im{i}", "patient": f"p{i}", "split": "val" if i >= n - 2 else "train"})
+    write_manifest(root / "manifest.csv", rows)
+    return root
+
+
+def test_train_last_stage_ensemble_trains_only_the_last_stage(tmp_path) -> None:
+    torch.set_num_threads(1)
+    model = _model(n_stages=2)
+    cfg = TrainConfig(
+        model=model.config,
+        discriminator=DiscriminatorConfig(width=4, n_layers=1),
+        stages=[StageSchedule(epochs=1, batch_size=2, lr=1e-3, warmup_epochs=1)],
+        crop_size=32,
+        cache_data=True,
+    )
+    train, val = make_datasets(_pairs(tmp_path / "data"), cfg)
+    members = train_last_stage_ensemble(model, [1, 2], train, val, cfg, tmp_path / "ens", "cpu")
+    assert (tmp_path / "ens" / "member1" / "stage1.pt").exists()
+    for m in members:
+        for a, b in zip(model.stages[0].parameters(), m.stages[0].parameters(), strict=True):
+            assert torch.equal(a, b)
+    w = [m.stages[1].head_mu.weight for m in members]
+    assert not torch.equal(w[0], w[1])
+    res = ensemble_predict(members, torch.rand(1, 1, 32, 32))
+    assert (res.epistemic > 0).float().mean() > 0.5
