@@ -1,0 +1,57 @@
+"""Epistemic uncertainty designs for the progressive generator.
+
+* :mod:`.placement`: where Monte Carlo dropout sits (last decoder level, every decoder level,
+  bottleneck, encoder and decoder), applied to a built generator;
+* :mod:`.ensemble`: a deep ensemble of the last stage;
+* :mod:`.density`: Mahalanobis distance of encoder features to the training features;
+* :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
+* :mod:`.detector`: the fitted density, calibrated flag and epistemic sigma map in one object.
+"""
+
+from .density import (
+    FeatureDensity,
+    GaussianDensity,
+    MultiLevelDensity,
+    distance_to_sigma,
+    encoder_features,
+    ledoit_wolf,
+)
+from .detector import OODDetector, OODPrediction
+from .ensemble import ensemble_predict, reinit_last_stage, train_last_stage_ensemble
+from .placement import (
+    KINDS,
+    PLACEMENTS,
+    Placement,
+    apply_placement,
+    dropout_layers,
+    has_encoder_dropout,
+    mc_strategy,
+    set_rate,
+)
+from .score import OODThreshold, image_auroc, image_score, rank_vs_median
+
+__all__ = [
+    "KINDS",
+    "PLACEMENTS",
+    "FeatureDensity",
+    "GaussianDensity",
+    "MultiLevelDensity",
+    "OODDetector",
+    "OODPrediction",
+    "OODThreshold",
+    "Placement",
+    "apply_placement",
+    "distance_to_sigma",
+    "dropout_layers",
+    "encoder_features",
+    "ensemble_predict",
+    "has_encoder_dropout",
+    "image_auroc",
+    "image_score",
+    "ledoit_wolf",
+    "mc_strategy",
+    "rank_vs_median",
+    "reinit_last_stage",
+    "set_rate",
+    "train_last_stage_ensemble",
+]

@@ -1,0 +1,338 @@
+"""darkfield_nb.epistemic: dropout placements, deep ensemble, feature density, OOD score.
+
+References: scikit-learn (roc_auc_score, LedoitWolf; skipped where it is not installed: it is
+not yet in pyproject's dev extra), scipy (mahalanobis, norm), closed forms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.spatial.distance import mahalanobis
+from torch import nn
+
+from darkfield_nb.epistemic import (
+    FeatureDensity,
+    GaussianDensity,
+    MultiLevelDensity,
+    OODDetector,
+    OODThreshold,
+    Placement,
+    apply_placement,
+    distance_to_sigma,
+    encoder_features,
+    ensemble_predict,
+    has_encoder_dropout,
+    image_auroc,
+    image_score,
+    ledoit_wolf,
+    mc_strategy,
+    rank_vs_median,
+    reinit_last_stage,
+    set_rate,
+    train_last_stage_ensemble,
+)
+from darkfield_nb.io import write_image, write_manifest
+from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig, ProgressiveGenerator
+from darkfield_nb.train import StageSchedule, TrainConfig, make_datasets
+from darkfield_nb.uncertainty import mc_dropout_predict
+
+
+def _model(n_stages: int = 1, seed: int = 0, dropout: float = 0.0) -> ProgressiveGenerator:
+    """Tiny generator; not residual, so a later stage's mean head is not zero at init."""
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(n_stages=n_stages, base_width=4, depth=2, dropout=dropout, residual=False)
+    return ProgressiveGenerator(cfg).eval()
+
+
+# ----------------------------------------------------------------------------- score
+def test_threshold_flags_five_percent_of_held_out_in_distribution() -> None:
+    rng = np.random.default_rng(0)
+    n_val, n_held = 4000, 20000
+    rates = []
+    for _ in range(5):
+        thr = OODThreshold.calibrate(rng.normal(size=n_val), level=0.05)
+        assert thr.threshold == pytest.approx(stats.norm.ppf(0.95), abs=0.08)
+        rates.append(thr.flag(rng.normal(size=n_held)).mean())
+    # sampling sd of the flagged fraction: threshold estimate (n_val) and held-out count (n_held)
+    sd = np.sqrt(0.05 * 0.95 * (1 / n_val + 1 / n_held))
+    for r in rates:
+        assert abs(r - 0.05) < 4 * sd
+    assert abs(np.mean(rates) - 0.05) < 4 * sd / np.sqrt(len(rates))
+    # a shifted (out-of-distribution) population is flagged far more often
+    thr = OODThreshold.calibrate(rng.normal(size=n_val))
+    assert thr.flag(rng.normal(loc=3.0, size=n_held)).mean() > 0.85
+
+
+def test_threshold_is_the_95th_percentile_and_round_trips() -> None:
+    v = np.arange(1, 101, dtype=float)  # 1 .. 100
+    thr = OODThreshold.calibrate(v)
+    assert thr.threshold == pytest.approx(np.percentile(v, 95))  # 95.05 (linear)
+    assert thr.flag([95.0, 95.1]).tolist() == [False, True]
+    assert OODThreshold.from_dict(thr.to_dict()) == thr
+    with pytest.raises(ValueError, match="finite"):
+        OODThreshold.calibrate([1.0, np.nan, 2.0])
+
+
+def test_image_auroc_matches_sklearn_with_ties() -> None:
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+    rng = np.random.default_rng(1)
+    ood = np.round(rng.normal(0.7, 1.0, 37), 1)
+    ind = np.round(rng.normal(0.0, 1.0, 53), 1)
+    y = np.r_[np.ones(ood.size), np.zeros(ind.size)]
+    ref = roc_auc_score(y, np.r_[ood, ind])
+    assert image_auroc(ood, ind) == pytest.approx(ref, abs=1e-12)
+    assert image_auroc([2.0, 3.0], [0.0, 1.0]) == 1.0
+    assert image_auroc([1.0], [1.0]) == 0.5
+
+
+def test_image_score_is_the_quantile_over_the_mask() -> None:
+    u = np.arange(16, dtype=float).reshape(4, 4)
+    mask = np.zeros((4, 4), bool)
+    mask[:2] = True  # values 0 .. 7
+    assert image_score(u, mask, q=0.5) == pytest.approx(3.5)
+    assert image_score(torch.tensor(u)[None, None], q=1.0) == 15.0
+    assert image_score(u, q=0.99) == pytest.approx(np.quantile(u, 0.99))
+    with pytest.raises(ValueError, match="empty"):
+        image_score(u, np.zeros((4, 4), bool))
+
+
+def test_rank_vs_median() -> None:
+    r = rank_vs_median(6.0, [1.0, 2.0, 3.0, 4.0])
+    assert r["above_median"] and r["percentile"] == 1.0
+    assert r["over_median"] == pytest.approx(6.0 / 2.5)
+
+
+# ----------------------------------------------------------------------------- density
+def _smooth(b: int) -> torch.Tensor:
+    """Random smooth images: 4 x 4 noise upsampled bilinearly to 16 x 16."""
+    coarse = torch.rand(b, 1, 4, 4)
+    return torch.nn.functional.interpolate(coarse, size=(16, 16), mode="bilinear")
+
+
+def test_ledoit_wolf_matches_sklearn() -> None:
+    LedoitWolf = pytest.importorskip("sklearn.covariance").LedoitWolf  # noqa: N806
+    rng = np.random.default_rng(2)
+    for n, p in ((40, 10), (15, 30)):
+        x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p)) + 3.0
+        mean, cov, s = ledoit_wolf(x)
+        ref = LedoitWolf().fit(x)
+        np.testing.assert_allclose(mean, ref.location_, atol=1e-12)
+        np.testing.assert_allclose(cov, ref.covariance_, rtol=1e-9, atol=1e-12)
+        assert s == pytest.approx(ref.shrinkage_, rel=1e-9)
+
+
+def test_mahalanobis_matches_scipy() -> None:
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(30, 4)) * [1.0, 2.0, 0.5, 3.0]
+    dens = GaussianDensity.fit(train)
+    q = rng.normal(size=(5, 4)) * 2
+    _, cov, _ = ledoit_wolf(train)
+    vi = np.linalg.inv(cov)
+    ref = [mahalanobis(row, train.mean(0), vi) for row in q]
+    np.testing.assert_allclose(dens.distance(q), ref, rtol=1e-10)
+    with pytest.raises(ValueError, match="4 features"):
+        dens.distance(q[:, :3])
+
+
+def test_feature_density_maps_and_separates_unseen_inputs() -> None:
+    model = _model()
+    torch.manual_seed(0)
+    train = [_smooth(2) for _ in range(8)]
+    dens = FeatureDensity(model).fit(train)
+    x = torch.rand(1, 1, 13, 17)  # odd size: padded inside, cropped back
+    m = dens.pixel_map(x)
+    assert m.shape == (1, 1, 13, 17) and torch.isfinite(m).all()
+    # per image: pooled bottleneck features against a direct fit
+    f = [encoder_features(model, t).mean(dim=(-2, -1)).double().numpy() for t in train]
+    ref = GaussianDensity.fit(np.concatenate(f))
+    probe = torch.rand(3, 1, 16, 16)
+    pooled = encoder_features(model, probe).mean(dim=(-2, -1)).double().numpy()
+    np.testing.assert_allclose(dens.image_distance(probe), ref.distance(pooled), rtol=1e-5)
+    # an input unlike the (smooth) training images, a pixel checkerboard, lies farther from
+    # their features (instance norm makes a mere rescaling invisible, so the change is in form)
+    far = (torch.arange(16)[:, None] + torch.arange(16)[None]).remainder(2).float()[None, None]
+    near = _smooth(1)
+    fine = FeatureDensity(model, level=0).fit(train)  # full-resolution features
+    assert fine.pixel_map(far).mean() > 1.2 * fine.pixel_map(near).mean()
+    assert fine.image_distance(far)[0] > 1.2 * fine.image_distance(near)[0]
+
+
+def test_multi_level_density_is_the_mean_of_normalized_levels() -> None:
+    model = _model()
+    torch.manual_seed(4)
+    train = [_smooth(2) for _ in range(6)]
+    multi = MultiLevelDensity(model, levels=(0, -1)).fit(train)
+    singles = [FeatureDensity(model, level=lv).fit(train) for lv in (0, -1)]
+    x = _smooth(2)
+    meds = [
+        float(np.median(np.concatenate([s.pixel_map(t).double().flatten().numpy() for t in train])))
+        for s in singles
+    ]
+    ref = sum(s.pixel_map(x) / m for s, m in zip(singles, meds, strict=True)) / 2
+    np.testing.assert_allclose(multi.pixel_map(x).numpy(), ref.numpy(), rtol=1e-5)
+    pooled_meds = [np.median(np.concatenate([s.image_distance(t) for t in train])) for s in singles]
+    ref_img = sum(s.image_distance(x) / m for s, m in zip(singles, pooled_meds, strict=True)) / 2
+    np.testing.assert_allclose(multi.image_distance(x), ref_img, rtol=1e-6)
+
+
+def test_distance_to_sigma_closed_form() -> None:
+    d = np.array([0.0, 2.0, 3.0, 5.0])
+    np.testing.assert_allclose(distance_to_sigma(d, 2.0, 0.1), [0.0, 0.0, 0.05, 0.15])
+    t = distance_to_sigma(torch.tensor(d), 2.0, 0.1)
+    np.testing.assert_allclose(t.numpy(), [0.0, 0.0, 0.05, 0.15])
+
+
+# ----------------------------------------------------------------------------- placement
+def test_model_without_dropout_gives_zero_epistemic_map() -> None:
+    x = torch.rand(2, 1, 16, 16)
+    for model in (_model(), apply_placement(_model(), Placement("decoder", 0.0))):
+        res = mc_dropout_predict(model, x, samples=5, seed=0)
+        assert torch.count_nonzero(res.epistemic) == 0
+        assert torch.equal(res.total, res.aleatoric)
+    # a placed model switched off at inference: zero as well
+    placed = apply_placement(_model(), Placement("encoder_decoder", 0.3))
+    set_rate(placed, 0.0)
+    res = mc_dropout_predict(placed, x, samples=5, seed=0, strategy=mc_strategy(placed))
+    assert torch.count_nonzero(res.epistemic) == 0
+
+
+@pytest.mark.parametrize("where", ["last", "decoder", "bottleneck", "encoder_decoder"])
+def test_placements_put_dropout_where_named(where: str) -> None:
+    model = _model(n_stages=2)
+    keys = set(model.state_dict())
+    apply_placement(model, Placement(where, 0.3, "element"))
+    assert set(model.state_dict()) == keys  # dropout has no parameters: checkpoints load
+    last = model.stages[-1]
+    slots = [j for j, m in enumerate(last.drop) if isinstance(m, nn.Dropout)]
+    assert slots == {"last": [1], "bottleneck": [0]}.get(where, [0, 1])
+    assert not any(isinstance(m, nn.Dropout) for m in model.stages[0].modules())
+    assert has_encoder_dropout(model) == (where == "encoder_decoder")
+    assert mc_strategy(model) == ("repeat" if where == "encoder_decoder" else "batched")
+    x = torch.rand(1, 1, 16, 16)
+    res = mc_dropout_predict(model, x, samples=6, seed=0, strategy=mc_strategy(model))
+    assert (res.epistemic > 0).float().mean() > 0.5
+    again = mc_dropout_predict(model, x, samples=6, seed=0, strategy=mc_strategy(model))
+    assert torch.equal(res.epistemic, again.epistemic)
+
+
+def test_encoder_dropout_samples_the_encoder_each_pass() -> None:
+    model = apply_placement(_model(), Placement("encoder_decoder", 0.5))
+    set_rate(model, 0.5, where="bottleneck")  # decoder-only part off except the bottleneck
+    assert all(m.p == 0.5 for m in model.stages[0].epistemic_encoder_drop) is False
+    set_rate(model, 0.5)
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        model.train()
+        a = encoder_features(model, x)  # eval inside: deterministic
+        b = encoder_features(model, x)
+    assert torch.equal(a, b)
+    res = mc_dropout_predict(model, x, samples=4, seed=1, strategy="repeat", keep_samples=True)
+    assert not torch.equal(res.samples[0], res.samples[1])
+
+
+def test_set_rate_restricts_to_a_placement() -> None:
+    model = apply_placement(_model(), Placement("decoder", 0.3))
+    set_rate(model, 0.1, where="last")
+    assert [m.p for m in model.stages[0].drop] == [0.0, 0.1]
+    set_rate(model, 0.5)
+    assert [m.p for m in model.stages[0].drop] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="where"):
+        set_rate(model, 0.1, where="everywhere")
+    with pytest.raises(ValueError, match="already"):
+        apply_placement(model, Placement())
+
+
+# ----------------------------------------------------------------------------- ensemble
+def test_ensemble_moments_against_members() -> None:
+    members = [_model(seed=s) for s in range(3)]
+    x = torch.rand(2, 1, 16, 16)
+    res = ensemble_predict(members, x)
+    with torch.no_grad():
+        outs = [m(x)[-1] for m in members]
+    mu = torch.stack([o.mu for o in outs]).double()
+    np.testing.assert_allclose(res.mean.numpy(), mu.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        res.epistemic.numpy(), mu.std(0, unbiased=False).numpy(), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        res.total.numpy() ** 2,
+        res.aleatoric.numpy() ** 2 + res.epistemic.numpy() ** 2,
+        rtol=1e-4,
+    )
+    same = ensemble_predict([members[0], members[0]], x)
+    assert torch.count_nonzero(same.epistemic) == 0
+
+
+def test_reinit_last_stage_keeps_the_others() -> None:
+    model = _model(n_stages=2)
+    member = reinit_last_stage(model, seed=5)
+    for a, b in zip(model.stages[0].parameters(), member.stages[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(model.stages[1].parameters(), member.stages[1].parameters(), strict=True)
+    ]
+    assert any(changed)
+
+
+# ----------------------------------------------------------------------------- detector
+def test_detector_calibrates_maps_and_round_trips() -> None:
+    model = _model()
+    torch.manual_seed(6)
+    train = [_smooth(4) for _ in range(5)]
+    val = [_smooth(1) for _ in range(40)]
+    det = OODDetector(model, levels=(0, 1, 2)).fit(train, val)
+    val_scores = np.concatenate([det.predict(x).score for x in val])
+    assert det.threshold.threshold == pytest.approx(np.quantile(val_scores, 0.95))
+    assert det.threshold.flag(val_scores).sum() == 2  # 5 % of 40 lie above the 95th pct
+    x = _smooth(2)
+    pred = det.predict(x)
+    assert pred.epistemic.shape == x.shape and (pred.epistemic >= 0).all()
+    np.testing.assert_allclose(
+        pred.total.numpy() ** 2,
+        pred.aleatoric.numpy() ** 2 + pred.epistemic.numpy() ** 2,
+        rtol=1e-5,
+    )
+    ref = distance_to_sigma(pred.distance, det.d_ref, det.sigma_ref)
+    np.testing.assert_allclose(pred.epistemic.numpy(), ref.numpy(), rtol=1e-6)
+    again = OODDetector.from_state(model, det.state()).predict(x)
+    np.testing.assert_allclose(again.distance.numpy(), pred.distance.numpy())
+    np.testing.assert_array_equal(again.flag, pred.flag)
+
+
+def _pairs(root, n: int = 6, size: int = 32):
+    """Toy paired folder: D a smooth function of a random attenuation field."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        field = rng.random((size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
+        write_image(root / "attenuation" / f"im{i}.png", (field * 60000 + 1000).astype(np.uint16))
+        write_image(root / "darkfield" / f"im{i}.tif", (0.5 * (1 - field) ** 2).astype(np.float32))
+        rows.append({"id": f"im{i}", "patient": f"p{i}", "split": "val" if i >= n - 2 else "train"})
+    write_manifest(root / "manifest.csv", rows)
+    return root
+
+
+def test_train_last_stage_ensemble_trains_only_the_last_stage(tmp_path) -> None:
+    torch.set_num_threads(1)
+    model = _model(n_stages=2)
+    cfg = TrainConfig(
+        model=model.config,
+        discriminator=DiscriminatorConfig(width=4, n_layers=1),
+        stages=[StageSchedule(epochs=1, batch_size=2, lr=1e-3, warmup_epochs=1)],
+        crop_size=32,
+        cache_data=True,
+    )
+    train, val = make_datasets(_pairs(tmp_path / "data"), cfg)
+    members = train_last_stage_ensemble(model, [1, 2], train, val, cfg, tmp_path / "ens", "cpu")
+    assert (tmp_path / "ens" / "member1" / "stage1.pt").exists()
+    for m in members:
+        for a, b in zip(model.stages[0].parameters(), m.stages[0].parameters(), strict=True):
+            assert torch.equal(a, b)
+    w = [m.stages[1].head_mu.weight for m in members]
+    assert not torch.equal(w[0], w[1])
+    res = ensemble_predict(members, torch.rand(1, 1, 32, 32))
+    assert (res.epistemic > 0).float().mean() > 0.5
