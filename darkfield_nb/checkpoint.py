@@ -417,8 +417,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def _first(names: list[str]) -> str:
-    return f"{len(names)} (first: {names[0]})" if names else "0"
+def _count(names: list[str], what: str) -> str:
+    """``"3 missing (first: a.b)"``; ``"0 missing"`` for none."""
+    return f"{len(names)} {what}" + (f" (first: {names[0]})" if names else "")
 
 
 def check_contents(ckpt: dict) -> str | None:
@@ -474,8 +475,8 @@ def check_contents(ckpt: dict) -> str | None:
         return (
             "cannot rebuild the generator: its weights do not match its generator_config "
             f"(n_stages={n}, base_width={cfg.base_width}, depth={cfg.depth}): "
-            f"{_first(missing)} missing, {_first(unexpected)} unexpected, "
-            f"{_first(wrong)} of the wrong shape{hint}"
+            f"{_count(missing, 'missing')}, {_count(unexpected, 'unexpected')}, "
+            f"{_count(wrong, 'of the wrong shape')}{hint}"
         )
     bad = []
     n_bad = 0
@@ -489,7 +490,7 @@ def check_contents(ckpt: dict) -> str | None:
     if bad:
         return (
             f"the generator weights hold {n_bad} non-finite value(s) (NaN/Inf) in "
-            f"{_first(bad)} tensor(s); the run that wrote it diverged or the file is damaged"
+            f"{_count(bad, 'tensor(s)')}; the run that wrote it diverged or the file is damaged"
         )
     return None
 

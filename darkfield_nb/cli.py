@@ -49,7 +49,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     report = inspect_dataset(args.root)
     for message in report.warnings:
-        print(f"warning: {message}", file=sys.stderr)
+        print(f"darkfield-nb validate: warning: {message}", file=sys.stderr)
     if report.errors:
         print(f"{args.root}: {len(report.errors)} problem(s)", file=sys.stderr)
         for problem in report.errors:
