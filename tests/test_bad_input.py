@@ -686,14 +686,22 @@ def _tiny_checkpoint(t: Path, name: str = "c.pt", edit=None) -> Path:
 
 
 def _evaluate(
-    edit=None, ckpt=None, extra=(), splits=("train", "train", "val", "test"), named=None
+    edit=None,
+    ckpt=None,
+    extra=(),
+    splits=("train", "train", "val", "test"),
+    named=None,
+    patch=None,
 ) -> Callable[[Path, Any], tuple[list, Path]]:
     """An ``evaluate`` row: a data set with ``splits``; the checkpoint is ``ckpt(t, m)`` or the
-    tiny one after ``edit(raw dict)``; ``extra`` arguments (callables get the folder)."""
+    tiny one after ``edit(raw dict)``; ``extra`` arguments (callables get the folder);
+    ``patch(m)`` injects a fault."""
 
     def make(t: Path, m) -> tuple[list, Path]:
         root = _dataset(t, splits)
         path = ckpt(t, m) if ckpt is not None else _tiny_checkpoint(t, edit=edit)
+        if patch is not None:
+            patch(m)
         argv = ["evaluate", "--checkpoint", path, "--data", root, "--samples", "2"]
         argv += ["--device", "cpu", "--quiet", *(e(t) if callable(e) else e for e in extra)]
         return argv, named(t) if named is not None else path
@@ -785,6 +793,24 @@ def _torch_save_full(m, exc: BaseException) -> None:
 
 def _make_data(t: Path, out: Path, *extra) -> list:
     return ["make-data", "--out", out, "--patients", "1", "--size", "64", "--quiet", *extra]
+
+
+def _must_not_run(m, command: str) -> None:
+    """Make the long work of ``command`` fail loudly (not an expected error): a check that
+    belongs before it must refuse first."""
+    import darkfield_nb.evaluation
+    import darkfield_nb.physics.dataset
+    import darkfield_nb.train.stage
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{command} started its work before refusing the bad output")
+
+    module, name = {
+        "train": (darkfield_nb.train.stage, "_run_epoch"),
+        "evaluate": (darkfield_nb.evaluation, "evaluate"),
+        "make-data": (darkfield_nb.physics.dataset, "_render_and_write"),
+    }[command]
+    m.setattr(module, name, refuse)
 
 
 def _deny_mkstemp_in(m, part: str) -> None:
@@ -928,7 +954,11 @@ CASES += [
     Case(
         "evaluate --json is a directory",
         "evaluate",
-        _evaluate(extra=("--json", lambda t: _mkdir(t / "out")), named=lambda t: t / "out"),
+        _evaluate(
+            extra=("--json", lambda t: _mkdir(t / "out")),
+            named=lambda t: t / "out",
+            patch=lambda m: _must_not_run(m, "evaluate"),
+        ),
         ("is a directory, expected a file name",),
     ),
     Case(
@@ -1020,7 +1050,7 @@ CASES += [
     Case(
         "train run folder not writable",
         "train",
-        _train(_dataset, patch=lambda m: _deny_mkstemp_in(m, "run")),
+        _train(_dataset, patch=lambda m: _deny_mkstemp_in(m, "run") or _must_not_run(m, "train")),
         ("permission denied", "is not writable"),
     ),
     Case(
@@ -1055,7 +1085,10 @@ CASES += [
     Case(
         "make-data --out not writable",
         "make-data",
-        lambda t, m: (_make_data(t, t / "out"), _deny_mkstemp_in(m, "out") or t / "out"),
+        lambda t, m: (
+            _make_data(t, t / "out"),
+            _deny_mkstemp_in(m, "out") or _must_not_run(m, "make-data") or t / "out",
+        ),
         ("permission denied",),
     ),
     Case(
@@ -1063,7 +1096,9 @@ CASES += [
         "make-data",
         lambda t, m: (
             _make_data(t, t / "out"),
-            _deny_mkstemp_in(m, "darkfield") or t / "out" / "darkfield",
+            _deny_mkstemp_in(m, "darkfield")
+            or _must_not_run(m, "make-data")
+            or t / "out" / "darkfield",
         ),
         ("permission denied",),
     ),
