@@ -328,7 +328,7 @@ def _one_line(text: str) -> str:
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
-def _not_torch(path: Path, exc: Exception) -> CheckpointError:
+def _not_torch(path: Path, exc: Exception | None) -> CheckpointError:
     """One line for bytes ``torch.load`` cannot read, saying what the file looks like."""
     with open(path, "rb") as fh:
         head = fh.read(16)
@@ -373,6 +373,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: not a PyTorch checkpoint file: empty file (0 bytes; an interrupted "
             "copy or download?)"
         )
+    with open(path, "rb") as fh:
+        if not fh.read(4).startswith(_TORCH_MAGIC):  # text, an image, ...: do not unpickle it
+            raise _not_torch(path, None)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
