@@ -38,6 +38,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -343,7 +344,7 @@ def _not_torch(path: Path, exc: Exception | None) -> CheckpointError:
         return CheckpointError(
             f"{path}: not a PyTorch checkpoint file ({what}; torch.save writes a zip archive)"
         )
-    reason = _one_line(str(exc)) or "no further detail"
+    reason = _one_line(str(exc)).split(". ")[0] or "no further detail"  # torch adds advice
     return CheckpointError(
         f"{path}: not a readable PyTorch checkpoint file (truncated or damaged: "
         f"{type(exc).__name__}: {reason[:200]})"
@@ -377,7 +378,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if not fh.read(4).startswith(_TORCH_MAGIC):  # text, an image, ...: do not unpickle it
             raise _not_torch(path, None)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol is noise
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "weights_only" in text or "Weights only" in text:

@@ -175,7 +175,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "evaluate a stage{k}.pt or model.pt"
         )
     require_splits(args.data, (args.split,), "evaluate")
-    data = PairedDataset(args.data, split=args.split, pad_multiple=1)
+    # the smallest image this generator takes: its stride + 1 (contract.MIN_IMAGE_SIDE for 16)
+    data = PairedDataset(
+        args.data, split=args.split, pad_multiple=1, min_side=model.config.stride + 1
+    )
     result = evaluate(
         model,
         data,

@@ -31,6 +31,7 @@ from darkfield_nb.io import (
     STALE_AFTER_S,
     check_writable_dir,
     clean_stale_temporaries,
+    is_temporary,
     stale_temporaries,
 )
 from darkfield_nb.models import ProgressiveGenerator, build_generator
@@ -128,7 +129,7 @@ def _nothing_to_resume(out_dir: Path) -> FileNotFoundError:
             for p in stale_temporaries(out_dir, max_age_s=0, recursive=False)
             if p.name.startswith(f".{stem}.")
         ]
-        present = sorted(p.name for p in out_dir.glob("*.pt"))
+        present = sorted(p.name for p in out_dir.glob("*.pt") if not is_temporary(p))
         found = f"no {LAST_CHECKPOINT} in it"
         if killed:
             found += (
