@@ -1,6 +1,9 @@
 """Run every kind of bad input against every entry point and write what a user sees (issue 14).
 
-    python tests/bad_input_table.py [OUT.md]      (default: bad_input_table.md in the cwd)
+    python tests/bad_input_table.py [OUT.md [BEFORE.md]]   (default OUT: bad_input_table.md)
+
+With BEFORE.md (this script's table from older code, e.g. run with ``PYTHONPATH`` pointing at a
+checkout of an earlier commit) a last column shows what that code printed, where it differs.
 
 Each row builds one bad input in a fresh temporary folder, feeds it to one entry point
 (``read_image``, ``validate``, ``train``, ``predict``, ``evaluate``, ``make-data``; the commands
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
 import tempfile
 import time
@@ -149,6 +153,10 @@ FILE_KINDS: dict[str, tuple[str, Callable[[Path, str], Path] | None]] = {
 }
 
 
+def _predict_item(item: str) -> str:
+    return f"{item}, {PREDICT_NOTE}" if item else PREDICT_NOTE
+
+
 def _file_in_dataset(t: Path, build) -> Path:
     """A valid data set whose img1 input is replaced by the bad file (target resized to match
     when the bad file is a readable image)."""
@@ -182,7 +190,7 @@ def _file_rows() -> list[Row]:
         rows.append((kind, "validate", item, _dataset_cli("validate", build)))
         rows.append((kind, "train", item, _dataset_cli("train", build)))
         rows.append((kind, "evaluate", item, _dataset_cli("evaluate", build)))
-        rows.append((kind, "predict", item or PREDICT_NOTE, _predict_file(build)))
+        rows.append((kind, "predict", _predict_item(item), _predict_file(build)))
     return rows
 
 
@@ -268,7 +276,7 @@ def _no_code(fn):
         outcome, message = fn(t, m)
         if (t / "pwned").exists():
             return "CODE RAN", message
-        return outcome, message + " [no code ran]"
+        return f"{outcome}, no code ran", message
 
     return run
 
@@ -294,7 +302,7 @@ def _checkpoint_rows() -> list[Row]:
         if kind.startswith("hostile"):
             evaluate, predict, resume = (_no_code(f) for f in (evaluate, predict, resume))
         rows.append((kind, "evaluate", item, evaluate))
-        rows.append((kind, "predict", item or PREDICT_NOTE, predict))
+        rows.append((kind, "predict", _predict_item(item), predict))
         if kind not in ("missing checkpoint", "checkpoint is a directory"):
             rows.append((f"{kind} as last.pt", "train --resume", item, resume))
     return rows
@@ -464,8 +472,12 @@ def build_rows() -> list[Row]:
     return [*_file_rows(), *_checkpoint_rows(), *_from_cases(), *_other_rows()]
 
 
+#: The random part of our temporary names (``.b.k2x9q0z1.tmp.tif``), shown as ``XXXXXXXX``.
+_RANDOM = re.compile(r"(?<=\.)[a-z0-9_]{8}(?=\.tmp)")
+
+
 def _cell(text: str, tmp: Path, width: int = 260) -> str:
-    text = text.replace(str(tmp), "<tmp>").replace("|", "\\|")
+    text = _RANDOM.sub("XXXXXXXX", text.replace(str(tmp), "<tmp>")).replace("|", "\\|")
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
 
@@ -486,13 +498,31 @@ def run_all(rows: list[Row]) -> list[tuple[str, str, str, str, str]]:
     return out
 
 
-def markdown(results: list[tuple[str, str, str, str, str]]) -> str:
-    lines = [
-        "| # | kind | entry point | issue 14 item | outcome | what the user sees |",
-        "|---|------|-------------|---------------|---------|--------------------|",
-    ]
+def _parse(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """(kind, entry) -> (outcome, message) of a table this script wrote."""
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 6 and cells[0].isdigit():
+            rows[(cells[1], cells[2])] = (cells[4], _RANDOM.sub("XXXXXXXX", cells[5]))
+    return rows
+
+
+def markdown(results: list[tuple[str, str, str, str, str]], before: Path | None = None) -> str:
+    old = _parse(before) if before is not None else {}
+    head = "| # | kind | entry point | issue 14 item | outcome | what the user sees |"
+    rule = "|---|------|-------------|---------------|---------|--------------------|"
+    if old:
+        head += " before (where different) |"
+        rule += "--------------------------|"
+    lines = [head, rule]
     for i, (kind, entry, item, outcome, seen) in enumerate(results, 1):
-        lines.append(f"| {i} | {kind} | {entry} | {item} | {outcome} | {seen} |")
+        row = f"| {i} | {kind} | {entry} | {item} | {outcome} | {seen} |"
+        if old:
+            was = old.get((kind, entry))
+            shown = "" if was is None or was == (outcome, seen) else f"{was[0]}: {was[1]}"
+            row += f" {shown} |"
+        lines.append(row)
     tracebacks = sum(r[3] == "TRACEBACK" for r in results)
     lines.append("")
     lines.append(
@@ -500,14 +530,18 @@ def markdown(results: list[tuple[str, str, str, str, str]]) -> str:
         "line, or for a library call `error`/`warning`/`ok`. Rows marked 'predict branch' run "
         "the predict of this branch; its per-file checks are being changed on another branch."
     )
+    if old:
+        changed = sum(1 for line in lines[2:-2] if not line.endswith("|  |"))
+        lines.append(f"{changed} rows differ from {before.name}.")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     target = Path(argv[0]) if argv else Path("bad_input_table.md")
+    before = Path(argv[1]) if len(argv) > 1 else None
     results = run_all(build_rows())
-    target.write_text(markdown(results), encoding="utf-8")
+    target.write_text(markdown(results, before), encoding="utf-8")
     print(f"wrote {target} ({len(results)} rows)")
     return 0
 
