@@ -461,7 +461,7 @@ def _other_rows() -> list[Row]:
         "shape mismatch",
         "constant dark-field target",
     ):
-        rows.append((kind, "validate", "5" if "split" in kind else "", _validate_folder(kind)))
+        rows.append((kind, "validate", "", _validate_folder(kind)))
     return rows
 
 
