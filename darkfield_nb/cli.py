@@ -2,6 +2,12 @@
 
 Each subcommand is one small function ``_cmd_<name>(args) -> int``; heavy imports happen inside
 it so ``darkfield-nb info`` stays quick. Run ``darkfield-nb <command> --help`` for options.
+
+Errors the user can act on (a missing or unreadable file, a data set problem, a checkpoint that
+cannot be used, an output that cannot be written, a full disk, a diverging run) are printed by
+:func:`main` as one line ``darkfield-nb <command>: error: <message>`` (the message names the file
+and the problem) with exit status 2, never a traceback; warnings as ``darkfield-nb <command>:
+warning: <message>``. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,15 +45,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from darkfield_nb.data import validate_dataset
+    from darkfield_nb.data import inspect_dataset
 
-    problems = validate_dataset(args.root)
-    if problems:
-        print(f"{args.root}: {len(problems)} problem(s)", file=sys.stderr)
-        for problem in problems:
+    report = inspect_dataset(args.root)
+    for message in report.warnings:
+        print(f"darkfield-nb validate: warning: {message}", file=sys.stderr)
+    if report.errors:
+        print(f"{args.root}: {len(report.errors)} problem(s)", file=sys.stderr)
+        for problem in report.errors:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    print(f"{args.root}: valid")
+    splits = ", ".join(f"{k} {n}" for k, n in sorted(report.split_counts.items()))
+    warned = f"; {len(report.warnings)} warning(s) above" if report.warnings else ""
+    print(f"{args.root}: valid ({report.n_pairs} pairs: {splits}){warned}")
     return 0
 
 
@@ -146,16 +157,28 @@ def _load_model(path: Path | None, device):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from darkfield_nb.data import PairedDataset
+    from darkfield_nb.checkpoint import CheckpointError
+    from darkfield_nb.data import PairedDataset, require_splits
     from darkfield_nb.evaluation import evaluate, format_stage_table
     from darkfield_nb.hardware import pick_device
-    from darkfield_nb.io import atomic_write_text
+    from darkfield_nb.io import check_output_file, write_json
+    from darkfield_nb.paths import pretrained_checkpoint
 
+    if args.json:  # before the work: a --json that cannot be written fails now, not at the end
+        check_output_file(args.json)
     device = pick_device(args.device)
+    ckpt_path = args.checkpoint or pretrained_checkpoint()
     model, trained = _load_model(args.checkpoint, device)
-    data = PairedDataset(args.data, split=args.split, pad_multiple=1)
+    if trained < 1:
+        raise CheckpointError(
+            f"{ckpt_path}: no stage of this generator is trained yet (stages_trained=0); "
+            "evaluate a stage{k}.pt or model.pt"
+        )
+    require_splits(args.data, (args.split,), "evaluate")
+    # the smallest image this generator takes: its stride + 1 (contract.MIN_IMAGE_SIDE for 16)
+    data = PairedDataset(
+        args.data, split=args.split, pad_multiple=1, min_side=model.config.stride + 1
+    )
     result = evaluate(
         model,
         data,
@@ -164,13 +187,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         n_stages=trained,
         progress=not args.quiet,
     )
-    result["checkpoint"] = str(args.checkpoint)
+    result["checkpoint"] = str(ckpt_path)
     result["split"] = args.split
     print(format_stage_table(result))
     unc = result["uncertainty"]
-    print(", ".join(f"{k} {v:.4g}" for k, v in unc.items()))
+    print(", ".join(f"{k} {v:.4g}" if v is not None else f"{k} n/a" for k, v in unc.items()))
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2))
+        write_json(args.json, result)
         print(f"wrote {args.json}")
     return 0
 
@@ -333,14 +356,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions :func:`main` reports in one line: the user's input or environment is at
+    fault (OSError covers FileNotFoundError, PermissionError and io.WriteError; ValueError covers
+    ImageReadError, ManifestError, EmptySplitError, CheckpointError ...)."""
+    kinds: list[type[BaseException]] = [OSError, ValueError, ImportError]
+    if "darkfield_nb.train.step" in sys.modules:  # imported only by commands that train
+        kinds.append(sys.modules["darkfield_nb.train.step"].NonFiniteLossError)
+    return tuple(kinds)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``darkfield-nb`` console script."""
+    """Entry point of the ``darkfield-nb`` console script.
+
+    Expected errors (see :func:`_expected_errors`) are printed on stderr as one line,
+    ``darkfield-nb <command>: error: <message>``, and give exit status 2; Ctrl-C gives one line
+    and status 130; warnings are printed as ``darkfield-nb <command>: warning: <message>``.
+    Any other exception is a bug: it propagates with its full traceback.
+    """
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as err:
-        print(f"darkfield-nb {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    prefix = f"darkfield-nb {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130
+        except _expected_errors() as err:
+            text = str(err) or type(err).__name__
+            if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+                text = f"{err.filename}: {text}"
+            print(f"{prefix}: error: {text}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -101,6 +101,19 @@ def _spearman(sigma: list[np.ndarray], err: list[np.ndarray]) -> float | None:
     return float(stats.spearmanr(s, e).statistic)
 
 
+def _check_finite(outs, image_id: str) -> None:
+    """Refuse non-finite model outputs: they would turn every figure into NaN."""
+    for k, out in enumerate(outs):
+        for name in ("mu", "alpha", "beta"):
+            bad = int((~torch.isfinite(getattr(out, name))).sum())
+            if bad:
+                raise ValueError(
+                    f"evaluate: image {image_id!r}: stage {k + 1} output {name} holds {bad} "
+                    "non-finite value(s) (NaN/Inf); the model's weights are broken (a diverged "
+                    "run?) or the input is out of range"
+                )
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -122,9 +135,15 @@ def evaluate(
     dropout (the uncertainty block then uses the deterministic aleatoric sigma only).
     ``n_stages`` evaluates only the first stages (e.g. those a checkpoint says are trained).
     ``device``: "auto" | "cpu" | "cuda" | a ``torch.device`` (``hardware.pick_device``).
+
+    Raises:
+        ValueError: the data set is empty, or the model gives a non-finite output for an image
+            (named by id): the figures would all be NaN.
     """
     if len(dataset) == 0:
-        raise ValueError("evaluate: the data set (split) is empty")
+        root = getattr(dataset, "root", None)
+        where = f"{root}: " if root is not None else "evaluate: "
+        raise ValueError(f"{where}the data set (split) to evaluate is empty")
     device = pick_device(device)
     model = model.to(device).eval()
     n_stages = model.config.n_stages if n_stages is None else int(n_stages)
@@ -138,6 +157,7 @@ def evaluate(
         x = item["input"][None].to(device)
         y = item["target"][None].to(device)
         outs = model(x, n_stages=n_stages)
+        _check_finite(outs, item["id"])
         target = y[0, 0].cpu().numpy()
         lung = (item["mask"][0].numpy() & LUNG) > 0
         preds = [o.mu[0, 0].float().cpu().numpy() for o in outs]

@@ -53,6 +53,51 @@ output folder not writable (10)        check_writable_dir permission denied
 disk full during a write (10)          write_image        no space left on the device
 =====================================  =================  ========================================
 
+The commands (Part B): these rows run ``darkfield_nb.cli.main`` and read its stderr; each error
+is one line ``darkfield-nb <command>: error: <message>``, exit status 2, no traceback. The
+hostile pickles also check that no code ran.
+
+================================================  ================  ================================
+kind                                              entry point       message (fragments)
+================================================  ================  ================================
+checkpoint weights do not match its config (9)    evaluate          weights do not match its gene...
+checkpoint without one stage's weights (9)        evaluate          missing (first: stages.1.
+unknown generator_config key (9)                  evaluate          invalid generator_config
+stages_trained out of range (9)                   evaluate          stages_trained=7 is out of ra...
+stage out of range (9)                            checkpoint.load   stage=-1 is out of range
+empty checkpoint file (9)                         evaluate          not a PyTorch checkpoint file...
+text file as checkpoint (9)                       evaluate          not a PyTorch checkpoint file...
+truncated checkpoint (9)                          evaluate          not a readable PyTorch checkp...
+untrained checkpoint (stages_trained 0) (9)       evaluate          no stage of this generator is...
+checkpoint is a directory (before)                evaluate          is a directory, expected a ch...
+missing checkpoint (before)                       evaluate          checkpoint not found
+plain state dict as checkpoint (before)           evaluate          not a darkfield-nb checkpoint
+hostile pickle: reduce-in-history (before)        evaluate          refusing to load: the file ho...
+hostile pickle: reduce-top-level (before)         evaluate          refusing to load
+hostile pickle: legacy-format (before)            evaluate          refusing to load
+hostile pickle: bare-pickle (before)              evaluate          refusing to load
+NaN weights (4)                                   evaluate          generator weights hold
+evaluate --json is a directory (10)               evaluate          is a directory, expected a fi...
+evaluate --json under a file (10)                 evaluate          is a file, expected a folder
+evaluate an empty split (5)                       evaluate          split 'test' has no images, b...
+train --resume, no last.pt (2)                    train             nothing to resume: no last.pt...
+train --resume after a killed first save (2)      train             nothing to resume
+train --resume, run folder missing (2)            train             nothing to resume: the folder...
+train --resume with other settings (11)           train             seed: given 5, stored 0
+train with an empty val split (5)                 train             split 'val' has no images, bu...
+train on a 16 x 16 image (6)                      train             image is 16 x 16 px, too small
+train run folder is a file (10)                   train             is a file, expected a folder
+train run folder not writable (10)                train             permission denied
+train disk full at the first checkpoint (10)      train             cannot write: no space left o...
+torch.save fails on a full disk (10)              checkpoint.save   cannot write the checkpoint: ...
+make-data --out is a file (10)                    make-data         is a file, expected a folder
+make-data --out not empty (before)                make-data         output folder is not empty (1...
+make-data --out not writable (10)                 make-data         permission denied
+make-data read-only subfolder (10)                make-data         permission denied
+make-data disk full (10)                          make-data         cannot write: no space left o...
+validate prints an empty split as a warning (5)   validate warning  split 'val' has no images
+================================================  ================  ================================
+
 Leftovers (item 12) are behaviour, not messages: tests below check that ``list_images``,
 ``validate`` and the checksums never take a temporary file for data, and that
 ``clean_stale_temporaries`` removes only our own stale temporaries.
@@ -291,6 +336,7 @@ class Case:
     make: Callable[[Path, pytest.MonkeyPatch], tuple[Any, Path | str]]
     expect: tuple[str, ...]
     level: str = "error"
+    after: Callable[[Path], None] | None = None  # a check of what the run left, if any
 
 
 def _same(path: Path) -> tuple[Path, Path]:
@@ -580,6 +626,502 @@ CASES = [
 ]
 
 
+# ------------------------------------------------------------------ part B: the commands
+#
+# Rows below run the command line, ``darkfield_nb.cli.main([...])``, and read what the user
+# sees on stderr: every expected error must be one line ``darkfield-nb <command>: error: ...``
+# (a data set problem lists one file per ``  - `` line), exit status 2, no traceback.
+
+
+def _cli(argv: list) -> dict[str, list[str]]:
+    """Run the command line; the error and warning lines it printed (prefix removed)."""
+    import contextlib
+    import io as _io
+
+    from darkfield_nb.cli import main
+
+    argv = [str(a) for a in argv]
+    err, out = _io.StringIO(), _io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(argv)
+    text = err.getvalue()
+    assert "Traceback" not in text, text
+    prefix = f"darkfield-nb {argv[0]}: "
+    errors, warned = [], []
+    for line in text.splitlines():
+        if line.startswith(prefix + "error: "):
+            errors.append(line.removeprefix(prefix + "error: "))
+        elif line.startswith(prefix + "warning: "):
+            warned.append(line.removeprefix(prefix + "warning: "))
+        elif line.startswith("  - "):
+            errors.append(line.removeprefix("  - "))
+    assert code == (2 if errors else 0), (code, text)
+    return {"error": errors, "warning": warned}
+
+
+ENTRY.update({"train": _cli, "evaluate": _cli, "make-data": _cli, "validate (CLI)": _cli})
+
+#: Tiny training from the command line: one stage, one step, default depth 4 (stride 16).
+TRAIN_FLAGS = (
+    "--stages", "1", "--epochs", "1", "--batch-size", "2", "--crop-size", "24",
+    "--base-width", "4", "--max-steps-per-epoch", "1", "--device", "cpu", "--quiet",
+)  # fmt: skip
+
+
+def _tiny_checkpoint(t: Path, name: str = "c.pt", edit=None) -> Path:
+    """A 2-stage depth-2 generator saved by ``checkpoint.save``, then ``edit(raw dict)``."""
+    import torch
+
+    from darkfield_nb import checkpoint
+    from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
+
+    torch.manual_seed(0)
+    model = ProgressiveGenerator(GeneratorConfig(n_stages=2, base_width=4, depth=2, dropout=0.2))
+    path = checkpoint.save(t / name, model, stage=1, epoch=1)
+    if edit is not None:
+        raw = torch.load(path, weights_only=True)
+        edit(raw)
+        torch.save(raw, path)
+    return path
+
+
+def _evaluate(
+    edit=None,
+    ckpt=None,
+    extra=(),
+    splits=("train", "train", "val", "test"),
+    named=None,
+    patch=None,
+) -> Callable[[Path, Any], tuple[list, Path]]:
+    """An ``evaluate`` row: a data set with ``splits``; the checkpoint is ``ckpt(t, m)`` or the
+    tiny one after ``edit(raw dict)``; ``extra`` arguments (callables get the folder);
+    ``patch(m)`` injects a fault."""
+
+    def make(t: Path, m) -> tuple[list, Path]:
+        root = _dataset(t, splits)
+        path = ckpt(t, m) if ckpt is not None else _tiny_checkpoint(t, edit=edit)
+        if patch is not None:
+            patch(m)
+        argv = ["evaluate", "--checkpoint", path, "--data", root, "--samples", "2"]
+        argv += ["--device", "cpu", "--quiet", *(e(t) if callable(e) else e for e in extra)]
+        return argv, named(t) if named is not None else path
+
+    return make
+
+
+def _nan_weights(raw: dict) -> None:
+    key = next(k for k, v in raw["generator"].items() if v.is_floating_point())
+    raw["generator"][key] = raw["generator"][key].clone().fill_(float("nan"))
+
+
+def _drop_stage(raw: dict) -> None:
+    raw["generator"] = {k: v for k, v in raw["generator"].items() if not k.startswith("stages.1.")}
+
+
+def _hostile(kind: str) -> Callable[[Path, Any], Path]:
+    """A checkpoint file that would run code if unpickled unsafely: the code creates ``pwned``."""
+
+    def make(t: Path, m) -> Path:
+        import pickle
+
+        import torch
+
+        marker = t / "pwned"
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        path = t / f"{kind}.pt"
+        if kind == "reduce-in-history":
+            _tiny_checkpoint(t, path.name, edit=lambda raw: raw.update(history=[Evil()]))
+        elif kind == "reduce-top-level":
+            torch.save(Evil(), path)
+        elif kind == "legacy-format":
+            torch.save({"format": "darkfield-nb-checkpoint", "x": Evil()}, path,
+                       _use_new_zipfile_serialization=False)  # fmt: skip
+        else:  # a bare pickle named .pt
+            path.write_bytes(pickle.dumps(Evil()))
+        return path
+
+    return make
+
+
+def _no_code_ran(t: Path) -> None:
+    assert not (t / "pwned").exists(), "a hostile checkpoint ran code"
+
+
+def _train(make_root, *extra, out=lambda t: t / "run", named=None, patch=None):
+    """A ``train`` row: data from ``make_root(t)``, run folder ``out(t)``; ``patch(m)`` injects
+    a fault after the data set is written."""
+
+    def make(t: Path, m) -> tuple[list, Path]:
+        root = make_root(t)
+        if isinstance(root, tuple):
+            root, _ = root
+        run = out(t)
+        if patch is not None:
+            patch(m)
+        argv = ["train", "--data", root, "--out", run, *TRAIN_FLAGS, *extra]
+        return argv, named(t, m) if named else run
+
+    return make
+
+
+def _resume_after_kill(t: Path, m) -> Path:
+    """A run folder whose first ``last.pt`` write was killed: only the temporary is left."""
+    (t / "run").mkdir()
+    left = _kill_during_write(t / "run" / "last.pt")
+    assert left.name.startswith(".last.")
+    return t / "run"
+
+
+def _trained_run(t: Path, m) -> Path:
+    root = _dataset(t)
+    assert _cli(["train", "--data", root, "--out", t / "run", *TRAIN_FLAGS])["error"] == []
+    return t / "run" / "last.pt"
+
+
+def _torch_save_full(m, exc: BaseException) -> None:
+    import torch
+
+    def full(*args, **kwargs):
+        raise exc
+
+    m.setattr(torch, "save", full)
+
+
+def _make_data(t: Path, out: Path, *extra) -> list:
+    return ["make-data", "--out", out, "--patients", "1", "--size", "64", "--quiet", *extra]
+
+
+def _must_not_run(m, command: str) -> None:
+    """Make the long work of ``command`` fail loudly (not an expected error): a check that
+    belongs before it must refuse first."""
+    import darkfield_nb.evaluation
+    import darkfield_nb.physics.dataset
+    import darkfield_nb.train.stage
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{command} started its work before refusing the bad output")
+
+    module, name = {
+        "train": (darkfield_nb.train.stage, "_run_epoch"),
+        "evaluate": (darkfield_nb.evaluation, "evaluate"),
+        "make-data": (darkfield_nb.physics.dataset, "_render_and_write"),
+    }[command]
+    m.setattr(module, name, refuse)
+
+
+def _deny_mkstemp_in(m, part: str) -> None:
+    real = tempfile.mkstemp
+
+    def refuse(*args, **kwargs):
+        if part in str(kwargs.get("dir", "")):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, **kwargs)
+
+    m.setattr(tempfile, "mkstemp", refuse)
+
+
+def _save_ckpt(arg: tuple[Path, Any]) -> dict[str, list[str]]:
+    return _raised(lambda: _tiny_checkpoint(*arg))
+
+
+def _load_ckpt(path: Path) -> dict[str, list[str]]:
+    from darkfield_nb import checkpoint
+
+    return _raised(lambda: checkpoint.load(path))
+
+
+ENTRY.update({"checkpoint.save": _save_ckpt, "checkpoint.load": _load_ckpt})
+
+
+def _full_disk_torch(t: Path, m) -> tuple[tuple[Path, str], Path]:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    _torch_save_full(
+        m, RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+    )
+    m.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
+    return (t, "c.pt"), t / "c.pt"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+CASES += [
+    # -- item 9: checkpoints that cannot be used, named in one line
+    Case(
+        "checkpoint weights do not match its config",
+        "evaluate",
+        _evaluate(lambda raw: raw["generator_config"].update(base_width=8)),
+        ("weights do not match its generator_config", "of the wrong shape (first: stages.0"),
+    ),
+    Case(
+        "checkpoint without one stage's weights",
+        "evaluate",
+        _evaluate(_drop_stage),
+        ("missing (first: stages.1.", "no weights for stage(s) 1"),
+    ),
+    Case(
+        "unknown generator_config key",
+        "evaluate",
+        _evaluate(lambda raw: raw["generator_config"].update(colour="blue")),
+        ("invalid generator_config", "unknown field(s) ['colour']"),
+    ),
+    Case(
+        "stages_trained out of range",
+        "evaluate",
+        _evaluate(lambda raw: raw.update(stages_trained=7)),
+        ("stages_trained=7 is out of range (0 .. 2 for a 2-stage generator)",),
+    ),
+    Case(
+        "stage out of range",
+        "checkpoint.load",
+        lambda t, m: _same(_tiny_checkpoint(t, edit=lambda raw: raw.update(stage=-1))),
+        ("stage=-1 is out of range",),
+    ),
+    Case(
+        "empty checkpoint file",
+        "evaluate",
+        _evaluate(ckpt=lambda t, m: _file(t, "empty.pt", b"")),
+        ("not a PyTorch checkpoint file: empty file (0 bytes",),
+    ),
+    Case(
+        "text file as checkpoint",
+        "evaluate",
+        _evaluate(ckpt=lambda t, m: _file(t, "notes.pt", b"hello, I am not a checkpoint\n")),
+        ("not a PyTorch checkpoint file (it starts with 'hello, I am ', a text file",),
+    ),
+    Case(
+        "truncated checkpoint",
+        "evaluate",
+        _evaluate(ckpt=lambda t, m: _file(t, "cut.pt", _tiny_checkpoint(t).read_bytes()[:3000])),
+        ("not a readable PyTorch checkpoint file (truncated or damaged",),
+    ),
+    Case(
+        "untrained checkpoint (stages_trained 0)",
+        "evaluate",
+        _evaluate(lambda raw: raw.update(stages_trained=0)),
+        ("no stage of this generator is trained yet",),
+    ),
+    Case(
+        "checkpoint is a directory (before)",
+        "evaluate",
+        _evaluate(ckpt=lambda t, m: t),
+        ("is a directory, expected a checkpoint file",),
+    ),
+    Case(
+        "missing checkpoint (before)",
+        "evaluate",
+        _evaluate(ckpt=lambda t, m: t / "none.pt"),
+        ("checkpoint not found",),
+    ),
+    Case(
+        "plain state dict as checkpoint (before)",
+        "evaluate",
+        _evaluate(lambda raw: raw.update(format="x")),
+        ("not a darkfield-nb checkpoint",),
+    ),
+    *(
+        Case(
+            f"hostile pickle: {kind} (before)",
+            "evaluate",
+            _evaluate(ckpt=_hostile(kind)),
+            (what,),
+            after=_no_code_ran,
+        )
+        for kind, what in (
+            ("reduce-in-history", "refusing to load: the file holds a Python object"),
+            ("reduce-top-level", "refusing to load"),
+            ("legacy-format", "refusing to load"),
+            ("bare-pickle", "refusing to load"),
+        )
+    ),
+    # -- item 4: NaN weights
+    Case(
+        "NaN weights",
+        "evaluate",
+        _evaluate(_nan_weights),
+        ("generator weights hold", "non-finite value(s) (NaN/Inf)"),
+    ),
+    # -- items 5 and 10 (evaluate side)
+    Case(
+        "evaluate --json is a directory",
+        "evaluate",
+        _evaluate(
+            extra=("--json", lambda t: _mkdir(t / "out")),
+            named=lambda t: t / "out",
+            patch=lambda m: _must_not_run(m, "evaluate"),
+        ),
+        ("is a directory, expected a file name",),
+    ),
+    Case(
+        "evaluate --json under a file",
+        "evaluate",
+        _evaluate(
+            extra=("--json", lambda t: _file(t, "f", b"x") / "r.json"), named=lambda t: t / "f"
+        ),
+        ("is a file, expected a folder",),
+    ),
+    Case(
+        "evaluate an empty split",
+        "evaluate",
+        _evaluate(splits=("train", "train", "val"), named=lambda t: t / "ds" / "manifest.csv"),
+        ("split 'test' has no images, but evaluate needs it",),
+    ),
+    # -- items 2 and 11: resume
+    Case(
+        "train --resume, no last.pt",
+        "train",
+        _train(_dataset, "--resume", out=lambda t: _mkdir(t / "run")),
+        ("nothing to resume: no last.pt in it", "without --resume (Python: resume=False)"),
+    ),
+    Case(
+        "train --resume after a killed first save",
+        "train",
+        lambda t, m: (
+            ["train", "--data", _dataset(t), "--out", _resume_after_kill(t, m), "--resume"],
+            t / "run",
+        ),
+        ("nothing to resume", ".last.", "partial last.pt left by a write that was killed"),
+    ),
+    Case(
+        "train --resume, run folder missing",
+        "train",
+        _train(_dataset, "--resume"),
+        ("nothing to resume: the folder does not exist",),
+    ),
+    Case(
+        "train --resume with other settings",
+        "train",
+        lambda t, m: (
+            [
+                "train",
+                "--data",
+                t / "ds",
+                "--out",
+                _trained_run(t, m).parent,
+                "--resume",
+                *TRAIN_FLAGS,
+                "--seed",
+                "5",
+            ],
+            t / "run" / "last.pt",
+        ),  # fmt: skip
+        (
+            "seed: given 5, stored 0",
+            "command line: only --data, --out and --resume",
+            "Python: config=None",
+        ),  # fmt: skip
+    ),
+    # -- item 5 (train side)
+    Case(
+        "train with an empty val split",
+        "train",
+        _train(
+            lambda t: _dataset(t, ("train", "train", "test")),
+            named=lambda t, m: t / "ds" / "manifest.csv",
+        ),
+        ("split 'val' has no images, but training needs it",),
+    ),
+    # -- item 6 (train side)
+    Case(
+        "train on a 16 x 16 image",
+        "train",
+        _train(
+            lambda t: _with_attenuation(t, _ramp((16, 16))),
+            named=lambda t, m: t / "ds" / "attenuation" / "img1.png",
+        ),
+        ("image is 16 x 16 px, too small", "at least 17 px"),
+    ),
+    # -- item 10 (train side)
+    Case(
+        "train run folder is a file",
+        "train",
+        _train(_dataset, out=lambda t: _file(t, "run", b"x")),
+        ("is a file, expected a folder",),
+    ),
+    Case(
+        "train run folder not writable",
+        "train",
+        _train(_dataset, patch=lambda m: _deny_mkstemp_in(m, "run") or _must_not_run(m, "train")),
+        ("permission denied", "is not writable"),
+    ),
+    Case(
+        "train disk full at the first checkpoint",
+        "train",
+        _train(
+            _dataset,
+            patch=lambda m: _torch_save_full(m, OSError(errno.ENOSPC, "No space left")),
+            named=lambda t, m: t / "run" / "last.pt",
+        ),
+        ("cannot write: no space left on the device",),
+    ),
+    Case(
+        "torch.save fails on a full disk",
+        "checkpoint.save",
+        _full_disk_torch,
+        ("cannot write the checkpoint: no space left on the device (1.0 MiB free)",),
+    ),
+    # -- item 10 (make-data)
+    Case(
+        "make-data --out is a file",
+        "make-data",
+        lambda t, m: (_make_data(t, _file(t, "out", b"x")), t / "out"),
+        ("is a file, expected a folder",),
+    ),
+    Case(
+        "make-data --out not empty (before)",
+        "make-data",
+        lambda t, m: (_make_data(t, _file(_mkdir(t / "out"), "keep.txt", b"x").parent), t / "out"),
+        ("output folder is not empty (1 entries)",),
+    ),
+    Case(
+        "make-data --out not writable",
+        "make-data",
+        lambda t, m: (
+            _make_data(t, t / "out"),
+            _deny_mkstemp_in(m, "out") or _must_not_run(m, "make-data") or t / "out",
+        ),
+        ("permission denied",),
+    ),
+    Case(
+        "make-data read-only subfolder",
+        "make-data",
+        lambda t, m: (
+            _make_data(t, t / "out"),
+            _deny_mkstemp_in(m, "darkfield")
+            or _must_not_run(m, "make-data")
+            or t / "out" / "darkfield",
+        ),
+        ("permission denied",),
+    ),
+    Case(
+        "make-data disk full",
+        "make-data",
+        lambda t, m: (_make_data(t, t / "out"), _disk_full(m) or t / "out" / "darkfield"),
+        ("cannot write: no space left on the device",),
+    ),
+    # -- item 5 (validate side, the command line)
+    Case(
+        "validate prints an empty split as a warning",
+        "validate (CLI)",
+        lambda t, m: (
+            ["validate", _dataset(t, ("train", "train", "test"))],
+            t / "ds" / "manifest.csv",
+        ),
+        ("split 'val' has no images",),
+        level="warning",
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.kind for c in CASES])
 def test_bad_input_is_named_in_one_line(case: Case, tmp_path: Path, monkeypatch) -> None:
     arg, named = case.make(tmp_path, monkeypatch)
@@ -590,6 +1132,8 @@ def test_bad_input_is_named_in_one_line(case: Case, tmp_path: Path, monkeypatch)
     for message in hits:
         assert message.startswith(str(named)), f"does not start with {named}: {message}"
         assert "\n" not in message, message
+    if case.after is not None:
+        case.after(tmp_path)
 
 
 def test_docstring_table_lists_every_row() -> None:

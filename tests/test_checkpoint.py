@@ -303,3 +303,66 @@ def test_save_trained_holds_weights_only_and_float32_state_undoes_half(tmp_path)
         if v.is_floating_point():
             # float16 -> float32 is exact: casting back gives the stored bits
             assert full[k].dtype == torch.float32 and torch.equal(full[k].half(), v), k
+
+
+def test_contents_checked_against_a_model_built_from_the_config(tmp_path):
+    """check_contents counts missing / unexpected / wrongly shaped tensors against the state
+    dict of a generator built from the stored config (the reference), and non-finite weights
+    exactly."""
+    model = _tiny_model()
+    path = checkpoint.save(tmp_path / "c.pt", model, stage=1, epoch=1)
+    raw = torch.load(path, weights_only=True)
+    assert checkpoint.check_contents(raw) is None
+    reference = ProgressiveGenerator(GeneratorConfig.from_dict(raw["generator_config"]))
+    stage1 = [k for k in reference.state_dict() if k.startswith("stages.1.")]
+    cut = {**raw, "generator": {k: v for k, v in raw["generator"].items() if k not in stage1}}
+    assert f"{len(stage1)} missing (first: {stage1[0]})" in checkpoint.check_contents(cut)
+    assert "no weights for stage(s) 1" in checkpoint.check_contents(cut)
+    extra = {**raw, "generator": {**raw["generator"], "spare.weight": torch.zeros(2)}}
+    assert "1 unexpected (first: spare.weight)" in checkpoint.check_contents(extra)
+    key = next(k for k, v in raw["generator"].items() if v.is_floating_point() and v.numel() > 3)
+    poisoned = raw["generator"][key].clone()
+    poisoned.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    bad = {**raw, "generator": {**raw["generator"], key: poisoned}}
+    assert f"3 non-finite value(s) (NaN/Inf) in 1 tensor(s) (first: {key})" in (
+        checkpoint.check_contents(bad)
+    )
+    torch.save(bad, tmp_path / "nan.pt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"nan\.pt: the generator weights hold 3"):
+        checkpoint.load_checkpoint(tmp_path / "nan.pt")
+    # a dict that did not come from load_checkpoint is checked by generator_from_checkpoint
+    with pytest.raises(checkpoint.CheckpointError, match=r"^mine\.pt: the generator weights"):
+        checkpoint.generator_from_checkpoint(bad, source="mine.pt")
+
+
+def test_shipped_model_passes_the_checks():
+    from darkfield_nb.paths import pretrained_checkpoint
+
+    raw = checkpoint.load_checkpoint(pretrained_checkpoint())
+    assert checkpoint.check_contents(raw) is None and raw["stages_trained"] == 3
+
+
+def test_failed_torch_save_is_a_write_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """torch's zip writer reports a full disk as RuntimeError('PytorchStreamWriter failed
+    ...'): save turns it into WriteError naming the file; the old checkpoint stays whole."""
+    from darkfield_nb.io import WriteError
+
+    model = _tiny_model()
+    path = checkpoint.save(tmp_path / "c.pt", model, stage=0, epoch=1)
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail] PytorchStreamWriter failed writing file data/3")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(WriteError, match=r"c\.pt: cannot write the checkpoint"):
+        checkpoint.save(path, model, stage=0, epoch=2)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(torch, "save", bug)
+    with pytest.raises(RuntimeError, match="some other failure") as info:
+        checkpoint.save(path, model, stage=0, epoch=2)
+    assert not isinstance(info.value, WriteError)

@@ -146,3 +146,65 @@ def test_train_then_resume_from_the_command_line(tmp_path):
     assert main(["train", "--data", str(root), "--out", str(run), *flags]) == 2
     assert main(["train", "--data", str(root), "--out", str(run), "--resume", "--quiet"]) == 0
     assert len(json.loads((run / "history.json").read_text())) == 2  # nothing left to train
+
+
+def test_expected_errors_are_one_line_in_a_real_process(tmp_path):
+    """Through ``python -m darkfield_nb.cli``: a text file given as the checkpoint gives exit
+    status 2 and one stderr line naming it, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = _tiny_dataset(tmp_path / "data")
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    args = ["evaluate", "--checkpoint", str(bad), "--data", str(root), "--quiet"]
+    done = subprocess.run(
+        [sys.executable, "-m", "darkfield_nb.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"darkfield-nb evaluate: error: {bad}: not a PyTorch checkpoint")
+    assert "Traceback" not in done.stderr
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    """A bug is not dressed up as a user error: it propagates (the traceback is printed)."""
+    from darkfield_nb import cli
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "_cmd_info", bug)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        main(["info"])
+
+
+def test_warnings_are_one_line_each(tmp_path, capsys):
+    """validate reports an empty split as a warning line and still calls the folder valid."""
+    root = _tiny_dataset(tmp_path / "ok")  # test and train only: no val split
+    assert main(["validate", str(root)]) == 0
+    captured = capsys.readouterr()
+    warned = [x for x in captured.err.splitlines() if x.startswith("darkfield-nb validate: warn")]
+    assert len(warned) == 1 and "split 'val' has no images" in warned[0]
+    assert f"{root}: valid (4 pairs: test 2, train 2)" in captured.out
+
+
+def test_evaluate_json_is_strict_and_names_the_checkpoint(tmp_path, tiny_ckpt):
+    root = _tiny_dataset(tmp_path / "data")
+    out = tmp_path / "e.json"
+    argv = ["evaluate", "--checkpoint", str(tiny_ckpt), "--data", str(root), "--samples", "2"]
+    assert main([*argv, "--device", "cpu", "--quiet", "--json", str(out)]) == 0
+
+    def no_constants(token):
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    result = json.loads(out.read_text(), parse_constant=no_constants)
+    assert result["checkpoint"] == str(tiny_ckpt) and result["n_images"] == 2

@@ -133,3 +133,11 @@ def test_paired_differences_hand_computed():
     assert mse["mean"] == pytest.approx(-0.15) and mse["improved"] == 1.0
     assert out["ssim"][0]["mean"] == pytest.approx(0.05) and out["ssim"][0]["improved"] == 0.5
     assert out["psnr"][0]["ci95"][0] <= 1.5 <= out["psnr"][0]["ci95"][1]
+
+
+def test_non_finite_output_is_refused_by_image(data):
+    """A model whose stage-2 mu is NaN must not yield a table of NaN: one error naming the image
+    and the stage (the reference is the output we built)."""
+    ds, _ = data
+    with pytest.raises(ValueError, match=r"image 'i0': stage 2 output mu holds 480 non-finite"):
+        evaluate(ConstantModel(levels=(0.1, float("nan"))), ds, mc_samples=0, progress=False)

@@ -362,3 +362,73 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path, data_root):
     saved = checkpoint.load(out / "model.pt").state_dict()
     for k, v in r0["state"].items():
         assert torch.equal(v, saved[k]), k
+
+
+def test_resume_without_last_checkpoint_is_refused_naming_the_folder(tmp_path, data_root):
+    """A kill during the very first checkpoint write leaves only a temporary: resuming must
+    not start a fresh run with default settings (issue 14, item 2)."""
+    from darkfield_nb.io import atomic_path
+
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match=r"run: nothing to resume: the folder does not"):
+        train_progressive(data_root, run, None, resume=True, device="cpu", progress=False)
+    run.mkdir()
+    cm = atomic_path(run / "last.pt")  # the write a kill interrupted: its temporary stays
+    partial = cm.__enter__()
+    partial.write_bytes(b"PK\x03\x04")
+    with pytest.raises(FileNotFoundError) as info:
+        train_progressive(data_root, run, None, resume=True, device="cpu", progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{run}: nothing to resume: no last.pt in it; {partial.name} is")
+    assert "resume=False" in message and "\n" not in message
+    assert list(run.iterdir()) == [partial]  # nothing trained, nothing written
+
+
+def test_resume_cleans_temporaries_a_killed_write_left(tmp_path, data_root):
+    cfg = tiny_config(
+        model={"n_stages": 1}, stages=[StageSchedule(epochs=1, batch_size=2)], max_steps_per_epoch=1
+    )
+    run = tmp_path / "run"
+    train_progressive(data_root, run, cfg, device="cpu", progress=False)
+    left = [run / ".last.abcd1234.tmp.pt", run / ".history.zz99zz99.tmp.csv"]
+    mine = run / ".notes"  # not our naming: kept
+    for p in [*left, mine]:
+        p.write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"run: removed 2 temporary file\(s\) left by an interr"):
+        train_progressive(data_root, run, None, resume=True, device="cpu", progress=False)
+    assert not any(p.exists() for p in left) and mine.exists()
+
+
+def test_images_must_fit_the_model_stride_before_training(tmp_path, data_root):
+    """make_datasets refuses images smaller than stride + 1 of the configured generator, by
+    file, before any epoch. Reference: the generator itself fails on such an input."""
+    from darkfield_nb.models import ProgressiveGenerator
+
+    deep = GeneratorConfig(n_stages=1, depth=6, base_width=2)  # stride 64: needs 65 px
+    with torch.no_grad(), pytest.raises(ValueError, match="more than 1 spatial element"):
+        ProgressiveGenerator(deep).eval()(torch.rand(1, 1, SIZE, SIZE))
+    deep_cfg = tiny_config(model={"n_stages": 1, "depth": 6, "norm": "instance"})
+    cfg = replace(deep_cfg, crop_size=None)
+    with pytest.raises(ValueError, match=r"im0\.png: image is 64 x 64 px, too small.*at least 65"):
+        make_datasets(data_root, cfg)
+    train, val = make_datasets(data_root, replace(tiny_config(), crop_size=None))  # depth 2: 5 px
+    assert (len(train), len(val)) == (6, 2) and train.min_side == val.min_side == 5
+
+
+def test_unwritable_run_folder_is_found_before_training(tmp_path, data_root, monkeypatch):
+    import errno
+    import tempfile
+
+    from darkfield_nb.io import WriteError
+    from darkfield_nb.train import stage as stage_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    def no_epoch(*args, **kwargs):
+        raise AssertionError("an epoch ran before the run folder was checked")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(stage_module, "_run_epoch", no_epoch)
+    with pytest.raises(WriteError, match=r"run: cannot write: permission denied"):
+        train_progressive(data_root, tmp_path / "run", tiny_config(), device="cpu", progress=False)

@@ -22,7 +22,9 @@ arguments give the same bytes.
 
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
@@ -44,7 +46,7 @@ from darkfield_nb.contract import checksums as checksums  # re-exported: it live
 from darkfield_nb.contract import read_checksums as read_checksums
 from darkfield_nb.contract import verify_checksums as verify_checksums
 from darkfield_nb.contract import write_checksums as write_checksums
-from darkfield_nb.io import write_image
+from darkfield_nb.io import WriteError, check_writable_dir, clean_stale_temporaries, write_image
 from darkfield_nb.physics.acquisition import AcquisitionConfig
 from darkfield_nb.physics.display import DisplayRanges
 from darkfield_nb.physics.framing import FramingRanges
@@ -140,8 +142,23 @@ def _render_and_write(task: tuple) -> dict:
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
+    """Make ``out`` ready for a new data set, or refuse before any rendering.
+
+    Refuses a path that is a file and a non-empty folder (unless ``overwrite``); temporary
+    files of ours that a killed run left do not count as content and are removed. Then every
+    folder the data set is written into is checked for writing (``io.check_writable_dir``), so
+    a read-only folder fails now, one line naming it, not after the first images.
+    """
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a directory")
+        raise WriteError(errno.ENOTDIR, f"{out}: cannot write: is a file, expected a folder")
+    if out.is_dir():
+        removed = clean_stale_temporaries(out)
+        if removed:
+            warnings.warn(
+                f"{out}: removed {len(removed)} temporary file(s) left by an interrupted write",
+                UserWarning,
+                stacklevel=3,
+            )
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             n = sum(1 for _ in out.iterdir())
@@ -149,6 +166,8 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
                 f"{out}: output folder is not empty ({n} entries); choose an empty folder or "
                 "pass overwrite=True (CLI: --overwrite) to replace the data set in it"
             )
+        for sub in (out, *(out / d for d in DATA_DIRS if (out / d).is_dir())):
+            check_writable_dir(sub, create=False)
         # Remove the old data set's files only (never anything else the user keeps there);
         # the manifest goes first so a half-replaced folder is never mistaken for a data set.
         for name in (MANIFEST_NAME, SIDECAR_NAME, CHECKSUM_NAME):
@@ -158,8 +177,9 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
                 for f in (out / sub).iterdir():
                     if f.is_file() and f.suffix == suffix:
                         f.unlink()
+    check_writable_dir(out)
     for sub in DATA_DIRS:
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        check_writable_dir(out / sub)
 
 
 def default_workers() -> int:

@@ -6,11 +6,19 @@ Files in ``out_dir`` (written by rank 0 only)::
     stage{k}.pt        the generator after stage k finished
     model.pt           the final generator (all stages trained)
     history.csv/json   one record per epoch of every stage
+
+Before any work, rank 0 checks what would otherwise fail late: the ``train`` and ``val`` splits
+are not empty (``data.require_splits``), the run folder can be written
+(``io.check_writable_dir``), every image is readable and at least ``model.stride + 1`` pixels
+on a side, and ``resume`` has a ``last.pt`` to resume. Each problem is one line naming the file
+or folder. Temporary files a killed write left in the run folder are removed (and named in a
+``UserWarning``).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +26,14 @@ import torch
 import torch.distributed as dist
 
 from darkfield_nb import checkpoint
-from darkfield_nb.data import Augment, PairedDataset
+from darkfield_nb.data import Augment, PairedDataset, require_splits
+from darkfield_nb.io import (
+    STALE_AFTER_S,
+    check_writable_dir,
+    clean_stale_temporaries,
+    is_temporary,
+    stale_temporaries,
+)
 from darkfield_nb.models import ProgressiveGenerator, build_generator
 
 from .config import TrainConfig
@@ -44,8 +59,14 @@ def make_datasets(
 ) -> tuple[PairedDataset, PairedDataset]:
     """The training split (random ``cfg.crop_size`` crops, augmentation) and the validation
     split (whole images, no augmentation) of a data folder. No padding: the generator pads
-    internally and crops its outputs back."""
+    internally and crops its outputs back.
+
+    Every image of the folder (validation images included) is read and checked here, before
+    any training: unreadable files, constant inputs and images smaller than
+    ``cfg.model.stride + 1`` pixels on a side (the smallest the generator takes) are refused
+    with a ``ValueError`` listing each file and its problem."""
     augment = Augment(seed=cfg.seed) if cfg.augment else None
+    min_side = cfg.model.stride + 1
     train = PairedDataset(
         data_root,
         split="train",
@@ -53,8 +74,16 @@ def make_datasets(
         pad_multiple=1,
         crop_size=cfg.crop_size,
         cache=cfg.cache_data,
+        min_side=min_side,
+    )  # check=True: inspects every split's images, so the validation images are checked too
+    val = PairedDataset(
+        data_root,
+        split="val",
+        pad_multiple=1,
+        cache=cfg.cache_data,
+        check=False,
+        min_side=min_side,
     )
-    val = PairedDataset(data_root, split="val", pad_multiple=1, cache=cfg.cache_data, check=False)
     return train, val
 
 
@@ -79,30 +108,100 @@ def _config_mismatch(a: TrainConfig, b: TrainConfig) -> list[str]:
     return [f"{k}: given {da.get(k)!r}, stored {db.get(k)!r}" for k in da if da.get(k) != db.get(k)]
 
 
+#: How to resume with the stored settings, for command-line and Python users alike.
+RESUME_WITH_STORED = (
+    "to resume with the stored settings, give no training flags "
+    "(command line: only --data, --out and --resume; Python: config=None)"
+)
+
+
+def _nothing_to_resume(out_dir: Path) -> FileNotFoundError:
+    """Why ``resume`` cannot continue in ``out_dir``: one line naming what is missing."""
+    last = out_dir / LAST_CHECKPOINT
+    if not out_dir.exists():
+        found = "the folder does not exist"
+    elif not out_dir.is_dir():
+        found = "it is a file, not a run folder"
+    else:
+        stem = Path(LAST_CHECKPOINT).stem
+        killed = [
+            p.name
+            for p in stale_temporaries(out_dir, max_age_s=0, recursive=False)
+            if p.name.startswith(f".{stem}.")
+        ]
+        present = sorted(p.name for p in out_dir.glob("*.pt") if not is_temporary(p))
+        found = f"no {LAST_CHECKPOINT} in it"
+        if killed:
+            found += (
+                f"; {killed[0]} is a partial {LAST_CHECKPOINT} left by a write that was killed "
+                "before the first epoch's checkpoint was complete"
+            )
+        if present:
+            found += f"; it holds {', '.join(present)}"
+    return FileNotFoundError(
+        f"{out_dir}: nothing to resume: {found} ({last.name} is written after each completed "
+        "epoch); start a new run without --resume (Python: resume=False)"
+    )
+
+
 def _resume_state(
     out_dir: Path, config: TrainConfig | None, resume: bool
 ) -> tuple[dict | None, TrainConfig | None]:
     """(checkpoint to resume or None, config to use) for ``out_dir``; see train_progressive."""
     last = out_dir / LAST_CHECKPOINT
     if not last.exists():
+        if resume:
+            raise _nothing_to_resume(out_dir)
         return None, config
     if not resume:
         raise FileExistsError(
-            f"{out_dir}: already holds a training run ({LAST_CHECKPOINT}); pass resume=True "
-            "(--resume) to continue it, or choose another output folder"
+            f"{out_dir}: already holds a training run ({LAST_CHECKPOINT}); pass --resume "
+            "(Python: resume=True) to continue it, or choose another output folder"
         )
     ckpt = checkpoint.load_checkpoint(last)
-    stored = TrainConfig.from_dict(ckpt["train_config"])
+    if not isinstance(ckpt.get("train_config"), dict):
+        raise checkpoint.CheckpointError(
+            f"{last}: holds no training settings (train_config); it was not written by "
+            "train_progressive and cannot be resumed"
+        )
+    try:
+        stored = TrainConfig.from_dict(ckpt["train_config"])
+    except (ValueError, TypeError) as exc:
+        raise checkpoint.CheckpointError(
+            f"{last}: its training settings (train_config) are invalid: {exc}"
+        ) from exc
     if config is None:
         return ckpt, stored
     diff = _config_mismatch(config, stored)
     if diff:
         raise ValueError(
-            f"{last}: the given TrainConfig differs from the run being resumed:\n  "
-            + "\n  ".join(diff)
-            + "\n(pass config=None to resume with the stored settings)"
+            f"{last}: the given training settings differ from the run being resumed: "
+            + "; ".join(diff)
+            + f"; {RESUME_WITH_STORED}"
         )
     return ckpt, config
+
+
+def _prepare_run(
+    data_root: str | os.PathLike, out_dir: Path, config: TrainConfig | None, resume: bool
+) -> tuple[dict | None, TrainConfig | None]:
+    """Rank 0's checks before any work; returns :func:`_resume_state`'s pair."""
+    require_splits(data_root)
+    decided = _resume_state(out_dir, config, resume)
+    check_writable_dir(out_dir)
+    # a resumed run declares the earlier one dead: every temporary of ours is stale
+    removed = clean_stale_temporaries(
+        out_dir, max_age_s=0 if resume else STALE_AFTER_S, recursive=False
+    )
+    if removed:
+        names = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        warnings.warn(
+            f"{out_dir}: removed {len(removed)} temporary file(s) left by an interrupted "
+            f"write: {names}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return decided
 
 
 def train_progressive(
@@ -127,7 +226,7 @@ def train_progressive(
         config: training settings (default ``TrainConfig()``). With ``resume`` and None, the
             settings stored in ``last.pt`` are used; given ones must equal the stored ones.
         resume: continue the run in ``out_dir`` from the last completed epoch of its last
-            unfinished stage (a fresh start when ``out_dir`` holds no ``last.pt``).
+            unfinished stage; refused when ``out_dir`` holds no ``last.pt``.
         device: "auto", "cpu", "cuda", ...; under torchrun "auto" means ``cuda:LOCAL_RANK``.
         progress: tqdm progress bars and one line per epoch (rank 0).
         on_step: see :func:`~darkfield_nb.train.train_stage`.
@@ -137,7 +236,13 @@ def train_progressive(
 
     Raises:
         FileExistsError: ``out_dir`` already holds a run and ``resume`` is False.
-        ValueError: ``config`` differs from the settings of the run being resumed.
+        FileNotFoundError: ``resume`` but ``out_dir`` holds no ``last.pt`` (the message says
+            what the folder holds, e.g. a partial ``last.pt`` left by a killed write).
+        ValueError: ``config`` differs from the settings of the run being resumed;
+            ``EmptySplitError`` (a ValueError): the ``train`` or ``val`` split is empty; a data
+            set problem (one line per file).
+        WriteError: ``out_dir`` cannot be written (checked before training).
+        CheckpointError: ``last.pt`` cannot be used.
         NonFiniteLossError: see :func:`~darkfield_nb.train.train_stage`.
     """
     out_dir = Path(out_dir)
@@ -148,8 +253,8 @@ def train_progressive(
         decision: tuple = ("ok", None, config)
         if ctx.is_main:
             try:
-                decision = ("ok", *_resume_state(out_dir, config, resume))
-            except (FileExistsError, ValueError, checkpoint.CheckpointError) as exc:
+                decision = ("ok", *_prepare_run(data_root, out_dir, config, resume))
+            except (OSError, ValueError) as exc:  # WriteError, CheckpointError, ... included
                 decision = ("error", exc, None)
         if ctx.enabled:
             box = [decision]

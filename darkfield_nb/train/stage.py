@@ -221,14 +221,20 @@ def train_stage(
             raise ValueError(
                 f"train_stage: resume_from holds stage {resume_from['stage']}, not {stage}"
             )
-        start_epoch = checkpoint.restore_training_state(
-            resume_from,
-            model,
-            discriminator=step.discriminator,
-            optimizer=step.opt_g,
-            disc_optimizer=step.opt_d,
-            scaler=step.scaler,
-        )
+        try:
+            start_epoch = checkpoint.restore_training_state(
+                resume_from,
+                model,
+                discriminator=step.discriminator,
+                optimizer=step.opt_g,
+                disc_optimizer=step.opt_d,
+                scaler=step.scaler,
+            )
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise checkpoint.CheckpointError(
+                f"{out_dir / LAST_CHECKPOINT}: cannot restore the training state "
+                f"({' '.join(str(exc).split())[:300]})"
+            ) from exc
         history = list(resume_from.get("history") or [])
     step.distribute()
 
