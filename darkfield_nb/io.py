@@ -423,30 +423,3 @@ def write_image(path: str | os.PathLike, array) -> None:
     else:  # .npy
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
-
-
-# Names that moved to ``darkfield_nb.contract`` (the folder contract) and are still importable
-# from here. Resolved lazily: ``contract`` imports this module, so a plain import would cycle.
-_MOVED_TO_CONTRACT = frozenset(
-    {
-        "DARKFIELD_UNITS",
-        "MANIFEST_NAME",
-        "REQUIRED_COLUMNS",
-        "SIDECAR_NAME",
-        "ManifestError",
-        "check_manifest",
-        "read_manifest",
-        "read_sidecar",
-        "sha256_file",
-        "write_manifest",
-        "write_sidecar",
-    }
-)
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_CONTRACT:
-        from darkfield_nb import contract
-
-        return getattr(contract, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

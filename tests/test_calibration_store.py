@@ -21,8 +21,9 @@ from scipy import stats
 from darkfield_nb import calibration as cal
 from darkfield_nb import checkpoint
 from darkfield_nb.cli import main
+from darkfield_nb.contract import write_manifest
 from darkfield_nb.data import PairedDataset
-from darkfield_nb.io import write_image, write_manifest
+from darkfield_nb.io import write_image
 from darkfield_nb.labels import BONE, CABLE, LUNG
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 

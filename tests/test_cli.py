@@ -10,7 +10,8 @@ import torch
 
 from darkfield_nb import checkpoint
 from darkfield_nb.cli import main
-from darkfield_nb.io import read_image, write_image, write_manifest
+from darkfield_nb.contract import write_manifest
+from darkfield_nb.io import read_image, write_image
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 
 

@@ -13,6 +13,7 @@ from scipy import stats
 from scipy.spatial.distance import mahalanobis
 from torch import nn
 
+from darkfield_nb.contract import write_manifest
 from darkfield_nb.epistemic import (
     FeatureDensity,
     GaussianDensity,
@@ -34,7 +35,7 @@ from darkfield_nb.epistemic import (
     set_rate,
     train_last_stage_ensemble,
 )
-from darkfield_nb.io import write_image, write_manifest
+from darkfield_nb.io import write_image
 from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.train import StageSchedule, TrainConfig, make_datasets
 from darkfield_nb.uncertainty import mc_dropout_predict

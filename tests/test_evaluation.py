@@ -10,9 +10,10 @@ import torch
 from scipy import stats
 from torch import nn
 
+from darkfield_nb.contract import write_manifest
 from darkfield_nb.data import PairedDataset
 from darkfield_nb.evaluation import evaluate, format_stage_table
-from darkfield_nb.io import write_image, write_manifest
+from darkfield_nb.io import write_image
 from darkfield_nb.models import StageOutput
 
 skm = pytest.importorskip("skimage.metrics")

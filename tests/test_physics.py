@@ -15,7 +15,8 @@ import pytest
 from scipy import ndimage
 
 from darkfield_nb import labels
-from darkfield_nb.io import check_manifest, read_image
+from darkfield_nb.contract import check_manifest
+from darkfield_nb.io import read_image
 from darkfield_nb.physics import (
     AcquisitionConfig,
     DisplayRanges,

@@ -24,7 +24,8 @@ import torch.multiprocessing as mp
 from scipy import ndimage
 
 from darkfield_nb import checkpoint
-from darkfield_nb.io import write_image, write_manifest
+from darkfield_nb.contract import write_manifest
+from darkfield_nb.io import write_image
 from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig, build_generator
 from darkfield_nb.train import (
     HISTORY_CSV,
