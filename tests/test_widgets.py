@@ -16,8 +16,8 @@ from darkfield_nb.widgets import (  # noqa: E402
     interval_factor,
     parse_readout,
     sparsification,
-    threshold_explorer,
     threshold_at_percentile,
+    threshold_explorer,
     threshold_stats,
 )
 
