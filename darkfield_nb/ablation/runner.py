@@ -109,9 +109,10 @@ def execute_run(run: Run, out: str, notebook: str, cell_timeout: int = CELL_TIME
         (folder / ERROR).unlink(missing_ok=True)
         return Outcome(run.name, "done", time.perf_counter() - start)
     except Exception as err:  # noqa: BLE001 - one failing run must not stop the others
-        message = f"{type(err).__name__}: {err}"
-        if not isinstance(err, papermill.PapermillExecutionError):
-            message += "\n" + traceback.format_exc()
+        if isinstance(err, papermill.PapermillExecutionError):
+            message = f"cell {err.cell_index}: {err.ename}: {err.evalue}"
+        else:
+            message = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
         atomic_write_text(folder / ERROR, message + "\n")
         return Outcome(run.name, "failed", time.perf_counter() - start, message.splitlines()[0])
 
