@@ -186,7 +186,7 @@ class ThresholdExplorer:
     # ------------------------------------------------------------------ figure
     def _build_figure(self) -> None:
         with plt.ioff():
-            self.fig, (a0, a1, a2) = plt.subplots(1, 3, figsize=(11, 3.8))
+            self.fig, (a0, a1, a2) = plt.subplots(1, 3, figsize=(9.4, 3.3), layout="constrained")
         c = self.current
         self.ax_image, self.ax_sigma, self.ax_sparse = a0, a1, a2
         self.im_mean = a0.imshow(c.mean, cmap="gray")
@@ -199,7 +199,6 @@ class ThresholdExplorer:
         (self.line_oracle,) = a2.plot([], [], color="0.5", ls="--", label="oracle")
         self.vline = a2.axvline(0.0, color="C3", lw=1.2)
         a2.legend(loc="upper right", fontsize=8)
-        self.fig.tight_layout()
         canvas = self.fig.canvas
         if isinstance(canvas, w.DOMWidget):  # ipympl: the canvas is a widget
             canvas.header_visible = False
@@ -266,21 +265,27 @@ class ThresholdExplorer:
 
     # ------------------------------------------------------------------ callbacks
     def _set_slider_range(self, percentile: float) -> None:
-        """Slider bounds for the current mode and sigma map, value at ``percentile``."""
+        """Slider bounds for the current mode and sigma map, value at ``percentile``.
+
+        The changes go to the browser in one message (``hold_sync``): sent one by one, the
+        browser's slider clamps the new value to the old range and echoes that back."""
         self._busy = True
         try:
-            if self.mode.value == "percentile":
-                self.slider.description = "percentile"
-                self.slider.min, self.slider.max, self.slider.step = 0.0, 100.0, 0.1
-                self.slider.readout_format = ".1f"
-                self.slider.value = percentile
-            else:
-                top = float(self.sigma.max()) or 1e-12
-                self.slider.description = "sigma >"
-                self.slider.max = top  # widen first so that min <= value <= max holds
-                self.slider.min, self.slider.step = 0.0, top / 1000
-                self.slider.readout_format = ".4g"
-                self.slider.value = threshold_at_percentile(self.sigma, percentile)
+            with self.slider.hold_sync():
+                if self.mode.value == "percentile":
+                    self.slider.description = "percentile"
+                    self.slider.max = 100.0  # widen first so that min <= value <= max holds
+                    self.slider.min, self.slider.step = 0.0, 0.1
+                    self.slider.readout_format = ".1f"
+                    self.slider.value = percentile
+                else:
+                    top = float(self.sigma.max()) or 1e-12
+                    self.slider.description = "sigma >"
+                    self.slider.max = max(top, self.slider.value)
+                    self.slider.min, self.slider.step = 0.0, top / 1000
+                    self.slider.readout_format = ".4g"
+                    self.slider.value = threshold_at_percentile(self.sigma, percentile)
+                    self.slider.max = top
         finally:
             self._busy = False
 
