@@ -26,6 +26,10 @@ interval; for epistemic and total sigmas it keeps the model's tail shape at the 
 Sparsification (DESIGN section 6): remove the fraction ``f`` of pixels with the largest sigma
 and report the MAE of the rest; the oracle removes the largest errors first. Not normalized.
 
+These are deliberately small local definitions: when ``darkfield_nb.calibration`` exists,
+its coverage and sparsification functions can replace ``threshold_stats``' interval and
+:func:`sparsification` (the tests here pin the numbers either must give).
+
 The readout text is ``key=value`` pairs separated by single spaces, numbers with a fixed number
 of significant digits and ``n/a`` where a figure does not apply (no target, no device pixels);
 :func:`parse_readout` reads it back.
