@@ -1,12 +1,14 @@
 """Ablations: expand a YAML grid into runs of notebook 11, run them resumably with papermill,
 collect a tidy CSV and a summary figure (``main`` is ``darkfield-nb ablate``)."""
 
-from .experiment import LOSSES, cached_dataset, figures_of_merit, train_config
+from .experiment import DATA_DIR, LOSSES, TRAIN_DIR, cached_dataset, figures_of_merit, train_config
 from .grid import Run, expand_grid, load_grid
 from .report import collect, summary_figure
 from .runner import Outcome, execute_run, is_complete, main, run_dir, run_grid
 
 __all__ = [
+    "DATA_DIR",
+    "TRAIN_DIR",
     "LOSSES",
     "Outcome",
     "Run",

@@ -33,6 +33,10 @@ LOSSES = ("exact", "surrogate", "gaussian", "laplace")
 FIXED_BETA = {"gaussian": 2.0, "laplace": 1.0}
 BETA_HALF_WIDTH = 1e-3
 CONDITIONINGS = ("concat", "attention")
+# Sub-folders of a run folder. Not "train": notebooks 03-05 keep their model in run_dir/train,
+# and the notebook harness gives every notebook the same run_dir.
+TRAIN_DIR = "ablation_train"
+DATA_DIR = "ablation_data"
 
 
 def train_config(

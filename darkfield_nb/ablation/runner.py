@@ -7,9 +7,9 @@ out ``DIR`` as::
     DIR/runs/<run name>/results.json     its figures of merit plus "params" and "run"
     DIR/runs/<run name>/error.txt        why the last attempt failed (removed on success)
     DIR/runs/<run name>/params.json      the parameters of the last attempt (a change of
-                                         parameters discards the old train/ folder)
-    DIR/runs/<run name>/train/           what the notebook trained
-    DIR/data/                            simulated data shared by the runs
+                                         parameters discards the old training folder)
+    DIR/runs/<run name>/ablation_train/  what the notebook trained
+    DIR/ablation_data/                   simulated data shared by the runs
     DIR/results.csv, DIR/summary.png     one row per run; metrics against each factor
 
 A run is complete when its ``results.json`` exists and records exactly the run's parameters; a
@@ -36,6 +36,7 @@ from pathlib import Path
 from darkfield_nb.io import atomic_write_text
 from darkfield_nb.paths import repo_root
 
+from .experiment import DATA_DIR, TRAIN_DIR
 from .grid import Run, load_grid
 
 RESULTS = "results.json"
@@ -82,13 +83,13 @@ def execute_run(run: Run, out: str, notebook: str, cell_timeout: int = CELL_TIME
     results.unlink(missing_ok=True)
     stored = folder / PARAMS
     if stored.exists() and json.loads(stored.read_text()) != run.params:
-        shutil.rmtree(folder / "train", ignore_errors=True)  # trained with other parameters
+        shutil.rmtree(folder / TRAIN_DIR, ignore_errors=True)  # trained with other parameters
     atomic_write_text(stored, json.dumps(run.params, indent=1, sort_keys=True))
     params = {
         **run.params,
         "run_dir": str(folder.resolve()),
         "results_path": str(results.resolve()),
-        "data_cache": str((Path(out) / "data").resolve()),
+        "data_cache": str((Path(out) / DATA_DIR).resolve()),
     }
     start = time.perf_counter()
     try:
