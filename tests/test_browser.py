@@ -184,8 +184,24 @@ def _readout(page) -> str:
     return page.locator(".dfnb-readout").first.inner_text().strip()
 
 
-def test_explorer_in_jupyterlab(lab, tmp_path):
+def _settled_readout(page, ok, timeout_s: float = 60.0, quiet_s: float = 1.5) -> dict:
+    """The parsed readout once ``ok(readout)`` holds and the text has not changed for
+    ``quiet_s`` seconds (kernel messages arrive late on a loaded machine)."""
     from darkfield_nb.widgets import parse_readout
+
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        text = _readout(page)
+        if text != last:
+            last, since = text, time.monotonic()
+        elif ok(parse_readout(text)) and time.monotonic() - since >= quiet_s:
+            return parse_readout(text)
+        time.sleep(0.2)
+    pytest.fail(f"the readout did not settle on the expected state; last: {last!r}")
+
+
+def test_explorer_in_jupyterlab(lab, tmp_path):
 
     start = time.monotonic()
     shot = tmp_path / "explorer.png"
@@ -205,18 +221,24 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             page.wait_for_selector(".dfnb-readout", timeout=30_000)
             canvas = page.locator(".jupyter-matplotlib-figure canvas").first
             canvas.wait_for(timeout=30_000)
-            before = _readout(page)
-            assert parse_readout(before)["kind"] == "total"
+            # the explorer opens on total sigma, sigma mode, at the 90th percentile
+            start_state = _settled_readout(page, lambda r: r["kind"] == "total")
+            assert start_state["percentile"] == pytest.approx(90.0, abs=1.0)
 
-            # drag the threshold slider's handle (percentile mode) to 30 % of its track
+            # switch to percentile mode as a user does: click the toggle button
+            page.locator(".widget-toggle-button", has_text=re.compile(r"^percentile$")).click()
             slider = page.locator(".widget-slider", has=page.locator("text=percentile")).first
+            slider.wait_for(timeout=30_000)
+            _settled_readout(page, lambda r: abs(r["percentile"] - 90.0) < 1.0)
+
+            # drag the threshold slider's handle to 30 % of its track
             slider.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             track = slider.locator(".noUi-target").first.bounding_box()
             handle = slider.locator(".noUi-handle").first.bounding_box()
-            page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
-            page.mouse.down()
             y = handle["y"] + handle["height"] / 2
+            page.mouse.move(handle["x"] + handle["width"] / 2, y)
+            page.mouse.down()
             for frac in (0.6, 0.45, 0.3):
                 page.mouse.move(track["x"] + frac * track["width"], y, steps=5)
             page.mouse.up()
@@ -224,16 +246,12 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             value = float(value_text)
             assert 20.0 < value < 40.0, value_text
             assert float(slider.locator(".widget-readout").first.inner_text()) == value
-            page.wait_for_function(
-                "t => document.querySelector('.dfnb-readout').innerText.trim() !== t",
-                arg=before,
-                timeout=30_000,
-            )
-            time.sleep(1.0)  # the last drag event's update
-            after = parse_readout(_readout(page))
+            # the kernel answers the last drag event: percentile = 100 #{sigma <= t} / N with
+            # t the value-th percentile of sigma, so within a pixel or two of the slider value
+            after = _settled_readout(page, lambda r: abs(r["percentile"] - value) < 0.05)
             out_area = page.locator(".jp-OutputArea-output", has=page.locator(".dfnb-readout"))
             out_area.first.scroll_into_view_if_needed()
-            page.wait_for_timeout(1500)  # let ipympl paint the new overlay
+            page.wait_for_timeout(3000)  # let ipympl send and paint the new overlay
             out_area.first.screenshot(path=str(shot))
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)

@@ -204,3 +204,18 @@ def test_bad_shapes_are_reported():
         threshold_at_percentile(np.ones((3, 3)), 120)
     with pytest.raises(ValueError, match="3 names for 2 cases"):
         threshold_explorer(_result(b=2)[0], names=["a", "b", "c"])
+
+
+def test_summary_equals_the_readout_in_percentile_mode():
+    res, target, mask = _result(b=2)
+    ex = threshold_explorer(res, target=target, masks=mask, names=["a", "b"])
+    table = ex.summary(percentile=85.0, kind="epistemic")
+    assert ex.kind.value == "total" and ex.mode.value == "sigma"  # no control moved
+    ex.kind.value, ex.mode.value = "epistemic", "percentile"
+    for index, name in enumerate(["a", "b"]):
+        ex.case.value = index
+        ex.slider.value = 85.0
+        shown = parse_readout(ex.readout.value[6:-7])
+        for key, value in table[name].items():
+            if isinstance(value, float):
+                assert shown[key] == pytest.approx(value, rel=RTOL), key

@@ -170,18 +170,31 @@ class ThresholdExplorer:
         return float(self.slider.value)
 
     def compute(self) -> ThresholdStats:
-        c = self.current
+        """The readout of the current case, kind and threshold."""
+        return self._stats(self.current, self.kind.value, self.threshold)
+
+    def _stats(self, c: Case, kind: str, threshold: float) -> ThresholdStats:
         device = None if c.mask is None else (c.mask & DEVICE_BITS) > 0
         return threshold_stats(
-            self.sigma,
-            self.threshold,
+            c.sigmas[kind],
+            threshold,
             mean=c.mean,
             target=c.target,
             beta=c.beta,
             device=device,
             level=self.level,
-            kind=self.kind.value,
+            kind=kind,
         )
+
+    def summary(self, percentile: float = 90.0, kind: str = "total") -> dict[str, dict]:
+        """Case name -> readout (dict) with the ``kind`` sigma thresholded at its own
+        ``percentile``: the numbers the explorer would show in percentile mode, computed
+        without moving any control."""
+        out = {}
+        for c in self.cases:
+            t = threshold_at_percentile(c.sigmas[kind], percentile)
+            out[c.name] = self._stats(c, kind, t).as_dict()
+        return out
 
     # ------------------------------------------------------------------ figure
     def _build_figure(self) -> None:
@@ -227,7 +240,7 @@ class ThresholdExplorer:
         self.im_mean.set_clim(*np.percentile(c.mean, [1, 99]))
         self.im_sigma.set_data(s)
         self.im_sigma.set_clim(0.0, float(np.percentile(s, 99.5)) or 1e-12)
-        self.ax_image.set_title(f"{c.name}: dark-field, flagged in red", fontsize=9)
+        self.ax_image.set_title("dark-field, flagged in red", fontsize=9)
         self.ax_sigma.set_title(f"{self.kind.value} sigma", fontsize=9)
         ax = self.ax_sparse
         if c.target is not None:
