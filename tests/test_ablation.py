@@ -171,6 +171,7 @@ def test_shipped_grids_use_only_notebook_parameters():
             "dropout_stages",
             "epochs",
             "batch_size",
+            "lr",
             "steps_per_epoch",
             "seed",
         )
@@ -198,6 +199,7 @@ def test_equal_parameters_in_the_progressive_experiment():
 
 def test_train_config_maps_the_factors():
     assert train_config(loss="surrogate").ggd_kind == "surrogate"
+    assert train_config(lr=3e-4, epochs=4).stages[0].lr == 3e-4
     g = train_config(loss="gaussian").model
     assert g.beta_min < 2.0 < g.beta_max and g.beta_max - g.beta_min <= 2e-3
     lap = train_config(loss="laplace").model
