@@ -225,7 +225,3 @@ def main(argv: list[str] | None = None) -> int:
     for o in failed:
         print(f"FAILED {o.name}: {o.error} (see {run_dir(out, Run(o.name, '', {}, 0)) / ERROR})")
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
