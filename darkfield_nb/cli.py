@@ -353,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_calibrate)
 
+    # listed here for `darkfield-nb --help`; main() hands its arguments to ablation.main unparsed
+    sub.add_parser(
+        "ablate", help="run a YAML grid of notebook-11 ablations through papermill (resumable)"
+    )
+
     return parser
 
 
@@ -374,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     and status 130; warnings are printed as ``darkfield-nb <command>: warning: <message>``.
     Any other exception is a bug: it propagates with its full traceback.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ablate"]:  # its own parser: --grid GRID.yaml --out DIR [--jobs N] [--dry-run]
+        from darkfield_nb.ablation import main as ablate_main
+
+        return ablate_main(argv[1:])
     args = build_parser().parse_args(argv)
     prefix = f"darkfield-nb {args.command}"
 

@@ -305,3 +305,14 @@ def test_smoke_grid_through_notebook_11(tmp_path):
     assert pd.isna(frame.loc[1, "mse_stage2"]) and frame.loc[2, "mse_stage2"] == frame.loc[2, "mse"]
     assert frame.loc[2, "n_parameters"] > frame.loc[1, "n_parameters"]
     assert (out / "summary.png").stat().st_size > 10_000
+
+
+def test_cli_hands_ablate_to_the_ablation_runner(tmp_path, capsys):
+    """`darkfield-nb ablate ... --dry-run` lists the smoke grid's two runs, nothing executed."""
+    from darkfield_nb.cli import main
+
+    grid = Path(__file__).resolve().parents[1] / "ablations" / "smoke.yaml"
+    assert main(["ablate", "--grid", str(grid), "--out", str(tmp_path / "a"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 runs of ") and out.count("[to run]") == 2
+    assert not (tmp_path / "a").exists()
