@@ -331,23 +331,43 @@ def emphysema_summary(rows: Sequence[dict]) -> dict:
     }
 
 
+def json_ready(obj):
+    """``obj`` (rows, a summary) with every non-finite float replaced by None, for strict
+    JSON (:func:`darkfield_nb.atomic.write_json` refuses NaN)."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, float | np.floating) and not math.isfinite(float(obj)):
+        return None
+    return obj
+
+
 def severity_verdict(summary: dict) -> str:
     """The study's answer in words, computed from :func:`emphysema_summary`'s figures.
 
     "sees the disease": the within-patient slope of predicted on true lung D is at least
     ``SEES_SLOPE`` (0.5) and Spearman of the lesion / rest ratios at least ``SEES_SPEARMAN``
-    (0.5). "says it cannot": the lesion coverage of the central 90 % interval is at least
+    (0.5; when fewer than 3 cases have a ratio, the slope alone decides and the text says so).
+    "says it cannot": the lesion coverage of the central 90 % interval is at least
     ``COVERAGE_TARGET`` (0.85, the issue's bar). Both, one or neither may hold.
     """
     s = summary
-    sees = s["slope_lung_D_within"] >= SEES_SLOPE and s["spearman_ratio"] >= SEES_SPEARMAN
+    rho = s["spearman_ratio"]
+    has_rho = math.isfinite(rho)
+    sees = s["slope_lung_D_within"] >= SEES_SLOPE and (not has_rho or rho >= SEES_SPEARMAN)
+    rho_text = (
+        f"{rho:.2f} over {s['n_ratio']} cases"
+        if has_rho
+        else f"not computed ({s['n_ratio']} cases with a ratio, fewer than 3)"
+    )
     covers = s["coverage_lesion"] >= COVERAGE_TARGET
     facts = (
         f"Within a patient, the predicted lung D moves by {s['slope_lung_D_within']:.2f} per "
         f"unit of true lung D (slope over all cases {s['slope_lung_D']:.2f}, Spearman "
         f"{s['spearman_lung_D']:.2f}, mean relative bias {100 * s['bias_lung_D']:+.0f} %). "
-        f"Spearman of predicted against true lesion/rest ratio: {s['spearman_ratio']:.2f} over "
-        f"{s['n_ratio']} cases. The central 90 % interval covers "
+        f"Spearman of predicted against true lesion/rest ratio: {rho_text}. "
+        f"The central 90 % interval covers "
         f"{100 * s['coverage_lesion']:.0f} % of the emphysematous pixels (target >= "
         f"{100 * COVERAGE_TARGET:.0f} %) and {100 * s['coverage_lung']:.0f} % of all lung "
         f"pixels; it is {s['width_lesion']:.3f} wide "

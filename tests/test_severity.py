@@ -143,7 +143,14 @@ def test_verdict_follows_the_numbers():
     assert "wide enough to say so" in sv.severity_verdict(blind)
     text = sv.severity_verdict({**blind, "coverage_lesion": 0.46})
     assert "misses emphysema silently" in text and "covers 46 %" in text
-    assert "-0.10 per unit" in text
+    assert "-0.10 per unit" in text and "ratio: 0.80 over 8 cases" in text
+    few = sv.severity_verdict({**base, "spearman_ratio": math.nan, "n_ratio": 2})
+    assert few.startswith("The model sees") and "not computed (2 cases" in few
+
+
+def test_json_ready_replaces_non_finite_floats():
+    out = sv.json_ready({"a": [1.0, math.nan, np.float32("inf")], "b": {"c": math.nan}, "d": "x"})
+    assert out == {"a": [1.0, None, None], "b": {"c": None}, "d": "x"}
 
 
 def test_plot_and_bad_input(sweep, model):
