@@ -343,6 +343,27 @@ def json_ready(obj):
     return obj
 
 
+def save_rows(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
+    """Write sweep rows as strict JSON (NaN as null, :func:`json_ready`), atomically."""
+    from darkfield_nb.atomic import write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, json_ready(list(rows)))
+    return path
+
+
+def load_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows written by :func:`save_rows`, with null figures back as NaN (``diffuse`` stays
+    None where the pathology has no such property)."""
+    import json
+
+    rows = json.loads(Path(path).read_text())
+    return [
+        {k: math.nan if v is None and k != "diffuse" else v for k, v in r.items()} for r in rows
+    ]
+
+
 def severity_verdict(summary: dict) -> str:
     """The study's answer in words, computed from :func:`emphysema_summary`'s figures.
 

@@ -148,6 +148,13 @@ def test_verdict_follows_the_numbers():
     assert few.startswith("The model sees") and "not computed (2 cases" in few
 
 
+def test_rows_round_trip_through_strict_json(sweep, tmp_path):
+    rows, _ = sweep
+    back = sv.load_rows(sv.save_rows(tmp_path / "rows.json", rows))
+    assert math.isnan(back[0]["true_ratio"]) and back[1]["severity"] == 1.0
+    assert sv.emphysema_summary(back)["slope_lung_D"] == sv.emphysema_summary(rows)["slope_lung_D"]
+
+
 def test_json_ready_replaces_non_finite_floats():
     out = sv.json_ready({"a": [1.0, math.nan, np.float32("inf")], "b": {"c": math.nan}, "d": "x"})
     assert out == {"a": [1.0, None, None], "b": {"c": None}, "d": "x"}
