@@ -286,6 +286,9 @@ def emphysema_summary(rows: Sequence[dict]) -> dict:
       prediction moves when only the disease changes); spearman_lung_D over all rows.
     * width_lesion / width_rest / epistemic_lesion / epistemic_rest: means over lesion rows.
     * bias_lung_D: mean of (predicted - true) / true lung D.
+    * by_severity: for each severity (key ``f"{s:g}"``): the pooled lesion coverage and the
+      means of width_lesion, width_rest, true and predicted lung D over its rows: whether the
+      coverage holds, and the interval widens, as the disease grows.
     """
     if not rows:
         raise ValueError("emphysema_summary: no rows")
@@ -311,6 +314,22 @@ def emphysema_summary(rows: Sequence[dict]) -> dict:
         return float(np.mean([r[key] for r in les])) if les else math.nan
 
     cov_les = [r["coverage_lesion"] for r in les]
+    by_severity = {}
+    for sev in sorted({r["severity"] for r in rows}):
+        at = [r for r in rows if r["severity"] == sev]
+        at_les = [r for r in at if r["lesion_pixels"] > 0]
+        n = sum(r["lesion_pixels"] for r in at_les)
+        by_severity[f"{sev:g}"] = {
+            "coverage_lesion": (
+                sum(r["lesion_pixels"] * r["coverage_lesion"] for r in at_les) / n
+                if n
+                else math.nan
+            ),
+            **{
+                k: float(np.mean([r[k] for r in at]))
+                for k in ("width_lesion", "width_rest", "true_lung_D", "pred_lung_D")
+            },
+        }
     return {
         "n_cases": len(rows),
         "n_lesion_cases": len(les),
@@ -328,6 +347,7 @@ def emphysema_summary(rows: Sequence[dict]) -> dict:
         "width_rest": les_mean("width_rest"),
         "epistemic_lesion": les_mean("epistemic_lesion"),
         "epistemic_rest": les_mean("epistemic_rest"),
+        "by_severity": by_severity,
     }
 
 
@@ -394,6 +414,16 @@ def severity_verdict(summary: dict) -> str:
         f"pixels; it is {s['width_lesion']:.3f} wide "
         f"in the lesions against {s['width_rest']:.3f} in the rest of the lung."
     )
+    levels = [
+        (k, v) for k, v in s.get("by_severity", {}).items() if math.isfinite(v["coverage_lesion"])
+    ]
+    if len(levels) >= 2:
+        (k0, v0), (k1, v1) = levels[0], levels[-1]
+        facts += (
+            f" From severity {k0} to {k1} the lesion coverage goes from "
+            f"{100 * v0['coverage_lesion']:.0f} % to {100 * v1['coverage_lesion']:.0f} % and the "
+            f"lesion interval width from {v0['width_lesion']:.3f} to {v1['width_lesion']:.3f}."
+        )
     if sees and covers:
         answer = "The model sees the disease in the attenuation image, and its interval covers it."
     elif sees:

@@ -129,6 +129,15 @@ def test_summary_against_scipy_and_hand_pooling():
     assert s["coverage_lesion"] == pytest.approx(covered / sum(r["lesion_pixels"] for r in les))
     assert s["n_lesion_cases"] == 6 and s["n_cases"] == 9
     assert s["spearman_lung_D"] == pytest.approx(stats.spearmanr(p, t).statistic)
+    assert list(s["by_severity"]) == ["0", "0.5", "1"]
+    assert math.isnan(s["by_severity"]["0"]["coverage_lesion"])
+    at1 = [r for r in rows if r["severity"] == 1.0]
+    cov1 = sum(r["lesion_pixels"] * r["coverage_lesion"] for r in at1)
+    cov1 /= sum(r["lesion_pixels"] for r in at1)
+    assert s["by_severity"]["1"]["coverage_lesion"] == pytest.approx(cov1)
+    assert s["by_severity"]["1"]["true_lung_D"] == pytest.approx(
+        np.mean([r["true_lung_D"] for r in at1])
+    )
 
 
 def test_verdict_follows_the_numbers():
@@ -144,6 +153,10 @@ def test_verdict_follows_the_numbers():
     text = sv.severity_verdict({**blind, "coverage_lesion": 0.46})
     assert "misses emphysema silently" in text and "covers 46 %" in text
     assert "-0.10 per unit" in text and "ratio: 0.80 over 8 cases" in text
+    levels = {"by_severity": {"0.5": {"coverage_lesion": 0.95, "width_lesion": 0.2},
+                              "1": {"coverage_lesion": 0.5, "width_lesion": 0.21}}}  # fmt: skip
+    text = sv.severity_verdict({**blind, **levels})
+    assert "from 95 % to 50 %" in text and "from 0.200 to 0.210" in text
     few = sv.severity_verdict({**base, "spearman_ratio": math.nan, "n_ratio": 2})
     assert few.startswith("The model sees") and "not computed (2 cases" in few
 
