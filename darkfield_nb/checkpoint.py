@@ -121,7 +121,7 @@ def dataset_geometry(data: Any) -> dict[str, Any] | None:
     image is used and the whole image is taken as a chest field of DEFAULT_FIELD_OF_VIEW_MM.
     None when nothing can be found (the checkpoint then records no geometry).
     """
-    root = getattr(data, "root", data)
+    root = data if isinstance(data, (str, os.PathLike)) else getattr(data, "root", None)
     if root is None:
         return None
     root = Path(root)

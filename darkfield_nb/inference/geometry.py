@@ -31,6 +31,8 @@ import torch.nn.functional as F
 FAR_FACTOR = 2.0
 #: Warn when max(H, W) / min(H, W) exceeds this (training images are square).
 MAX_ASPECT = 1.5
+#: Smallest side the model is given after resampling.
+MIN_MODEL_SIDE = 16
 SOURCES = ("PixelSpacing", "ImagerPixelSpacing", "assumed", "native")
 
 
@@ -177,6 +179,12 @@ def plan_resample(
         return ResamplePlan((h, w), (h, w), pixel, "native", (1.0, 1.0), tuple(warnings))
     sy, sx = pixel[0] / train_px, pixel[1] / train_px
     model_shape = (max(1, round(h * sy)), max(1, round(w * sx)))
+    if min(model_shape) < MIN_MODEL_SIDE:
+        raise ValueError(
+            f"{prefix}{h} x {w} px of {pixel[0]:.4g} mm ({source}) would be resampled to "
+            f"{model_shape[0]} x {model_shape[1]} px of the model's {train_px:.4g} mm: too small "
+            "to predict (check the pixel size, or use resample='off')"
+        )
     if model_shape == (h, w):
         sy = sx = 1.0  # within half a pixel of the training geometry: no resampling
     return ResamplePlan((h, w), model_shape, pixel, source, (sy, sx), tuple(warnings))

@@ -221,4 +221,3 @@ def preview_png(image: np.ndarray, maps: dict[str, np.ndarray], title: str = "")
         out = _io.BytesIO()
         rgb.save(out, format="PNG", optimize=False, compress_level=3)
     return out.getvalue()
-
