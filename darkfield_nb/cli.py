@@ -176,8 +176,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import time
+    import warnings
 
     from darkfield_nb.inference import PredictConfig, load_model, predict_folder
     from darkfield_nb.train.distributed import init_distributed
@@ -198,38 +203,45 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             precision=args.precision,
             progress=not args.quiet and ctx.is_main,
         )
-        report = predict_folder(
-            loaded.model,
-            args.inputs,
-            args.out,
-            geometry=loaded.geometry,
-            checkpoint_sha256=loaded.sha256,
-            config=cfg,
-            device=device,
-            dist_ctx=ctx,
-        )
+        with warnings.catch_warnings():  # one plain line per warning, naming the file
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = _print_warning
+            report = predict_folder(
+                loaded.model,
+                args.inputs,
+                args.out,
+                geometry=loaded.geometry,
+                checkpoint_sha256=loaded.sha256,
+                config=cfg,
+                device=device,
+                dist_ctx=ctx,
+            )
     finally:
         ctx.close()
     for note in report.notes:
         print(f"note: {note}")
+    by_reason: dict[str, list[str]] = {}
     for path, why in sorted(report.redone.items()):
-        print(f"redone {path}: {why}")
+        by_reason.setdefault(why, []).append(Path(path).name)
+    for why, names in by_reason.items():
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        print(f"redoing {len(names)} set(s), {why}: {shown}")
     for problem in report.failed.values():
         print(f"  - {problem}", file=sys.stderr)
     if not ctx.is_main:
         return 1 if report.failed else 0
     seconds = time.perf_counter() - t0
-    done = len(report.written)
+    tot = report.totals
+    done = tot["written"]
     passes = "1 deterministic pass" if args.samples == 0 else f"{args.samples} MC passes"
     geo = loaded.geometry
     where = f" x {report.world_size} processes" if report.world_size > 1 else ""
     print(
-        f"predict: {report.n_inputs} images on {report.device}{where} with {loaded.path.name} "
+        f"predict: {report.n_inputs} images on {report.device}{where} with {loaded.path} "
         f"({loaded.stages_trained} stages, trained at {geo.size[0]} px, {geo.pixel_mm:.4g} mm "
-        f"pixels{'' if loaded.recorded else ' (default geometry)'}), {passes}: wrote {done}, "
-        f"skipped {len(report.skipped)} already done, redid {len(report.redone)}, "
-        f"{len(report.failed)} failed, in {seconds:.1f} s"
-        + (f" ({report.seconds / max(done, 1):.2f} s per image written)" if done else "")
+        f"pixels{'' if loaded.recorded else ', the default geometry'}), {passes}: wrote {done}, "
+        f"skipped {tot['skipped']} already done, redid {tot['redone']}, {tot['failed']} failed, "
+        f"in {seconds:.1f} s" + (f" ({seconds / done:.2f} s per image written)" if done else "")
     )
     ext = "png" if args.format == "png16" else "tif"
     look = (
@@ -245,7 +257,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"look at them: {args.out / 'preview'}/*.png (input, dark-field, sigmas)")
     else:
         print("look at them: rerun with --preview for PNG panels in preview/")
-    return 1 if report.failed else 0
+    return 1 if tot["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,7 +98,9 @@ class PredictConfig:
 class PredictReport:
     """What one process did. ``redone`` maps an input to why its old outputs were replaced;
     ``failed`` maps an input to its problem; ``notes`` are things said once (paired root,
-    stale temporaries removed); ``warnings`` name radiographs far from the training geometry."""
+    stale temporaries removed); ``warnings`` name radiographs far from the training geometry.
+    The lists are this process's shard; ``totals`` counts written / skipped / redone / failed
+    over all processes."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
@@ -107,6 +109,7 @@ class PredictReport:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     n_inputs: int = 0
+    totals: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
     rank: int = 0
@@ -334,6 +337,16 @@ def predict_folder(
         else:
             report.summary = out_dir / "summary.csv"
             write_csv(report.summary, rows, outputs.SUMMARY_COLUMNS)
+        counts = torch.tensor(
+            [len(report.written), len(report.skipped), len(report.redone), len(report.failed)]
+        )
+        if dist_ctx.enabled:
+            import torch.distributed as dist
+
+            counts = counts.to(dev)  # NCCL reduces CUDA tensors, Gloo CPU ones
+            dist.all_reduce(counts)
+        names = ("written", "skipped", "redone", "failed")
+        report.totals = dict(zip(names, counts.cpu().tolist(), strict=True))
     finally:
         if own_ctx:
             dist_ctx.close()
