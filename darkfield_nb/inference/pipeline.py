@@ -187,10 +187,10 @@ class _Writer(threading.Thread):
                 return
             try:
                 self._write(*job)
-            except OSError as exc:
+            except Exception as exc:  # a full disk, a read-only folder, non-finite maps ...
                 path = job[0]["path"]
                 self.failed[str(path)] = f"{path}: outputs not written ({exc}); no partial set left"
-            except BaseException as exc:  # anything else: stop the run, reported by the caller
+            except BaseException as exc:  # KeyboardInterrupt and the like: stop the run
                 self.error = exc
                 return
 
