@@ -239,3 +239,16 @@ def test_bad_settings_are_refused(model, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="output path is a file"):
         _run(model, src, tmp_path / "file")
+
+
+def test_non_finite_maps_fail_each_image_by_name_and_write_nothing(model, tmp_path):
+    import copy
+
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.stages[-1].head_mu.bias.fill_(float("nan"))
+    src, out = _folder(tmp_path / "src", n=2), tmp_path / "out"
+    rep = _run(broken, src, out)
+    assert sorted(Path(k).name for k in rep.failed) == ["img00.png", "img01.png"]
+    assert all("non-finite" in v for v in rep.failed.values())
+    assert not [p for p in out.rglob("*.tif")]
