@@ -139,8 +139,8 @@ def decode(path: Path, geometry: TrainingGeometry, resample: bool) -> dict[str, 
             "x": torch.from_numpy(np.ascontiguousarray(model_in, dtype=np.float32)),
             "plan": plan,
         }
-    except (ValueError, ImportError, OSError) as exc:
-        msg = str(exc)
+    except Exception as exc:  # any unreadable file (PIL's DecompressionBombError included)
+        msg = str(exc) or type(exc).__name__
         if str(path) not in msg:
             msg = f"{path}: {msg}"
         return {"path": path, "error": msg}
