@@ -252,3 +252,28 @@ def test_non_finite_maps_fail_each_image_by_name_and_write_nothing(model, tmp_pa
     assert sorted(Path(k).name for k in rep.failed) == ["img00.png", "img01.png"]
     assert all("non-finite" in v for v in rep.failed.values())
     assert not [p for p in out.rglob("*.tif")]
+
+
+def _bomb_png(path: Path, side: int = 30000) -> None:
+    """A PNG whose header claims side x side pixels (8-bit grey) with almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (side + 1))  # one row of the claimed image
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_decompression_bomb_is_refused_by_name_and_the_run_goes_on(model, tmp_path):
+    src, out = _folder(tmp_path / "src", n=2), tmp_path / "out"
+    _bomb_png(src / "bomb.png")
+    rep = _run(model, src, out)
+    assert sorted(p.name for p in rep.written) == ["img00.png", "img01.png"]
+    (msg,) = rep.failed.values()
+    assert msg.startswith(str(src / "bomb.png")) and "decompression bomb" in msg
