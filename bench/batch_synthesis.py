@@ -119,10 +119,12 @@ def cmd_readme(args) -> None:
             cmd = [sys.executable, "-m", "darkfield_nb.cli", "predict", str(folder)]
             cmd += ["--out", str(tmp / f"runs_{label}"), "--checkpoint", str(ckpt), "--quiet"]
             t = time.perf_counter()
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            # cwd=tmp: ``python -m`` puts the working directory first on sys.path
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
             dt = time.perf_counter() - t
             print(f"{label}: {dt:.1f} s for {args.n} images, exit {done.returncode} ({_load()})")
             print("   " + "\n   ".join(done.stdout.strip().splitlines()[-3:]))
+            print(f"   (darkfield_nb from {tree})")
 
 
 def _write_small(folder: Path, n: int, size: int, seed: int = 0) -> None:
@@ -151,7 +153,11 @@ def cmd_rss(args) -> None:
             )
             env = dict(os.environ, PYTHONPATH=str(REPO))
             out = subprocess.run(
-                [sys.executable, "-c", probe, *predict], env=env, capture_output=True, text=True
+                [sys.executable, "-c", probe, *predict],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=tmp,
             )
             code, secs, kb = out.stdout.split()
             print(
