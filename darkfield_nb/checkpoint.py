@@ -455,9 +455,13 @@ def float32_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def generator_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the ProgressiveGenerator of a raw checkpoint dict (float32, eval mode)."""
+    """Rebuild the ProgressiveGenerator of a raw checkpoint dict (float32, eval mode).
+
+    The model carries ``model.training_geometry``: :func:`checkpoint_geometry` of the dict,
+    which ``darkfield_nb.synthesis.synthesize`` resamples every input to."""
     model = ProgressiveGenerator(GeneratorConfig.from_dict(dict(ckpt["generator_config"])))
     model.load_state_dict(float32_state(ckpt["generator"]), strict=True)
+    model.training_geometry = checkpoint_geometry(ckpt)
     return model.to(device).eval()
 
 

@@ -72,11 +72,14 @@ class Synthesis:
 
 
 def model_geometry(model: torch.nn.Module) -> TrainingGeometry:
-    """The training geometry a loaded model carries (``inference.load_model`` sets
-    ``model.training_geometry``), else the default geometry of older checkpoints."""
+    """The training geometry a loaded model carries (``checkpoint.load`` and
+    ``inference.load_model`` set ``model.training_geometry``), else the default geometry of
+    checkpoints that record none (``checkpoint.DEFAULT_GEOMETRY``)."""
     geo = getattr(model, "training_geometry", None)
     if isinstance(geo, TrainingGeometry):
         return geo
+    if isinstance(geo, dict):  # set by checkpoint.generator_from_checkpoint / checkpoint.load
+        return TrainingGeometry.from_dict(geo)
     from darkfield_nb.checkpoint import DEFAULT_GEOMETRY
 
     return TrainingGeometry.from_dict(DEFAULT_GEOMETRY)

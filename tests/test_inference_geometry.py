@@ -185,3 +185,18 @@ def test_dataset_geometry_from_sidecar_or_image_size(tmp_path):
     geo = checkpoint.dataset_geometry(tmp_path / "b")
     assert geo == {"size": [96, 80], "field_of_view_mm": 400.0, "pixel_mm": 400.0 / 96}
     assert checkpoint.dataset_geometry(tmp_path / "empty") is None
+
+
+def test_a_loaded_model_carries_its_geometry_into_synthesize(tmp_path):
+    from darkfield_nb.synthesis import model_geometry
+
+    torch.manual_seed(0)
+    model = ProgressiveGenerator(GeneratorConfig(n_stages=1, base_width=4, depth=2, dropout=0.2))
+    geo = checkpoint.make_geometry(40, field_of_view_mm=400.0)
+    path = checkpoint.save_trained(tmp_path / "m.pt", model, stage=0, epoch=1, geometry=geo)
+    loaded = checkpoint.load(path)
+    assert model_geometry(loaded) == TrainingGeometry((40, 40), 10.0)
+    out = synthesize(
+        loaded, np.random.default_rng(0).random((80, 80)).astype(np.float32), samples=2
+    )
+    assert out.plan.model_shape == (40, 40) and out.darkfield.shape == (80, 80)
