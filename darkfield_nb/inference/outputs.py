@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from darkfield_nb.io import _UMASK, atomic_write_text, write_image
+from darkfield_nb.inference.records import read_record
+from darkfield_nb.io import _UMASK, atomic_write_text, write_csv, write_image
 
 MAPS = ("darkfield", "aleatoric", "epistemic", "total")
 FORMATS = ("tiff", "png16")
@@ -220,3 +221,41 @@ def preview_png(image: np.ndarray, maps: dict[str, np.ndarray], title: str = "")
         out = _io.BytesIO()
         rgb.save(out, format="PNG", optimize=False, compress_level=3)
     return out.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# summary.csv
+# --------------------------------------------------------------------------------------------
+
+
+def summary_rows(out_dir: Path, paths: list[Path], failed: dict[str, str]) -> list[dict]:
+    """Rows of ``summary.csv`` for ``paths``: the row each completion record holds, a
+    "failed: ..." row for a refused input, "missing" when neither exists."""
+    rows = []
+    for p in paths:
+        if str(p) in failed:
+            rows.append({"id": p.stem, "input": str(p), "status": f"failed: {failed[str(p)]}"})
+            continue
+        rec = read_record(out_dir, p.stem)
+        if rec and rec.get("row"):
+            rows.append(rec["row"])
+        else:
+            rows.append({"id": p.stem, "input": str(p), "status": "missing"})
+    return rows
+
+
+def merge_summary_parts(out_dir: Path, world: int) -> Path:
+    """Rank 0: merge ``summary.part-*.csv`` into ``summary.csv`` (rows sorted by id)."""
+    import csv
+
+    rows: list[dict] = []
+    parts = [out_dir / f"summary.part-{r:05d}-of-{world:05d}.csv" for r in range(world)]
+    for part in parts:
+        with open(part, newline="", encoding="utf-8") as fh:
+            rows.extend(csv.DictReader(fh))
+    rows.sort(key=lambda r: r["id"])
+    path = out_dir / "summary.csv"
+    write_csv(path, rows, SUMMARY_COLUMNS)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return path

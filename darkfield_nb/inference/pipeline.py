@@ -26,8 +26,6 @@
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,11 +43,10 @@ from darkfield_nb.inference.geometry import (
     dicom_pixel_spacing,
     plan_resample,
     resize,
-    resize_mean,
-    resize_sigma,
 )
 from darkfield_nb.inference.inputs import load_radiograph, resolve_inputs
 from darkfield_nb.inference.mc import mc_predict_batch
+from darkfield_nb.inference.writer import SetWriter
 from darkfield_nb.io import write_csv
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -165,68 +162,6 @@ def _identity(batch):
 
 
 # --------------------------------------------------------------------------------------------
-# Writing (a thread)
-# --------------------------------------------------------------------------------------------
-
-
-class _Writer(threading.Thread):
-    """Resamples maps back, writes sets and records; failures go to ``self.failed``."""
-
-    def __init__(self, out_dir: Path, cfg: PredictConfig, key: dict, depth: int):
-        super().__init__(daemon=True, name="darkfield-nb-writer")
-        self.out_dir, self.cfg, self.key = out_dir, cfg, key
-        self.jobs: queue.Queue = queue.Queue(maxsize=max(2, depth))
-        self.failed: dict[str, str] = {}
-        self.written: list[Path] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            try:
-                self._write(*job)
-            except Exception as exc:  # a full disk, a read-only folder, non-finite maps ...
-                path = job[0]["path"]
-                self.failed[str(path)] = f"{path}: outputs not written ({exc}); no partial set left"
-            except BaseException as exc:  # KeyboardInterrupt and the like: stop the run
-                self.error = exc
-                return
-
-    def _write(self, item: dict, maps: dict[str, np.ndarray], seconds: float) -> None:
-        path, plan = item["path"], item["plan"]
-        shape = plan.input_shape
-        if not plan.identity:
-            maps = {
-                name: resize_mean(m, shape) if name == "darkfield" else resize_sigma(m, shape)
-                for name, m in maps.items()
-            }
-        stem = path.stem
-        preview = None
-        if self.cfg.preview:
-            title = f"{path.name}: {shape[0]} x {shape[1]} px, T = {self.cfg.samples}"
-            preview = outputs.preview_png(item["image"], maps, title)
-        records.remove_record(self.out_dir, stem)  # the set is incomplete until the new record
-        files = outputs.write_set(self.out_dir, stem, maps, self.cfg.format, preview)
-        row = {"id": stem, "input": str(path), "status": "ok", **plan.summary()}
-        row.update(outputs.map_stats(maps))
-        row["seconds"] = round(seconds, 4)
-        row["warnings"] = " | ".join(w.split(": ", 1)[-1] for w in plan.warnings)
-        records.write_record(
-            self.out_dir,
-            stem,
-            {
-                "key": self.key,
-                "input": records.fingerprint(path, item["digest"]),
-                "files": files,
-                "row": row,
-            },
-        )
-        self.written.append(path)
-
-
-# --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 
@@ -239,37 +174,6 @@ def _amp_dtype(cfg: PredictConfig, device: torch.device) -> torch.dtype | None:
 
 def _groups(paths: list[Path], size: int) -> list[list[Path]]:
     return [paths[i : i + size] for i in range(0, len(paths), size)]
-
-
-def _summary_rows(out_dir: Path, paths: list[Path], failed: dict[str, str]) -> list[dict]:
-    rows = []
-    for p in paths:
-        if str(p) in failed:
-            rows.append({"id": p.stem, "input": str(p), "status": f"failed: {failed[str(p)]}"})
-            continue
-        rec = records.read_record(out_dir, p.stem)
-        if rec and rec.get("row"):
-            rows.append(rec["row"])
-        else:
-            rows.append({"id": p.stem, "input": str(p), "status": "missing"})
-    return rows
-
-
-def _merge_parts(out_dir: Path, world: int) -> Path:
-    """Rank 0: merge ``summary.part-*.csv`` into ``summary.csv`` (rows sorted by id)."""
-    import csv
-
-    rows: list[dict] = []
-    parts = [out_dir / f"summary.part-{r:05d}-of-{world:05d}.csv" for r in range(world)]
-    for part in parts:
-        with open(part, newline="", encoding="utf-8") as fh:
-            rows.extend(csv.DictReader(fh))
-    rows.sort(key=lambda r: r["id"])
-    path = out_dir / "summary.csv"
-    write_csv(path, rows, outputs.SUMMARY_COLUMNS)
-    for part in parts:
-        part.unlink(missing_ok=True)
-    return path
 
 
 def predict_folder(
@@ -326,13 +230,13 @@ def predict_folder(
         dist_ctx.barrier()
         shard = paths[dist_ctx.rank :: dist_ctx.world_size]
         _run_shard(model, shard, out_dir, geometry, checkpoint_sha256, cfg, dev, report)
-        rows = _summary_rows(out_dir, shard, report.failed)
+        rows = outputs.summary_rows(out_dir, shard, report.failed)
         if dist_ctx.enabled:
             part = out_dir / (f"summary.part-{dist_ctx.rank:05d}-of-{dist_ctx.world_size:05d}.csv")
             write_csv(part, rows, outputs.SUMMARY_COLUMNS)
             dist_ctx.barrier()
             if dist_ctx.is_main:
-                report.summary = _merge_parts(out_dir, dist_ctx.world_size)
+                report.summary = outputs.merge_summary_parts(out_dir, dist_ctx.world_size)
             dist_ctx.barrier()
         else:
             report.summary = out_dir / "summary.csv"
@@ -394,7 +298,7 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report) -> N
     model = model.to(dev).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    writer = _Writer(out_dir, cfg, key, depth=2 * bs)
+    writer = SetWriter(out_dir, cfg, key, depth=2 * bs)
     writer.start()
     bar = tqdm(total=len(pending), desc="predict", disable=not cfg.progress, unit="image")
     try:
