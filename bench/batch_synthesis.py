@@ -66,37 +66,54 @@ def old_loop(model, paths, out: Path, samples: int, stage: int) -> None:
             write_image(out / name / f"{path.stem}.tif", m[0, 0].float().numpy())
 
 
+def _rounds(paths: list[Path], size: int) -> list[list[Path]]:
+    return [paths[i : i + size] for i in range(0, len(paths), size)]
+
+
 def cmd_speed(args) -> None:
+    """Old loop and new pipeline alternate on rounds of ``--round`` images (old first in
+    each round), so a change of machine load hits both alike; every new round starts a fresh
+    ``predict_folder`` (its decoding worker included)."""
     loaded = load_model(None, args.device)
     model, stage = loaded.model, loaded.stages_trained - 1
-    src = REPO / "data_samples" / "attenuation"
-    paths = sorted(src.glob("*.png"))[: args.n]
+    paths = sorted((REPO / "data_samples" / "attenuation").glob("*.png"))[: args.n]
+    print(f"{len(paths)} images of 256 px, T = {args.samples}, {args.device}, {_load()}")
+    t_old = t_new = 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "in"
-        folder.mkdir()
-        for p in paths:
-            shutil.copy(p, folder / p.name)
-        print(f"{len(paths)} images of 256 px, T = {args.samples}, {args.device}, {_load()}")
-        t = time.perf_counter()
-        old_loop(model, sorted(folder.iterdir()), Path(tmp) / "old", args.samples, stage)
-        t_old = time.perf_counter() - t
-        print(f"old per-image loop: {t_old:.1f} s, {len(paths) / t_old:.3f} images/s ({_load()})")
-        cfg = PredictConfig(samples=args.samples, stage=stage, progress=False)
-        t = time.perf_counter()
-        predict_folder(
-            model,
-            folder,
-            Path(tmp) / "new",
-            geometry=loaded.geometry,
-            config=cfg,
-            device=args.device,
-        )
-        t_new = time.perf_counter() - t
-        print(f"new pipeline:       {t_new:.1f} s, {len(paths) / t_new:.3f} images/s ({_load()})")
-        print(f"ratio new/old images/s: {t_old / t_new:.2f}x")
+        for k, chunk in enumerate(_rounds(paths, args.round)):
+            folder = Path(tmp) / f"in{k}"
+            folder.mkdir()
+            for p in chunk:
+                shutil.copy(p, folder / p.name)
+            t = time.perf_counter()
+            old_loop(model, sorted(folder.iterdir()), Path(tmp) / "old", args.samples, stage)
+            dt_old = time.perf_counter() - t
+            cfg = PredictConfig(samples=args.samples, stage=stage, progress=False)
+            t = time.perf_counter()
+            predict_folder(
+                model,
+                folder,
+                Path(tmp) / f"new{k}",
+                geometry=loaded.geometry,
+                config=cfg,
+                device=args.device,
+            )
+            dt_new = time.perf_counter() - t
+            t_old, t_new = t_old + dt_old, t_new + dt_new
+            print(
+                f"round {k}: {len(chunk)} images, old {dt_old:.1f} s, new {dt_new:.1f} s "
+                f"({_load()})",
+                flush=True,
+            )
+    n = len(paths)
+    print(f"old per-image loop: {t_old:.1f} s, {n / t_old:.3f} images/s")
+    print(f"new pipeline:       {t_new:.1f} s, {n / t_new:.3f} images/s")
+    print(f"ratio new/old images/s: {t_old / t_new:.2f}x")
 
 
 def cmd_readme(args) -> None:
+    """The README's first command with the old and the new code, alternating on rounds of
+    ``--round`` sample images (each round a fresh command, as a user would run it)."""
     src = REPO / "data_samples" / "attenuation"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -108,23 +125,35 @@ def cmd_readme(args) -> None:
             capture_output=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
-        folder = tmp / "attenuation"
-        folder.mkdir()
-        for p in sorted(src.glob("*.png"))[: args.n]:
-            shutil.copy(p, folder / p.name)
         env = dict(os.environ)
         ckpt = REPO / "data_samples" / "pretrained.pt"
-        for label, tree in (("old", old_tree), ("new", REPO)):
-            env["PYTHONPATH"] = str(tree)
-            cmd = [sys.executable, "-m", "darkfield_nb.cli", "predict", str(folder)]
-            cmd += ["--out", str(tmp / f"runs_{label}"), "--checkpoint", str(ckpt), "--quiet"]
-            t = time.perf_counter()
-            # cwd=tmp: ``python -m`` puts the working directory first on sys.path
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
-            dt = time.perf_counter() - t
-            print(f"{label}: {dt:.1f} s for {args.n} images, exit {done.returncode} ({_load()})")
-            print("   " + "\n   ".join(done.stdout.strip().splitlines()[-3:]))
-            print(f"   (darkfield_nb from {tree})")
+        total = {"old": 0.0, "new": 0.0}
+        paths = sorted(src.glob("*.png"))[: args.n]
+        for k, chunk in enumerate(_rounds(paths, args.round)):
+            folder = tmp / f"attenuation{k}"
+            folder.mkdir()
+            for p in chunk:
+                shutil.copy(p, folder / p.name)
+            for label, tree in (("old", old_tree), ("new", REPO)):
+                env["PYTHONPATH"] = str(tree)
+                cmd = [sys.executable, "-m", "darkfield_nb.cli", "predict", str(folder)]
+                cmd += ["--out", str(tmp / f"runs_{label}{k}"), "--checkpoint", str(ckpt)]
+                cmd += ["--quiet"]
+                t = time.perf_counter()
+                # cwd=tmp: ``python -m`` puts the working directory first on sys.path
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp)
+                dt = time.perf_counter() - t
+                total[label] += dt
+                print(
+                    f"round {k} {label}: {dt:.1f} s for {len(chunk)} images, exit "
+                    f"{done.returncode} ({_load()}; darkfield_nb from {tree})",
+                    flush=True,
+                )
+                print("   " + "\n   ".join(done.stdout.strip().splitlines()[-3:]), flush=True)
+        n = len(paths)
+        print(f"old command: {total['old']:.1f} s for {n} images ({total['old'] / n:.1f} s/image)")
+        print(f"new command: {total['new']:.1f} s for {n} images ({total['new'] / n:.1f} s/image)")
+        print(f"new / old time: {total['new'] / total['old']:.2f}")
 
 
 def _write_small(folder: Path, n: int, size: int, seed: int = 0) -> None:
@@ -286,10 +315,12 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("speed")
     p.add_argument("--n", type=int, default=8)
+    p.add_argument("--round", type=int, default=4)
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--device", default="cpu")
     p = sub.add_parser("readme")
     p.add_argument("--n", type=int, default=36)
+    p.add_argument("--round", type=int, default=4)
     p.add_argument("--old-commit", default="98e3ad2")
     p = sub.add_parser("rss")
     p.add_argument("--counts", type=int, nargs="+", default=[200, 1000])
