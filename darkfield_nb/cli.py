@@ -185,10 +185,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import warnings
 
     from darkfield_nb.inference import PredictConfig, load_model, predict_folder
-    from darkfield_nb.train.distributed import init_distributed
+    from darkfield_nb.inference.pipeline import process_context
 
     t0 = time.perf_counter()
-    ctx, device = init_distributed(args.device)
+    ctx, device = process_context(args.device)
     try:
         loaded = load_model(args.checkpoint, device)
         cfg = PredictConfig(

@@ -176,6 +176,36 @@ def _groups(paths: list[Path], size: int) -> list[list[Path]]:
     return [paths[i : i + size] for i in range(0, len(paths), size)]
 
 
+@dataclass
+class SingleProcess:
+    """The context of a run without torchrun (the interface of ``train.DistContext``)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    enabled: bool = False
+    is_main: bool = True
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def process_context(device: str | torch.device = "auto"):
+    """(context, device): under torchrun (``WORLD_SIZE > 1``) join the process group with
+    ``train.distributed.init_distributed``; otherwise a :class:`SingleProcess` and
+    ``pick_device(device)`` (without importing the training package: a quicker start)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from darkfield_nb.train.distributed import init_distributed
+
+        return init_distributed(device)
+    from darkfield_nb.hardware import pick_device
+
+    return SingleProcess(), pick_device(device)
+
+
 def predict_folder(
     model: torch.nn.Module,
     inputs,
@@ -195,8 +225,6 @@ def predict_folder(
     ``dist_ctx``: a ``train.distributed.DistContext``; None joins the torchrun group when
     ``WORLD_SIZE > 1`` (and leaves it at the end).
     """
-    from darkfield_nb.train.distributed import init_distributed
-
     cfg = config or PredictConfig()
     cfg.check()
     t0 = time.perf_counter()
@@ -208,7 +236,7 @@ def predict_folder(
     paths, notes = resolve_inputs(inputs)
     own_ctx = dist_ctx is None
     if own_ctx:
-        dist_ctx, dev = init_distributed(device)
+        dist_ctx, dev = process_context(device)
     else:
         from darkfield_nb.hardware import pick_device
 
