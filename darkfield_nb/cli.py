@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         default="auto",
-        help="auto: bf16 autocast on CUDA, fp32 elsewhere",
+        help="auto: fp16 autocast on CUDA, fp32 elsewhere",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -17,12 +17,13 @@ class SetWriter(threading.Thread):
     """Takes ``(item, maps, seconds)`` jobs (None ends it): resamples the maps back to the input's
     size (sigma maps through their variance), writes the set (``outputs.write_set``: all files
     or none) and then its completion record. A failing set is recorded in ``self.failed`` by
-    file name and the thread goes on; ``cfg`` is the run's PredictConfig."""
+    file name and the thread goes on; ``cfg`` is the run's PredictConfig. Several writers
+    can share one queue (zlib compression and file I/O release the GIL)."""
 
-    def __init__(self, out_dir: Path, cfg, key: dict, depth: int):
+    def __init__(self, out_dir: Path, cfg, key: dict, jobs: queue.Queue):
         super().__init__(daemon=True, name="darkfield-nb-writer")
         self.out_dir, self.cfg, self.key = out_dir, cfg, key
-        self.jobs: queue.Queue = queue.Queue(maxsize=max(2, depth))
+        self.jobs = jobs  # shared by all writer threads of a run
         self.failed: dict[str, str] = {}
         self.written: list[Path] = []
         self.error: BaseException | None = None
