@@ -1,11 +1,15 @@
 """Batch synthesis: the streaming pipeline against the per-image loop it replaced, measured in
 one run; memory at scale; kill/resume at scale; lung D across image sizes.
 
-    python bench/batch_synthesis.py speed  [--n 8] [--samples 20] [--device cpu]
+    python bench/batch_synthesis.py speed  [--n 8] [--samples 20] [--device cpu] [--size 256]
+                                           [--round 4] [--skip-old]
         images/s at 256 px (the shipped sample radiographs) for the old per-image loop
         (read, normalize, ``uncertainty.mc_dropout_predict``, four TIFFs: the code of
         ``synthesis.synthesize_folder`` before the pipeline) and ``inference.predict_folder``
-        on the same files, in one process, old first. Target: new / old >= 3 on CPU.
+        on the same files, in one process, alternating on rounds of ``--round`` images. Target:
+        new / old >= 3 on CPU. GPU target (issue 13): ``--device cuda --size 512 --n 2000
+        --round 2000 --skip-old`` >= 200 images/s on one H100 (inputs resampled to the model's
+        256 px; ``--n`` above 36 repeats the sample images under new names).
     python bench/batch_synthesis.py readme [--n 36] [--old-commit 98e3ad2]
         the README's first command (``darkfield-nb predict data_samples/attenuation --out
         DIR``) with the code of ``--old-commit`` (``git archive``) and with this tree, one
@@ -45,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from darkfield_nb.data import normalize_input  # noqa: E402
 from darkfield_nb.inference import PredictConfig, load_model, predict_folder  # noqa: E402
+from darkfield_nb.inference.geometry import resize  # noqa: E402
 from darkfield_nb.io import read_image, write_image  # noqa: E402
 from darkfield_nb.uncertainty import mc_dropout_predict  # noqa: E402
 
@@ -76,18 +81,26 @@ def cmd_speed(args) -> None:
     ``predict_folder`` (its decoding worker included)."""
     loaded = load_model(None, args.device)
     model, stage = loaded.model, loaded.stages_trained - 1
-    paths = sorted((REPO / "data_samples" / "attenuation").glob("*.png"))[: args.n]
-    print(f"{len(paths)} images of 256 px, T = {args.samples}, {args.device}, {_load()}")
+    samples = sorted((REPO / "data_samples" / "attenuation").glob("*.png"))
+    paths = [samples[i % len(samples)] for i in range(args.n)]
+    print(f"{len(paths)} images of {args.size} px, T = {args.samples}, {args.device}, {_load()}")
     t_old = t_new = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for k, chunk in enumerate(_rounds(paths, args.round)):
             folder = Path(tmp) / f"in{k}"
             folder.mkdir()
-            for p in chunk:
-                shutil.copy(p, folder / p.name)
-            t = time.perf_counter()
-            old_loop(model, sorted(folder.iterdir()), Path(tmp) / "old", args.samples, stage)
-            dt_old = time.perf_counter() - t
+            for j, p in enumerate(chunk):
+                name = f"{k:03d}_{j:05d}_{p.name}"
+                if args.size == 256:
+                    shutil.copy(p, folder / name)
+                else:  # the sample radiograph resampled to --size (a larger detector)
+                    img = resize(read_image(p), (args.size, args.size))
+                    write_image(folder / name, np.clip(np.rint(img), 0, 65535).astype(np.uint16))
+            dt_old = 0.0
+            if not args.skip_old:
+                t = time.perf_counter()
+                old_loop(model, sorted(folder.iterdir()), Path(tmp) / "old", args.samples, stage)
+                dt_old = time.perf_counter() - t
             cfg = PredictConfig(samples=args.samples, stage=stage, progress=False)
             t = time.perf_counter()
             predict_folder(
@@ -106,9 +119,11 @@ def cmd_speed(args) -> None:
                 flush=True,
             )
     n = len(paths)
-    print(f"old per-image loop: {t_old:.1f} s, {n / t_old:.3f} images/s")
+    if t_old:
+        print(f"old per-image loop: {t_old:.1f} s, {n / t_old:.3f} images/s")
     print(f"new pipeline:       {t_new:.1f} s, {n / t_new:.3f} images/s")
-    print(f"ratio new/old images/s: {t_old / t_new:.2f}x")
+    if t_old:
+        print(f"ratio new/old images/s: {t_old / t_new:.2f}x")
 
 
 def cmd_readme(args) -> None:
@@ -318,6 +333,8 @@ def main() -> None:
     p.add_argument("--round", type=int, default=4)
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=256, help="input size (GPU target: 512)")
+    p.add_argument("--skip-old", action="store_true", help="time the pipeline only")
     p = sub.add_parser("readme")
     p.add_argument("--n", type=int, default=36)
     p.add_argument("--round", type=int, default=4)
