@@ -293,7 +293,6 @@ def predict_folder(
 
 
 def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report) -> None:
-    from tqdm.auto import tqdm
 
     n_stages = model.config.n_stages
     stage = cfg.stage % n_stages
@@ -327,6 +326,26 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report) -> N
         pin_memory=cuda,
         prefetch_factor=2 if workers > 0 else None,
     )
+    threads = torch.get_num_threads()
+    if not cuda:  # leave the decoding workers their cores: oversubscribed OpenMP threads spin
+        torch.set_num_threads(max(1, min(threads, _cores() - workers)))
+    try:
+        _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report):
+    from tqdm.auto import tqdm
+
+    cuda = dev.type == "cuda"
     amp_dtype = _amp_dtype(cfg, dev)
     channels_last = cuda if cfg.channels_last is None else cfg.channels_last
     model = model.to(dev).eval()
