@@ -18,6 +18,10 @@ only tensors, numbers, strings, lists, tuples and dicts. Keys::
     history            list of per-epoch dicts (see darkfield_nb.train)
     train_config       the training settings as a plain dict (or None)
     rng                Python, NumPy and torch (CPU and CUDA) RNG states (or None)
+    geometry           the training images' geometry: {"size": [H, W], "field_of_view_mm": F,
+                       "pixel_mm": P} (absent in older checkpoints: :func:`checkpoint_geometry`
+                       then returns DEFAULT_GEOMETRY, the geometry every such checkpoint was
+                       trained on, 256 px over a 40 cm field)
 
 Writes go through :func:`darkfield_nb.io.atomic_path`: an interrupted save leaves the
 previous file intact, and a save that fails for want of space or permission raises
@@ -33,6 +37,7 @@ a checkpoint that loads can always be rebuilt.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import random
@@ -65,6 +70,95 @@ REQUIRED_KEYS = (
 
 class CheckpointError(ValueError):
     """A file that cannot be used as a darkfield-nb checkpoint (the message names the file)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Training geometry
+# --------------------------------------------------------------------------------------------
+
+#: Field of view assumed when a data set does not say (the simulator's default, 40 cm).
+DEFAULT_FIELD_OF_VIEW_MM = 400.0
+#: Geometry of checkpoints that record none: every one of them (the shipped model included)
+#: was trained on 256 x 256 simulated images of a 40 cm field, so 1.5625 mm pixels.
+DEFAULT_GEOMETRY: dict[str, Any] = {
+    "size": [256, 256],
+    "field_of_view_mm": 400.0,
+    "pixel_mm": 1.5625,
+}
+
+
+def make_geometry(
+    size: tuple[int, int] | list[int] | int,
+    field_of_view_mm: float | None = None,
+    pixel_mm: float | None = None,
+) -> dict[str, Any]:
+    """The geometry entry of a checkpoint: ``{"size": [H, W], "field_of_view_mm": F,
+    "pixel_mm": P}`` with ``F = max(H, W) * P``.
+
+    Give the field of view or the pixel size (the other follows); with neither, the whole image
+    is taken as a chest field of DEFAULT_FIELD_OF_VIEW_MM along its longer side.
+    """
+    h, w = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if h < 1 or w < 1:
+        raise ValueError(f"make_geometry: size {size!r} must be positive")
+    if pixel_mm is None:
+        fov = float(field_of_view_mm or DEFAULT_FIELD_OF_VIEW_MM)
+        pixel_mm = fov / max(h, w)
+    if not pixel_mm > 0:
+        raise ValueError(f"make_geometry: pixel_mm={pixel_mm!r} must be positive")
+    return {
+        "size": [h, w],
+        "field_of_view_mm": float(pixel_mm) * max(h, w),
+        "pixel_mm": float(pixel_mm),
+    }
+
+
+def checkpoint_geometry(ckpt: dict) -> dict[str, Any]:
+    """The training geometry recorded in a raw checkpoint dict, else DEFAULT_GEOMETRY."""
+    geo = ckpt.get("geometry")
+    if not geo:
+        return dict(DEFAULT_GEOMETRY, size=list(DEFAULT_GEOMETRY["size"]))
+    return make_geometry(
+        geo["size"], pixel_mm=geo.get("pixel_mm"), field_of_view_mm=geo.get("field_of_view_mm")
+    )
+
+
+def dataset_geometry(data: Any) -> dict[str, Any] | None:
+    """The geometry of a paired data set (a root folder or a dataset with ``.root``).
+
+    ``dataset.json`` gives ``size`` and ``pixel_mm`` (or ``fov_cm``), as written by
+    ``darkfield_nb.physics.generate_dataset``. Without them the size of the first attenuation
+    image is used and the whole image is taken as a chest field of DEFAULT_FIELD_OF_VIEW_MM.
+    None when nothing can be found (the checkpoint then records no geometry).
+    """
+    root = data if isinstance(data, (str, os.PathLike)) else getattr(data, "root", None)
+    if root is None:
+        return None
+    root = Path(root)
+    meta: dict[str, Any] = {}
+    try:
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = {}
+    size = meta.get("size")
+    if size is None:
+        from darkfield_nb.io import IMAGE_SUFFIXES, read_image
+
+        images = sorted(
+            p for p in (root / "attenuation").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not images:
+            return None
+        try:
+            size = list(read_image(images[0]).shape)
+        except (ValueError, ImportError):
+            return None
+    fov = meta.get("fov_cm")
+    return make_geometry(
+        size if not isinstance(size, (int, float)) else int(size),
+        field_of_view_mm=None if fov is None else float(fov) * 10.0,
+        pixel_mm=meta.get("pixel_mm"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +249,7 @@ def save(
     train_config: Any = None,
     rng: bool = True,
     half: bool = False,
+    geometry: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically and return the path.
 
@@ -169,6 +264,8 @@ def save(
         rng: also store the Python, NumPy and torch RNG states (for an exact resume).
         half: store the generator's floating-point weights as float16 (half the size; for a
             shipped model). :func:`load` casts them back to float32.
+        geometry: the training images' geometry (:func:`make_geometry`,
+            :func:`dataset_geometry`); None records none.
     """
     generator = _unwrap(generator)
     discriminator = _unwrap(discriminator)
@@ -196,6 +293,12 @@ def save(
         "train_config": train_config,
         "rng": rng_state() if rng else None,
     }
+    if geometry is not None:
+        ckpt["geometry"] = make_geometry(
+            geometry["size"],
+            field_of_view_mm=geometry.get("field_of_view_mm"),
+            pixel_mm=geometry.get("pixel_mm"),
+        )
     path = Path(path)
     with atomic_path(path) as tmp:
         try:
@@ -236,9 +339,11 @@ def save_trained(
     epoch: int,
     history: list[dict] | None = None,
     train_config: Any = None,
+    geometry: dict[str, Any] | None = None,
 ) -> Path:
     """Save a generator whose stages ``0..stage`` are trained (``stages_trained = stage + 1``),
-    without training state or RNG states: the ``stage{k}.pt`` / ``model.pt`` files."""
+    without training state or RNG states: the ``stage{k}.pt`` / ``model.pt`` files.
+    ``geometry``: the training images' geometry (see :func:`save`)."""
     return save(
         path,
         generator,
@@ -248,6 +353,7 @@ def save_trained(
         history=history,
         train_config=train_config,
         rng=False,
+        geometry=geometry,
     )
 
 
@@ -512,6 +618,9 @@ def generator_from_checkpoint(
 ) -> nn.Module:
     """Rebuild the ProgressiveGenerator of a raw checkpoint dict (float32, eval mode).
 
+    The model carries ``model.training_geometry``: :func:`checkpoint_geometry` of the dict,
+    which ``darkfield_nb.synthesis.synthesize`` resamples every input to.
+
     A dict from :func:`load_checkpoint` always rebuilds (it was checked there). Any other dict
     is checked with :func:`check_contents` first.
 
@@ -532,6 +641,7 @@ def generator_from_checkpoint(
         raise CheckpointError(
             f"{where}: cannot rebuild the generator ({_one_line(exc)[:300]})"
         ) from exc
+    model.training_geometry = checkpoint_geometry(ckpt)
     return model.to(device).eval()
 
 

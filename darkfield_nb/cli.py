@@ -142,18 +142,14 @@ def _has_training_flags(args: argparse.Namespace) -> bool:
 
 
 def _load_model(path: Path | None, device):
-    """The generator of ``path`` (default: the shipped model) and its number of trained stages."""
-    from darkfield_nb import checkpoint
-    from darkfield_nb.paths import pretrained_checkpoint
+    """The generator of ``path`` (default: the shipped model) and its number of trained stages.
 
-    path = path or pretrained_checkpoint()
-    if not Path(path).exists():
-        raise FileNotFoundError(
-            f"{path}: checkpoint not found "
-            "(train one with `darkfield-nb train`, or pass --checkpoint)"
-        )
-    ckpt = checkpoint.load_checkpoint(path)
-    return checkpoint.generator_from_checkpoint(ckpt, device), int(ckpt["stages_trained"])
+    The generator carries ``training_geometry`` (the checkpoint's, or the documented default
+    of checkpoints that record none); ``darkfield_nb.inference.load_model`` gives the rest."""
+    from darkfield_nb.inference import load_model
+
+    loaded = load_model(path, device)
+    return loaded.model, loaded.stages_trained
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -198,29 +194,88 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from darkfield_nb.hardware import pick_device
-    from darkfield_nb.synthesis import synthesize_folder
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
-    device = pick_device(args.device)
-    model, trained = _load_model(args.checkpoint, device)
-    inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
-    report = synthesize_folder(
-        model,
-        inputs,
-        args.out,
-        samples=args.samples,
-        device=device,
-        stage=trained - 1,
-        progress=not args.quiet,
-    )
-    print(
-        f"{args.out}: wrote {len(report.written)}, skipped {len(report.skipped)} already done, "
-        f"{len(report.failed)} failed"
-    )
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import time
+    import warnings
+
+    from darkfield_nb.inference import PredictConfig, load_model, predict_folder
+    from darkfield_nb.inference.pipeline import process_context
+
+    t0 = time.perf_counter()
+    ctx, device = process_context(args.device)
+    try:
+        loaded = load_model(args.checkpoint, device)
+        cfg = PredictConfig(
+            samples=args.samples,
+            seed=args.seed,
+            stage=loaded.stages_trained - 1,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            format=args.format,
+            preview=args.preview,
+            resample=args.resample,
+            precision=args.precision,
+            progress=not args.quiet and ctx.is_main,
+        )
+        with warnings.catch_warnings():  # one plain line per warning, naming the file
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = _print_warning
+            report = predict_folder(
+                loaded.model,
+                args.inputs,
+                args.out,
+                geometry=loaded.geometry,
+                checkpoint_sha256=loaded.sha256,
+                config=cfg,
+                device=device,
+                dist_ctx=ctx,
+            )
+    finally:
+        ctx.close()
+    for note in report.notes:
+        print(f"note: {note}")
+    by_reason: dict[str, list[str]] = {}
+    for path, why in sorted(report.redone.items()):
+        by_reason.setdefault(why, []).append(Path(path).name)
+    for why, names in by_reason.items():
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        print(f"redoing {len(names)} set(s), {why}: {shown}")
     for problem in report.failed.values():
         print(f"  - {problem}", file=sys.stderr)
-    return 1 if report.failed else 0
+    if not ctx.is_main:
+        return 1 if report.failed else 0
+    seconds = time.perf_counter() - t0
+    tot = report.totals
+    done = tot["written"]
+    passes = "1 deterministic pass" if args.samples == 0 else f"{args.samples} MC passes"
+    geo = loaded.geometry
+    where = f" x {report.world_size} processes" if report.world_size > 1 else ""
+    print(
+        f"predict: {report.n_inputs} images on {report.device}{where} with {loaded.path} "
+        f"({loaded.stages_trained} stages, trained at {geo.size[0]} px, {geo.pixel_mm:.4g} mm "
+        f"pixels{'' if loaded.recorded else ', the default geometry'}), {passes}: wrote {done}, "
+        f"skipped {tot['skipped']} already done, redid {tot['redone']}, {tot['failed']} failed, "
+        f"in {seconds:.1f} s" + (f" ({seconds / done:.2f} s per image written)" if done else "")
+    )
+    ext = "png" if args.format == "png16" else "tif"
+    look = (
+        f"16-bit PNG, D = offset + scale * value from {args.out / 'png16_scale.json'}"
+        if args.format == "png16"
+        else "float32 D: open in Fiji/ImageJ or napari, or darkfield_nb.io.read_image"
+    )
+    print(
+        f"results in {args.out}: summary.csv (one row per image), "
+        f"{{darkfield,aleatoric,epistemic,total}}/*.{ext} ({look})"
+    )
+    if args.preview:
+        print(f"look at them: {args.out / 'preview'}/*.png (input, dark-field, sigmas)")
+    else:
+        print("look at them: rerun with --preview for PNG panels in preview/")
+    return 1 if tot["failed"] else 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -324,10 +379,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="synthesize dark-field + uncertainty maps for radiographs")
-    p.add_argument("inputs", type=Path, nargs="+", help="a folder of radiographs, or files")
+    p.add_argument(
+        "inputs",
+        type=Path,
+        nargs="+",
+        help="a folder of radiographs (or a paired data root), or files",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped model")
-    p.add_argument("--samples", type=int, default=20, help="MC dropout passes")
+    p.add_argument(
+        "--samples", type=int, default=20, help="MC dropout passes (0: one deterministic pass)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="dropout mask seed")
+    p.add_argument(
+        "--format",
+        choices=("tiff", "png16"),
+        default="tiff",
+        help="tiff: float32 D (default); png16: 16-bit PNG + png16_scale.json",
+    )
+    p.add_argument("--preview", action="store_true", help="also write preview/<id>.png panels")
+    p.add_argument(
+        "--resample",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: to the checkpoint's training geometry and back (default)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="images per model call")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="auto: fp16 autocast on CUDA, fp32 elsewhere",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)

@@ -2,49 +2,87 @@
 
 ``synthesize`` turns one radiograph (any size, raw values as ``io.read_image`` returns them) into
 four maps in physical dark-field units D: the Monte Carlo dropout mean and the aleatoric,
-epistemic and total standard deviations (total^2 = aleatoric^2 + epistemic^2).
-``synthesize_folder`` does that for a folder or a list of files and writes
+epistemic and total standard deviations (total^2 = aleatoric^2 + epistemic^2). It is
+geometry-aware: the image is resampled to the geometry the model was trained on
+(``darkfield_nb.inference.geometry``; the pixel size given, else the whole image taken as a
+chest field of the training field of view), predicted, and the maps resampled back to the
+input's size (sigma maps through their variance). ``Synthesis.plan`` records what was done.
+
+``synthesize_folder`` does that for a folder or a list of files with the streaming pipeline
+(``darkfield_nb.inference.predict_folder``) and writes
 
     <out>/darkfield/<stem>.tif   <out>/aleatoric/<stem>.tif
-    <out>/epistemic/<stem>.tif   <out>/total/<stem>.tif
+    <out>/epistemic/<stem>.tif   <out>/total/<stem>.tif      <out>/summary.csv
 
-each atomically. It is resumable: an input whose four outputs exist is skipped. A file that cannot
-be read is reported (file and problem) and the run goes on; the report lists every failure.
+each set atomically (all four or none). It is resumable: a set whose completion record matches
+(checkpoint, samples, seed, input) is skipped. A file that cannot be read or is not a greyscale
+radiograph is reported (file and problem) and the run goes on.
+
+``samples=0`` is one deterministic pass with dropout off: the epistemic map is 0 and the
+total equals the aleatoric map.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from darkfield_nb.data import normalize_input
 from darkfield_nb.hardware import pick_device
-from darkfield_nb.io import IMAGE_SUFFIXES, read_image, write_image
-from darkfield_nb.uncertainty import mc_dropout_predict
+from darkfield_nb.inference.geometry import (
+    ResamplePlan,
+    TrainingGeometry,
+    plan_resample,
+    resize,
+    resize_mean,
+    resize_sigma,
+)
+from darkfield_nb.inference.inputs import list_radiographs
+from darkfield_nb.inference.mc import mc_predict_batch
+from darkfield_nb.inference.outputs import MAPS
+from darkfield_nb.inference.pipeline import PredictConfig, PredictReport, predict_folder
 
-MAPS = ("darkfield", "aleatoric", "epistemic", "total")
+__all__ = [
+    "MAPS",
+    "Synthesis",
+    "SynthesisReport",
+    "list_radiographs",
+    "model_geometry",
+    "synthesize",
+    "synthesize_folder",
+]
+
+SynthesisReport = PredictReport
 
 
 @dataclass
 class Synthesis:
-    """Maps of one synthesized image, each (H, W) float32 in D units."""
+    """Maps of one synthesized image, each (H, W) float32 in D units; ``plan`` says how the
+    image was resampled for the model (None for older callers that build one by hand)."""
 
     darkfield: np.ndarray
     aleatoric: np.ndarray
     epistemic: np.ndarray
     total: np.ndarray
+    plan: ResamplePlan | None = None
 
 
-@dataclass
-class SynthesisReport:
-    written: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+def model_geometry(model: torch.nn.Module) -> TrainingGeometry:
+    """The training geometry a loaded model carries (``checkpoint.load`` and
+    ``inference.load_model`` set ``model.training_geometry``), else the default geometry of
+    checkpoints that record none (``checkpoint.DEFAULT_GEOMETRY``)."""
+    geo = getattr(model, "training_geometry", None)
+    if isinstance(geo, TrainingGeometry):
+        return geo
+    if isinstance(geo, dict):  # set by checkpoint.generator_from_checkpoint / checkpoint.load
+        return TrainingGeometry.from_dict(geo)
+    from darkfield_nb.checkpoint import DEFAULT_GEOMETRY
+
+    return TrainingGeometry.from_dict(DEFAULT_GEOMETRY)
 
 
 @torch.no_grad()
@@ -56,32 +94,46 @@ def synthesize(
     device: str | torch.device = "cpu",
     seed: int = 0,
     stage: int = -1,
+    geometry: TrainingGeometry | None = None,
+    pixel_mm: float | tuple[float, float] | None = None,
+    resample: bool = True,
+    name: str = "image",
 ) -> Synthesis:
-    """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes).
+    """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes;
+    0: one deterministic pass).
 
+    ``geometry``: the model's training geometry (default :func:`model_geometry`);
+    ``pixel_mm``: the radiograph's pixel size (row, column) if known (a DICOM's
+    ``inference.dicom_pixel_spacing``); ``resample=False`` predicts at the input's own size.
+    A radiograph far from the training geometry gets a ``UserWarning`` naming ``name``.
     ``stage``: which stage's output (0-based; -1 the last). ``device``: "auto" | "cpu" |
     "cuda" | a ``torch.device`` (``hardware.pick_device``).
     """
     if image.ndim != 2:
         raise ValueError(f"synthesize: expected a 2-D radiograph, got shape {image.shape}")
-    x = torch.from_numpy(normalize_input(image).astype(np.float32))[None, None]
+    geometry = geometry or model_geometry(model)
+    spacing = None
+    if pixel_mm is not None:
+        row, col = (pixel_mm, pixel_mm) if np.isscalar(pixel_mm) else pixel_mm
+        spacing = (float(row), float(col), "given")
+    plan = plan_resample(image.shape, geometry, spacing, resample=resample, name=name)
+    for w in plan.warnings:
+        warnings.warn(w, UserWarning, stacklevel=2)
+    x = normalize_input(image).astype(np.float32)
+    if not plan.identity:
+        x = resize(x, plan.model_shape)
     device = pick_device(device)
     model = model.to(device).eval()
-    result = mc_dropout_predict(model, x.to(device), samples=samples, seed=seed, stage=stage)
-    maps = [result.mean, result.aleatoric, result.epistemic, result.total]
-    return Synthesis(*(m[0, 0].float().cpu().numpy() for m in maps))
-
-
-def list_radiographs(folder: str | os.PathLike) -> list[Path]:
-    """Files in ``folder`` (not recursive) whose suffix ``io.read_image`` knows, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _outputs(out_dir: Path, stem: str) -> dict[str, Path]:
-    return {name: out_dir / name / f"{stem}.tif" for name in MAPS}
+    xt = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(device)
+    maps = mc_predict_batch(model, xt, samples=samples, seed=seed, stage=stage)
+    out = {k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}
+    if not plan.identity:
+        shape = plan.input_shape
+        out = {
+            k: resize_mean(v, shape) if k == "darkfield" else resize_sigma(v, shape)
+            for k, v in out.items()
+        }
+    return Synthesis(**{k: out[k] for k in MAPS}, plan=plan)
 
 
 def synthesize_folder(
@@ -94,30 +146,20 @@ def synthesize_folder(
     seed: int = 0,
     stage: int = -1,
     progress: bool = True,
-) -> SynthesisReport:
-    """Synthesize every radiograph of ``inputs`` (a folder or a list of files) into ``out_dir``."""
-    paths = list_radiographs(inputs) if not isinstance(inputs, list) else [Path(p) for p in inputs]
-    if not paths:
-        raise FileNotFoundError(f"{inputs}: no radiographs with a known suffix {IMAGE_SUFFIXES}")
-    stems = [p.stem for p in paths]
-    clash = sorted({s for s in stems if stems.count(s) > 1})
-    if clash:
-        raise ValueError(f"{inputs}: several files share the name(s) {clash}; outputs would clash")
-    out_dir = Path(out_dir)
-    device = pick_device(device)
-    report = SynthesisReport()
-    for path in tqdm(paths, desc="synthesize", disable=not progress):
-        targets = _outputs(out_dir, path.stem)
-        if all(t.exists() for t in targets.values()):
-            report.skipped.append(path)
-            continue
-        try:
-            image = read_image(path)
-        except (ValueError, ImportError) as err:
-            report.failed[str(path)] = str(err)
-            continue
-        maps = synthesize(model, image, samples=samples, device=device, seed=seed, stage=stage)
-        for name, target in targets.items():
-            write_image(target, getattr(maps, name).astype(np.float32))
-        report.written.append(path)
-    return report
+    checkpoint_sha256: str = "",
+    **options,
+) -> PredictReport:
+    """Synthesize every radiograph of ``inputs`` (a folder, a paired-data root or a list of
+    files) into ``out_dir`` with :func:`darkfield_nb.inference.predict_folder`. ``options``:
+    further :class:`~darkfield_nb.inference.PredictConfig` fields (``format``, ``preview``,
+    ``batch_size``, ``workers``, ``resample``, ``precision``)."""
+    cfg = PredictConfig(samples=samples, seed=seed, stage=stage, progress=progress, **options)
+    return predict_folder(
+        model,
+        inputs,
+        out_dir,
+        geometry=model_geometry(model),
+        checkpoint_sha256=checkpoint_sha256,
+        config=cfg,
+        device=device,
+    )

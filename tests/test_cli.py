@@ -78,26 +78,60 @@ def test_evaluate_writes_json_with_metrics_per_stage(tmp_path, tiny_ckpt):
     assert 0.0 <= result["uncertainty"]["coverage_90"] <= 1.0
 
 
-def test_predict_writes_maps(tmp_path, tiny_ckpt):
+def _predict(inputs, out, ckpt, *flags):
+    return main(
+        ["predict", str(inputs), "--out", str(out), "--checkpoint", str(ckpt), "--quiet"]
+        + ["--device", "cpu", "--workers", "0", *flags]
+    )
+
+
+def test_predict_writes_maps_summary_and_a_closing_line(tmp_path, tiny_ckpt, capsys):
     root = _tiny_dataset(tmp_path / "data")
     out = tmp_path / "pred"
-    code = main(
-        [
-            "predict",
-            str(root / "attenuation"),
-            "--out",
-            str(out),
-            "--checkpoint",
-            str(tiny_ckpt),
-            "--samples",
-            "2",
-            "--quiet",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert code == 0
+    assert _predict(root / "attenuation", out, tiny_ckpt, "--samples", "2") == 0
     assert read_image(out / "total" / "p3.tif").shape == (24, 24)
+    lines = capsys.readouterr().out.splitlines()
+    closing = next(line for line in lines if line.startswith("predict: "))
+    for word in ("4 images", "on cpu", "tiny.pt", "2 stages", "2 MC passes", "wrote 4", " s "):
+        assert word in closing, (word, closing)
+    assert any(f"results in {out}: summary.csv" in line for line in lines)
+    assert any("--preview" in line for line in lines)
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert len(summary) == 5 and summary[0].startswith("id,input,status,height,width,pixel_mm")
+
+    # another --samples redoes every set and says why; the same settings skip them all
+    assert _predict(root / "attenuation", out, tiny_ckpt, "--samples", "3") == 0
+    text = capsys.readouterr().out
+    assert "redoing 4 set(s), MC samples changed: p0.png, p1.png, p2.png, p3.png" in text
+    assert _predict(root / "attenuation", out, tiny_ckpt, "--samples", "3") == 0
+    assert "wrote 0, skipped 4 already done" in capsys.readouterr().out
+
+
+def test_predict_samples_zero_is_one_deterministic_pass(tmp_path, tiny_ckpt, capsys):
+    root = _tiny_dataset(tmp_path / "data", n=2, size=32)
+    out = tmp_path / "pred"
+    assert _predict(root, out, tiny_ckpt, "--samples", "0", "--format", "png16") == 0
+    text = capsys.readouterr().out
+    assert "1 deterministic pass" in text
+    assert "is a paired data set: synthesizing its attenuation/ images" in text
+    epi = read_image(out / "epistemic" / "p0.png")  # 16-bit PNG, offset 0: all zero
+    assert epi.shape == (32, 32) and not epi.any()
+    assert (out / "png16_scale.json").exists()
+
+
+def test_predict_refuses_a_colour_file_by_name_and_goes_on(tmp_path, tiny_ckpt, capsys):
+    root = _tiny_dataset(tmp_path / "data", n=2, size=32)
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 2] = 255
+    write_image(root / "attenuation" / "z_chart.png", rgb[..., 2])  # grey: fine
+    from PIL import Image
+
+    Image.fromarray(rgb).save(root / "attenuation" / "a_chart.png")
+    assert _predict(root / "attenuation", tmp_path / "o", tiny_ckpt, "--samples", "1") == 1
+    captured = capsys.readouterr()
+    assert "a_chart.png: a colour image" in captured.err
+    assert "wrote 2" in captured.out  # p0, p1 (z_chart is constant: refused too)
+    assert "z_chart.png: constant image" in captured.err
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

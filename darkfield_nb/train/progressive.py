@@ -88,10 +88,15 @@ def make_datasets(
 
 
 def save_final(
-    out_dir: Path, model: ProgressiveGenerator, history: list[dict], cfg: TrainConfig
+    out_dir: Path,
+    model: ProgressiveGenerator,
+    history: list[dict],
+    cfg: TrainConfig,
+    geometry: dict | None = None,
 ) -> Path:
     """Write ``out_dir/model.pt``: ``model`` with all its stages trained (``cfg`` gives the
-    last stage's epoch count and is stored with it)."""
+    last stage's epoch count and is stored with it; ``geometry`` the training images'
+    geometry, :func:`darkfield_nb.checkpoint.dataset_geometry`)."""
     last = model.config.n_stages - 1
     return checkpoint.save_trained(
         out_dir / FINAL_CHECKPOINT,
@@ -100,6 +105,7 @@ def save_final(
         epoch=cfg.schedule(last).epochs,
         history=history,
         train_config=cfg,
+        geometry=geometry,
     )
 
 
@@ -283,6 +289,7 @@ def train_progressive(
                         epoch=e,
                         history=history,
                         train_config=cfg,
+                        geometry=checkpoint.dataset_geometry(train_ds),
                     )
             else:
                 start_stage, resume_state = s, ckpt
@@ -305,7 +312,7 @@ def train_progressive(
             )
         final = out_dir / FINAL_CHECKPOINT
         if ctx.is_main:
-            save_final(out_dir, model, history, cfg)
+            save_final(out_dir, model, history, cfg, checkpoint.dataset_geometry(train_ds))
         ctx.barrier()
     finally:
         ctx.close()

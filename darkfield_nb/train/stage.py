@@ -257,6 +257,7 @@ def train_stage(
             epoch=sched.epochs,
             history=history,
             train_config=cfg,
+            geometry=checkpoint.dataset_geometry(train_data),
         )
     ctx.barrier()
     return history
