@@ -80,6 +80,27 @@ def _write_error(path: Path, exc: OSError) -> WriteError:
     return WriteError(code or errno.EIO, f"{path}: cannot write: {why}")
 
 
+def temporary_beside(path: str | os.PathLike) -> Path:
+    """Create an empty temporary file ``.<stem>.<8 random chars>.tmp<suffix>`` beside ``path``
+    (making the folder), with the permissions the umask gives, and return its path; the caller
+    renames it into place or removes it (:func:`atomic_path` does both).
+
+    Raises:
+        WriteError: naming ``path`` when the folder cannot be made or written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
@@ -99,17 +120,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             writer); other exceptions of the writer pass through unchanged.
     """
     path = Path(path)
+    tmp_path = temporary_beside(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-        )
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         try:
             yield tmp_path
         except OSError as exc:

@@ -548,7 +548,7 @@ def check_contents(ckpt: dict) -> str | None:
     if not isinstance(raw, dict):
         return f"generator_config is a {type(raw).__name__}, expected a dict of settings"
     try:
-        cfg = GeneratorConfig.from_dict(dict(raw))
+        cfg = GeneratorConfig.from_stored_dict(dict(raw))
     except (ValueError, TypeError) as exc:
         return f"invalid generator_config: {_one_line(exc)}"
     n = cfg.n_stages
@@ -635,7 +635,9 @@ def generator_from_checkpoint(
     if problem:
         raise CheckpointError(f"{where}: {problem}")
     try:
-        model = ProgressiveGenerator(GeneratorConfig.from_dict(dict(ckpt["generator_config"])))
+        model = ProgressiveGenerator(
+            GeneratorConfig.from_stored_dict(dict(ckpt["generator_config"]))
+        )
         model.load_state_dict(float32_state(ckpt["generator"]), strict=True)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(

@@ -313,7 +313,7 @@ def test_contents_checked_against_a_model_built_from_the_config(tmp_path):
     path = checkpoint.save(tmp_path / "c.pt", model, stage=1, epoch=1)
     raw = torch.load(path, weights_only=True)
     assert checkpoint.check_contents(raw) is None
-    reference = ProgressiveGenerator(GeneratorConfig.from_dict(raw["generator_config"]))
+    reference = ProgressiveGenerator(GeneratorConfig.from_stored_dict(raw["generator_config"]))
     stage1 = [k for k in reference.state_dict() if k.startswith("stages.1.")]
     cut = {**raw, "generator": {k: v for k, v in raw["generator"].items() if k not in stage1}}
     assert f"{len(stage1)} missing (first: {stage1[0]})" in checkpoint.check_contents(cut)

@@ -86,7 +86,8 @@ def test_new_defaults_and_legacy_dicts():
     assert GeneratorConfig.from_dict(cfg.to_dict()) == cfg  # full dicts round-trip
     old = cfg.to_dict()
     del old["upsample"], old["padding_mode"]
-    legacy = GeneratorConfig.from_dict(old)
+    assert GeneratorConfig.from_dict(old) == cfg  # a user's partial dict: today's defaults
+    legacy = GeneratorConfig.from_stored_dict(old)  # a checkpoint's dict: the legacy decoder
     assert (
         (legacy.upsample, legacy.padding_mode)
         == ("transpose", "zeros")

@@ -132,8 +132,13 @@ def test_plan_with_known_and_assumed_pixel_size():
 
 
 def test_far_from_training_geometry_warns_naming_the_file():
+    # a DICOM header implying a 172 mm chest field (the SIIM file: downsampled, tag kept) is
+    # not believed: the whole image is taken as the chest field, and the warning says so
     small = plan_resample((1024, 1024), TRAIN, (0.168, 0.168, "PixelSpacing"), name="a.dcm")
-    assert len(small.warnings) == 1 and small.warnings[0].startswith("a.dcm: field of view 172 mm")
+    assert len(small.warnings) == 1
+    assert small.warnings[0].startswith("a.dcm: PixelSpacing 0.168 mm x 1024 px implies a 172 mm")
+    assert small.pixel_source == "assumed (PixelSpacing ignored)"
+    assert small.model_shape == (256, 256)
     wide = plan_resample((300, 900), TRAIN, name="wide.png")
     assert any("wide.png: aspect ratio 3.00" in w for w in wide.warnings)
     assert not plan_resample((1000, 1100), TRAIN, (0.4, 0.4, "PixelSpacing")).warnings

@@ -163,12 +163,25 @@ def plan_resample(
     prefix = f"{name}: " if name else ""
     fov = max(h * pixel[0], w * pixel[1])
     ratio = fov / geometry.field_of_view_mm
-    if source != "assumed" and not 1.0 / FAR_FACTOR <= ratio <= FAR_FACTOR:
+    far = not 1.0 / FAR_FACTOR <= ratio <= FAR_FACTOR
+    if far and source == "given":  # the caller's own pixel size: respected, with a warning
         warnings.append(
             f"{prefix}field of view {fov:.0f} mm ({source} {pixel[0]:.4g} mm x {max(h, w)} px) "
             f"is {ratio:.2f}x the model's {geometry.field_of_view_mm:.0f} mm: far from the "
             "training geometry, the dark-field may be unreliable"
         )
+    elif far and source != "assumed":
+        # A header that puts a chest radiograph in a field this far from the training one is
+        # more often stale (an archive image downsampled without updating the tag) than true:
+        # fall back to the whole image as the chest field, and say so.
+        est = geometry.field_of_view_mm / max(h, w)
+        warnings.append(
+            f"{prefix}{source} {pixel[0]:.4g} mm x {max(h, w)} px implies a {fov:.0f} mm field, "
+            f"{ratio:.2f}x the model's {geometry.field_of_view_mm:.0f} mm: implausible for a "
+            "chest radiograph, so the spacing is ignored and the whole image is taken as the "
+            "chest field; check the header, the dark-field may be unreliable"
+        )
+        pixel, source = (est, est), f"assumed ({source} ignored)"
     aspect = max(h, w) / min(h, w)
     if aspect > MAX_ASPECT:
         warnings.append(

@@ -18,13 +18,13 @@ from __future__ import annotations
 import io as _io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from darkfield_nb.atomic import temporary_beside
 from darkfield_nb.inference.records import read_record
-from darkfield_nb.io import _UMASK, atomic_write_text, write_csv, write_image
+from darkfield_nb.io import atomic_write_text, write_csv, write_image
 
 MAPS = ("darkfield", "aleatoric", "epistemic", "total")
 FORMATS = ("tiff", "png16")
@@ -73,16 +73,6 @@ def write_scale_sidecar(out_dir: Path) -> Path:
     return path
 
 
-def _tmp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    return Path(tmp)
-
-
 def write_set(
     out_dir: Path, stem: str, maps: dict[str, np.ndarray], fmt: str, preview: bytes | None = None
 ) -> list[str]:
@@ -97,7 +87,7 @@ def write_set(
     temps: list[Path] = []
     try:
         for name, target in zip(MAPS, targets, strict=False):
-            tmp = _tmp_beside(target)
+            tmp = temporary_beside(target)
             temps.append(tmp)
             arr = maps[name].astype(np.float32)
             if fmt == "png16":
@@ -106,7 +96,7 @@ def write_set(
             # files invisible under their final names until all are written
             write_image(tmp, arr)
         if preview is not None:
-            tmp = _tmp_beside(targets[-1])
+            tmp = temporary_beside(targets[-1])
             temps.append(tmp)
             tmp.write_bytes(preview)
         for tmp, target in zip(temps, targets, strict=True):

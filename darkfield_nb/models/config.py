@@ -19,7 +19,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate")
 
 #: Values that a stored GeneratorConfig dict without the key stands for. Checkpoints written
 #: before these fields existed used transposed-convolution upsampling and zero padding; a dict
-#: that lacks the key is one of them (see :meth:`GeneratorConfig.from_dict`).
+#: that lacks the key is one of them (see :meth:`GeneratorConfig.from_stored_dict`).
 LEGACY_DEFAULTS = {"upsample": "transpose", "padding_mode": "zeros"}
 
 
@@ -66,7 +66,7 @@ class GeneratorConfig:
         feature map to be at least 2 pixels wide (inputs of at least ``2 * stride``).
 
     Dicts without ``upsample`` / ``padding_mode`` (checkpoints written before these fields
-    existed) are read with :data:`LEGACY_DEFAULTS` by :meth:`from_dict`; constructing
+    existed) are read with :data:`LEGACY_DEFAULTS` by :meth:`from_stored_dict`; constructing
     ``GeneratorConfig()`` directly gives the new defaults.
     """
 
@@ -159,8 +159,15 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
-        """Rebuild from a dict; a missing ``upsample`` / ``padding_mode`` means the legacy value
-        (:data:`LEGACY_DEFAULTS`), so checkpoints saved before those fields load unchanged."""
+        """Rebuild from a dict; missing fields take the defaults (a partial dict from a user's
+        config file gets the current decoder). Stored checkpoints: :meth:`from_stored_dict`."""
+        return _from_dict(cls, d)
+
+    @classmethod
+    def from_stored_dict(cls, d: dict[str, Any]) -> GeneratorConfig:
+        """Rebuild the config stored in a checkpoint: a missing ``upsample`` / ``padding_mode``
+        means the checkpoint predates them, so it gets the legacy values
+        (:data:`LEGACY_DEFAULTS`) and old checkpoints load unchanged."""
         return _from_dict(cls, {**LEGACY_DEFAULTS, **d})
 
 
