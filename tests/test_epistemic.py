@@ -210,7 +210,8 @@ def test_placements_put_dropout_where_named(where: str) -> None:
     assert slots == {"last": [1], "bottleneck": [0]}.get(where, [0, 1])
     assert not any(isinstance(m, nn.Dropout) for m in model.stages[0].modules())
     assert has_encoder_dropout(model) == (where == "encoder_decoder")
-    assert mc_strategy(model) == ("repeat" if where == "encoder_decoder" else "batched")
+    assert model.config.dropout_placement == where and model.config.dropout_stages == [1]
+    assert mc_strategy(model) == "batched"
     x = torch.rand(1, 1, 16, 16)
     res = mc_dropout_predict(model, x, samples=6, seed=0, strategy=mc_strategy(model))
     assert (res.epistemic > 0).float().mean() > 0.5
@@ -221,7 +222,7 @@ def test_placements_put_dropout_where_named(where: str) -> None:
 def test_encoder_dropout_samples_the_encoder_each_pass() -> None:
     model = apply_placement(_model(), Placement("encoder_decoder", 0.5))
     set_rate(model, 0.5, where="bottleneck")  # decoder-only part off except the bottleneck
-    assert all(m.p == 0.5 for m in model.stages[0].epistemic_encoder_drop) is False
+    assert [m.p for m in model.stages[0].enc_drop] == [0.0, 0.0]
     set_rate(model, 0.5)
     x = torch.rand(1, 1, 16, 16)
     with torch.no_grad():
@@ -231,6 +232,9 @@ def test_encoder_dropout_samples_the_encoder_each_pass() -> None:
     assert torch.equal(a, b)
     res = mc_dropout_predict(model, x, samples=4, seed=1, strategy="repeat", keep_samples=True)
     assert not torch.equal(res.samples[0], res.samples[1])
+    # the shared prefix stops at the stage input: "batched" draws the same masks as "repeat"
+    bat = mc_dropout_predict(model, x, samples=4, seed=1, strategy="batched", keep_samples=True)
+    torch.testing.assert_close(bat.samples, res.samples)
 
 
 def test_set_rate_restricts_to_a_placement() -> None:
@@ -241,8 +245,8 @@ def test_set_rate_restricts_to_a_placement() -> None:
     assert [m.p for m in model.stages[0].drop] == [0.5, 0.5]
     with pytest.raises(ValueError, match="where"):
         set_rate(model, 0.1, where="everywhere")
-    with pytest.raises(ValueError, match="already"):
-        apply_placement(model, Placement())
+    apply_placement(model, Placement("bottleneck", 0.2))  # a second placement replaces the first
+    assert [type(m) for m in model.stages[0].drop] == [nn.Dropout2d, nn.Identity]
 
 
 # ----------------------------------------------------------------------------- ensemble
