@@ -167,10 +167,17 @@ def test_multi_level_density_is_the_mean_of_normalized_levels() -> None:
     multi = MultiLevelDensity(model, levels=(0, -1)).fit(train)
     singles = [FeatureDensity(model, level=lv).fit(train) for lv in (0, -1)]
     x = _smooth(2)
-    meds = [
-        float(np.median(np.concatenate([s.pixel_map(t).double().flatten().numpy() for t in train])))
-        for s in singles
+    # med_l: median distance of the fitted (not upsampled) training pixel vectors
+    vecs = [
+        np.concatenate(
+            [
+                encoder_features(model, t, lv).permute(0, 2, 3, 1).reshape(-1, f).double().numpy()
+                for t in train
+            ]
+        )
+        for lv, f in ((0, 4), (-1, 16))
     ]
+    meds = [float(np.median(s.pixel.distance(v))) for s, v in zip(singles, vecs, strict=True)]
     ref = sum(s.pixel_map(x) / m for s, m in zip(singles, meds, strict=True)) / 2
     np.testing.assert_allclose(multi.pixel_map(x).numpy(), ref.numpy(), rtol=1e-5)
     pooled_meds = [np.median(np.concatenate([s.image_distance(t) for t in train])) for s in singles]
