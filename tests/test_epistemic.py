@@ -347,3 +347,39 @@ def test_train_last_stage_ensemble_trains_only_the_last_stage(tmp_path) -> None:
     assert not torch.equal(w[0], w[1])
     res = ensemble_predict(members, torch.rand(1, 1, 32, 32))
     assert (res.epistemic > 0).float().mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- store
+def test_fit_and_attach_detector_round_trips_with_weights_only(tmp_path) -> None:
+    from darkfield_nb import checkpoint
+    from darkfield_nb.data import PairedDataset
+    from darkfield_nb.epistemic.store import (
+        KEY,
+        attach_ood_detector,
+        batches,
+        detector_from_checkpoint,
+    )
+
+    torch.set_num_threads(1)
+    data = _pairs(tmp_path / "data", n=10)
+    model = _model()
+    src = checkpoint.save(tmp_path / "m.pt", model, stage=0, epoch=1, stages_trained=1)
+    dst, _ = attach_ood_detector(src, data, tmp_path / "ood.pt", device="cpu", levels=(0, 1))
+    # the file loads with weights_only=True; arrays are float64 tensors
+    raw = torch.load(dst, map_location="cpu", weights_only=True)
+    assert raw[KEY]["fitted_on"]["n_train"] == 8 and raw[KEY]["fitted_on"]["n_val"] == 2
+    prec = raw[KEY]["detector"]["parts"][0]["pixel"]["precision"]
+    assert isinstance(prec, torch.Tensor) and prec.dtype == torch.float64 and prec.shape == (4, 4)
+    # reference: the detector fitted in memory on the same splits
+    ds = {s: PairedDataset(data, split=s, pad_multiple=1, check=False) for s in ("train", "val")}
+    ref = OODDetector(model, (0, 1)).fit(list(batches(ds["train"])), batches(ds["val"]))
+    det = detector_from_checkpoint(checkpoint.load_checkpoint(dst))
+    x = torch.rand(3, 1, 32, 32)
+    got, want = det.predict(x), ref.predict(x)
+    np.testing.assert_allclose(got.score, want.score, rtol=1e-12)
+    np.testing.assert_allclose(got.distance.numpy(), want.distance.numpy(), rtol=1e-6)
+    assert det.threshold == ref.threshold and det.threshold.n_calibration == 2
+    assert det.threshold.threshold == pytest.approx(np.quantile(ref.val_scores, 0.95))
+    with pytest.raises(FileExistsError, match="already exists"):
+        attach_ood_detector(src, data, dst, device="cpu", levels=(0, 1))
+    assert detector_from_checkpoint(checkpoint.load_checkpoint(src)) is None
