@@ -69,7 +69,9 @@ __all__ = [
     "image_auroc",
     "image_scores",
     "load_real",
+    "evaluate_ood",
     "ood_summary",
+    "score_radiograph",
     "pixel_auroc",
     "rank_vs_median",
     "summarize_table",
@@ -328,3 +330,51 @@ def time_costs(
         "detector_ratio": min(times["detector"]) / fwd,
         f"mc{samples}_ratio": min(times["mc"]) / fwd,
     }
+
+
+# ----------------------------------------------------------------------------- one-call hook-ups
+def score_radiograph(
+    detector: OODDetector, image: np.ndarray, device: str | torch.device = "cpu"
+) -> dict[str, float | bool]:
+    """``{"ood_score", "ood_flag"}`` of one raw 2-D radiograph (normalized here with
+    ``normalize_input``, as ``synthesis.synthesize`` does): for ``predict``'s summary."""
+    if np.ndim(image) != 2:
+        raise ValueError(f"score_radiograph: expected a 2-D image, got shape {np.shape(image)}")
+    x = normalize_input(torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None])
+    s = float(image_scores(detector, [x], pick_device(device))[0])
+    return {"ood_score": s, "ood_flag": bool(detector.threshold.flag(s))}
+
+
+def evaluate_ood(
+    model: torch.nn.Module,
+    detector: OODDetector,
+    data_root: str | os.PathLike,
+    *,
+    samples: int = 20,
+    device: str | torch.device = "auto",
+    real_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> dict:
+    """:func:`ood_summary` of a paired data folder, for ``evaluate --json``: pixel AUROCs of the
+    ``ood`` split's device images (:func:`device_table`), the per-image AUROC of the device
+    cases against the ``test`` split, and the real radiographs of ``real_dir`` when given."""
+    from darkfield_nb.data import PairedDataset
+    from darkfield_nb.epistemic.store import batches
+
+    device = pick_device(device)
+    ds = {
+        s: PairedDataset(data_root, split=s, pad_multiple=1, check=False) for s in ("test", "ood")
+    }
+    table = device_table(
+        model, ds["ood"], detector, samples=samples, device=device, progress=progress
+    )
+    test = image_scores(detector, batches(ds["test"]), device)
+    scores = image_scores(detector, batches(ds["ood"]), device)
+    cases = [r.get("case", "") for r in ds["ood"].rows]
+    dev = [s for s, c in zip(scores, cases, strict=True) if c in ("pacemaker", "cables", "clips")]
+    real = None
+    if real_dir is not None:
+        size = ds["test"][0]["input"].shape[-1] if len(ds["test"]) else 256
+        imgs = load_real(real_dir, size)
+        real = {n: float(image_scores(detector, [x], device)[0]) for n, x in imgs}
+    return ood_summary(table, test, dev, detector, real)

@@ -180,3 +180,22 @@ def test_real_dir_default_follows_the_package_not_the_cwd(tmp_path, monkeypatch)
     assert len(real) >= 1
     for name, x in real:
         assert x.shape == (1, 1, 64, 64) and torch.isfinite(x).all(), name
+
+
+def test_score_radiograph_normalizes_like_synthesis_and_flags_by_the_threshold():
+    from darkfield_nb.data import normalize_input
+    from darkfield_nb.ood import score_radiograph
+
+    model = _tiny(0.0)
+    torch.manual_seed(2)
+    det = OODDetector(model, levels=(0, 1)).fit(
+        [torch.rand(4, 1, 16, 16)], [torch.rand(1, 1, 16, 16) for _ in range(10)]
+    )
+    raw = np.random.default_rng(0).random((16, 16)).astype(np.float32) * 4000 + 100
+    got = score_radiograph(det, raw)
+    x = normalize_input(torch.from_numpy(raw)[None, None])
+    want = float(det.predict(x).score[0])
+    assert got["ood_score"] == pytest.approx(want, rel=1e-12)
+    assert got["ood_flag"] == (want > det.threshold.threshold)
+    with pytest.raises(ValueError, match="2-D"):
+        score_radiograph(det, raw[None])
