@@ -218,6 +218,12 @@ def test_placements_put_dropout_where_named(where: str) -> None:
     assert not any(isinstance(m, nn.Dropout) for m in model.stages[0].modules())
     assert has_encoder_dropout(model) == (where == "encoder_decoder")
     assert model.config.dropout_placement == where and model.config.dropout_stages == [1]
+    assert all(s.config is model.config for s in model.stages)
+    # the placed model rebuilds from its config alone (what a checkpoint stores)
+    rebuilt = ProgressiveGenerator(GeneratorConfig.from_dict(model.config.to_dict()))
+    assert [type(m) for s in rebuilt.stages for m in s.modules()] == [
+        type(m) for s in model.stages for m in s.modules()
+    ]
     assert mc_strategy(model) == "batched"
     x = torch.rand(1, 1, 16, 16)
     res = mc_dropout_predict(model, x, samples=6, seed=0, strategy=mc_strategy(model))

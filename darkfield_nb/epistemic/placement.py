@@ -23,7 +23,7 @@ every ``mc_dropout_predict`` strategy stays valid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -76,9 +76,16 @@ def apply_placement(model: ProgressiveGenerator, placement: Placement) -> Progre
     chosen = _stage_indices(model, placement.stages)
     for k, stage in enumerate(model.stages):
         stage.set_dropout(placement.rate if k in chosen else 0.0, placement.kind, placement.where)
-    cfg = model.config  # shared by every stage
-    cfg.dropout, cfg.dropout_kind = placement.rate, placement.kind
-    cfg.dropout_placement, cfg.dropout_stages = placement.where, list(chosen)
+    # a new config (the old object may be shared with other models), set on every stage
+    model.config = replace(
+        model.config,
+        dropout=placement.rate,
+        dropout_kind=placement.kind,
+        dropout_placement=placement.where,
+        dropout_stages=list(chosen),
+    )
+    for stage in model.stages:
+        stage.config = model.config
     return model
 
 
