@@ -168,10 +168,17 @@ def test_multi_level_density_is_the_mean_of_normalized_levels() -> None:
     multi = MultiLevelDensity(model, levels=(0, -1)).fit(train)
     singles = [FeatureDensity(model, level=lv).fit(train) for lv in (0, -1)]
     x = _smooth(2)
-    meds = [
-        float(np.median(np.concatenate([s.pixel_map(t).double().flatten().numpy() for t in train])))
-        for s in singles
+    # med_l: median distance of the fitted (not upsampled) training pixel vectors
+    vecs = [
+        np.concatenate(
+            [
+                encoder_features(model, t, lv).permute(0, 2, 3, 1).reshape(-1, f).double().numpy()
+                for t in train
+            ]
+        )
+        for lv, f in ((0, 4), (-1, 16))
     ]
+    meds = [float(np.median(s.pixel.distance(v))) for s, v in zip(singles, vecs, strict=True)]
     ref = sum(s.pixel_map(x) / m for s, m in zip(singles, meds, strict=True)) / 2
     np.testing.assert_allclose(multi.pixel_map(x).numpy(), ref.numpy(), rtol=1e-5)
     pooled_meds = [np.median(np.concatenate([s.image_distance(t) for t in train])) for s in singles]
@@ -211,7 +218,14 @@ def test_placements_put_dropout_where_named(where: str) -> None:
     assert slots == {"last": [1], "bottleneck": [0]}.get(where, [0, 1])
     assert not any(isinstance(m, nn.Dropout) for m in model.stages[0].modules())
     assert has_encoder_dropout(model) == (where == "encoder_decoder")
-    assert mc_strategy(model) == ("repeat" if where == "encoder_decoder" else "batched")
+    assert model.config.dropout_placement == where and model.config.dropout_stages == [1]
+    assert all(s.config is model.config for s in model.stages)
+    # the placed model rebuilds from its config alone (what a checkpoint stores)
+    rebuilt = ProgressiveGenerator(GeneratorConfig.from_dict(model.config.to_dict()))
+    assert [type(m) for s in rebuilt.stages for m in s.modules()] == [
+        type(m) for s in model.stages for m in s.modules()
+    ]
+    assert mc_strategy(model) == "batched"
     x = torch.rand(1, 1, 16, 16)
     res = mc_dropout_predict(model, x, samples=6, seed=0, strategy=mc_strategy(model))
     assert (res.epistemic > 0).float().mean() > 0.5
@@ -222,7 +236,7 @@ def test_placements_put_dropout_where_named(where: str) -> None:
 def test_encoder_dropout_samples_the_encoder_each_pass() -> None:
     model = apply_placement(_model(), Placement("encoder_decoder", 0.5))
     set_rate(model, 0.5, where="bottleneck")  # decoder-only part off except the bottleneck
-    assert all(m.p == 0.5 for m in model.stages[0].epistemic_encoder_drop) is False
+    assert [m.p for m in model.stages[0].enc_drop] == [0.0, 0.0]
     set_rate(model, 0.5)
     x = torch.rand(1, 1, 16, 16)
     with torch.no_grad():
@@ -232,6 +246,9 @@ def test_encoder_dropout_samples_the_encoder_each_pass() -> None:
     assert torch.equal(a, b)
     res = mc_dropout_predict(model, x, samples=4, seed=1, strategy="repeat", keep_samples=True)
     assert not torch.equal(res.samples[0], res.samples[1])
+    # the shared prefix stops at the stage input: "batched" draws the same masks as "repeat"
+    bat = mc_dropout_predict(model, x, samples=4, seed=1, strategy="batched", keep_samples=True)
+    torch.testing.assert_close(bat.samples, res.samples)
 
 
 def test_set_rate_restricts_to_a_placement() -> None:
@@ -242,8 +259,8 @@ def test_set_rate_restricts_to_a_placement() -> None:
     assert [m.p for m in model.stages[0].drop] == [0.5, 0.5]
     with pytest.raises(ValueError, match="where"):
         set_rate(model, 0.1, where="everywhere")
-    with pytest.raises(ValueError, match="already"):
-        apply_placement(model, Placement())
+    apply_placement(model, Placement("bottleneck", 0.2))  # a second placement replaces the first
+    assert [type(m) for m in model.stages[0].drop] == [nn.Dropout2d, nn.Identity]
 
 
 # ----------------------------------------------------------------------------- ensemble
@@ -337,3 +354,39 @@ def test_train_last_stage_ensemble_trains_only_the_last_stage(tmp_path) -> None:
     assert not torch.equal(w[0], w[1])
     res = ensemble_predict(members, torch.rand(1, 1, 32, 32))
     assert (res.epistemic > 0).float().mean() > 0.5
+
+
+# ----------------------------------------------------------------------------- store
+def test_fit_and_attach_detector_round_trips_with_weights_only(tmp_path) -> None:
+    from darkfield_nb import checkpoint
+    from darkfield_nb.data import PairedDataset
+    from darkfield_nb.epistemic.store import (
+        KEY,
+        attach_ood_detector,
+        batches,
+        detector_from_checkpoint,
+    )
+
+    torch.set_num_threads(1)
+    data = _pairs(tmp_path / "data", n=10)
+    model = _model()
+    src = checkpoint.save(tmp_path / "m.pt", model, stage=0, epoch=1, stages_trained=1)
+    dst, _ = attach_ood_detector(src, data, tmp_path / "ood.pt", device="cpu", levels=(0, 1))
+    # the file loads with weights_only=True; arrays are float64 tensors
+    raw = torch.load(dst, map_location="cpu", weights_only=True)
+    assert raw[KEY]["fitted_on"]["n_train"] == 8 and raw[KEY]["fitted_on"]["n_val"] == 2
+    prec = raw[KEY]["detector"]["parts"][0]["pixel"]["precision"]
+    assert isinstance(prec, torch.Tensor) and prec.dtype == torch.float64 and prec.shape == (4, 4)
+    # reference: the detector fitted in memory on the same splits
+    ds = {s: PairedDataset(data, split=s, pad_multiple=1, check=False) for s in ("train", "val")}
+    ref = OODDetector(model, (0, 1)).fit(list(batches(ds["train"])), batches(ds["val"]))
+    det = detector_from_checkpoint(checkpoint.load_checkpoint(dst))
+    x = torch.rand(3, 1, 32, 32)
+    got, want = det.predict(x), ref.predict(x)
+    np.testing.assert_allclose(got.score, want.score, rtol=1e-12)
+    np.testing.assert_allclose(got.distance.numpy(), want.distance.numpy(), rtol=1e-6)
+    assert det.threshold == ref.threshold and det.threshold.n_calibration == 2
+    assert det.threshold.threshold == pytest.approx(np.quantile(ref.val_scores, 0.95))
+    with pytest.raises(FileExistsError, match="already exists"):
+        attach_ood_detector(src, data, dst, device="cpu", levels=(0, 1))
+    assert detector_from_checkpoint(checkpoint.load_checkpoint(src)) is None

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from darkfield_nb import checkpoint
+from darkfield_nb.checkpoint_entry import check_destination, write_checkpoint_entry
 from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device
-from darkfield_nb.io import atomic_path, check_output_file
 
 from ._arrays import ArrayLike, as_numpy
 from .collect import Predictions, collect_predictions
@@ -183,11 +183,7 @@ def fit_recalibration(
 # ----------------------------------------------------------------------------- storage
 def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     """Refuse an existing ``dst`` unless ``overwrite``; make sure its folder is writable."""
-    if dst.exists() and not overwrite:
-        same = dst.resolve() == src.resolve()
-        what = "is the source checkpoint" if same else "already exists"
-        raise FileExistsError(f"{dst}: {what}; pass --overwrite (overwrite=True) to replace it")
-    check_output_file(dst)
+    check_destination(src, dst, overwrite)
 
 
 def _check_entry(recal: dict, where: str) -> dict:
@@ -236,18 +232,11 @@ def write_calibrated_checkpoint(
         WriteError: ``dst`` cannot be written (naming it).
         ValueError: ``recalibration`` is not a strict-JSON recalibration entry.
     """
-    src, dst = Path(src), Path(dst)
-    ckpt = checkpoint.load_checkpoint(src)
     _check_entry(recalibration, str(dst))
-    _check_destination(src, dst, overwrite)
-    ckpt[KEY] = json.loads(json.dumps(recalibration))  # a plain copy
-    with atomic_path(dst) as tmp:
-        torch.save(ckpt, tmp)
-        back = checkpoint.load_checkpoint(tmp)
-        checkpoint.generator_from_checkpoint(back)
-        if recalibration_of(back) != ckpt[KEY]:
-            raise ValueError(f"{dst}: the recalibration entry did not survive a reload")
-    return dst
+    plain = json.loads(json.dumps(recalibration))  # a plain copy
+    return write_checkpoint_entry(
+        src, dst, KEY, plain, read_back=recalibration_of, overwrite=overwrite
+    )
 
 
 def calibrate_checkpoint(

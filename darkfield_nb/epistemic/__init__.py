@@ -1,11 +1,15 @@
 """Epistemic uncertainty designs for the progressive generator.
 
 * :mod:`.placement`: where Monte Carlo dropout sits (last decoder level, every decoder level,
-  bottleneck, encoder and decoder), applied to a built generator;
+  bottleneck, encoder and decoder; ``GeneratorConfig.dropout_placement``), applied to a built
+  generator;
 * :mod:`.ensemble`: a deep ensemble of the last stage;
 * :mod:`.density`: Mahalanobis distance of encoder features to the training features;
 * :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
-* :mod:`.detector`: the fitted density, calibrated flag and epistemic sigma map in one object.
+* :mod:`.detector`: the fitted density, calibrated flag and epistemic sigma map in one object
+  (the default out-of-distribution detector);
+* :mod:`.store` (import it by name; it reads data folders and checkpoints): fit the detector
+  after training and keep it in a checkpoint under ``"ood"``.
 """
 
 from .density import (

@@ -127,7 +127,7 @@ class FeatureDensity:
         self.image: GaussianDensity | None = None
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        return encoder_features(self.model, x, self.level, self.stage).double()
+        return encoder_features(self.model, x, self.level, self.stage).double().cpu()
 
     def fit(self, images: Iterable[torch.Tensor]) -> FeatureDensity:
         pix, pooled = [], []
@@ -157,13 +157,13 @@ class FeatureDensity:
     def pixel_map_from(self, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """:meth:`pixel_map` from this level's features ``f`` of input ``x``."""
         self._check()
-        f = f.double()
+        f = f.detach().double().cpu()
         b, c, h, w = f.shape
         d = self.pixel.distance(f.permute(0, 2, 3, 1).reshape(-1, c).numpy())
         d = torch.from_numpy(d).reshape(b, 1, h, w)
         xp, pads = pad_to_multiple(x, self.model.config.stride)
         up = F.interpolate(d, size=xp.shape[-2:], mode="bilinear", align_corners=False)
-        return unpad(up, pads).to(x.dtype)
+        return unpad(up, pads).to(dtype=x.dtype, device=x.device)
 
     def image_distance(self, x: torch.Tensor) -> np.ndarray:
         """Per-image distance (B,) of the pooled features."""
@@ -172,7 +172,7 @@ class FeatureDensity:
     def image_distance_from(self, f: torch.Tensor) -> np.ndarray:
         """:meth:`image_distance` from this level's features ``f``."""
         self._check()
-        return self.image.distance(f.double().mean(dim=(-2, -1)).numpy())
+        return self.image.distance(f.detach().double().mean(dim=(-2, -1)).cpu().numpy())
 
 
 def distance_to_sigma(distance, d_ref: float, sigma_ref: float):
@@ -212,14 +212,35 @@ class MultiLevelDensity:
         self.image_ref: list[float] = []
 
     def fit(self, images: Iterable[torch.Tensor]) -> MultiLevelDensity:
+        """Fit every level from one forward pass per batch of ``images`` (normalized inputs
+        (B, C, H, W)). Each image contributes at most ``ceil(max_pixels / n_images)`` pixel
+        vectors per level (a seeded random subset), so memory stays bounded at 256 px and
+        fine levels; ``med_l`` is the median distance of those fitted pixel vectors (the
+        per-pixel distances before upsampling) and of the pooled training vectors."""
         images = list(images)
+        if not images:
+            raise ValueError("MultiLevelDensity.fit: no training images")
+        n_img = sum(int(x.shape[0]) for x in images)
+        rng = np.random.default_rng(self.parts[0].seed)
+        pix: list[list[np.ndarray]] = [[] for _ in self.parts]
+        pooled: list[list[np.ndarray]] = [[] for _ in self.parts]
+        for x in images:
+            feats, _ = encoder_outputs(self.model, x, self.levels, self.stage)
+            for k, (part, f) in enumerate(zip(self.parts, feats, strict=True)):
+                f = f.detach().double().cpu()
+                pooled[k].append(f.mean(dim=(-2, -1)).numpy())
+                per = -(-part.max_pixels // n_img)
+                for fi in f:  # (C, h, w) per image
+                    v = fi.reshape(fi.shape[0], -1).T.numpy()
+                    if v.shape[0] > per:
+                        v = v[rng.choice(v.shape[0], per, replace=False)]
+                    pix[k].append(v)
         self.pixel_ref, self.image_ref = [], []
-        for part in self.parts:
-            part.fit(images)
-            pix = np.concatenate([part.pixel_map(x).double().flatten().numpy() for x in images])
-            pooled = np.concatenate([part.image_distance(x) for x in images])
-            self.pixel_ref.append(float(np.median(pix)))
-            self.image_ref.append(float(np.median(pooled)))
+        for k, part in enumerate(self.parts):
+            p, q = np.concatenate(pix[k]), np.concatenate(pooled[k])
+            part.pixel, part.image = GaussianDensity.fit(p), GaussianDensity.fit(q)
+            self.pixel_ref.append(float(np.median(part.pixel.distance(p))))
+            self.image_ref.append(float(np.median(part.image.distance(q))))
         return self
 
     def evaluate(self, x: torch.Tensor):

@@ -52,13 +52,22 @@ class OODPrediction:
 class OODDetector:
     """Density-based epistemic map and calibrated per-image flag for a trained generator."""
 
-    def __init__(self, model, levels: Sequence[int] = (0, 1, 2, 3, 4), level: float = 0.05) -> None:
+    def __init__(
+        self,
+        model,
+        levels: Sequence[int] = (0, 1, 2, 3, 4),
+        level: float = 0.05,
+        stage: int = -1,
+        **density_kw,
+    ) -> None:
         self.model = model
         self.levels = tuple(levels)
         self.level = level
-        self.density = MultiLevelDensity(model, levels=self.levels)
+        self.stage = int(stage)
+        self.density = MultiLevelDensity(model, levels=self.levels, stage=self.stage, **density_kw)
         self.d_ref = self.sigma_ref = None
         self.threshold: OODThreshold | None = None
+        self.val_scores: np.ndarray | None = None  # per-image scores of the validation images
 
     def fit(self, train: Iterable[torch.Tensor], val: Iterable[torch.Tensor]) -> OODDetector:
         """``train``, ``val``: iterables of normalized inputs (B, C, H, W) of the two splits."""
@@ -66,15 +75,16 @@ class OODDetector:
         dist, sig, scores = [], [], []
         for x in val:
             d, s, out = self.density.evaluate(x)
-            dist.append(d.double().flatten().numpy())
-            sig.append(ggd_std(out.alpha, out.beta).double().flatten().numpy())
+            dist.append(d.double().flatten().cpu().numpy())
+            sig.append(ggd_std(out.alpha, out.beta).double().flatten().cpu().numpy())
             scores.append(s)
         if not dist:
             raise ValueError("OODDetector.fit: no validation images")
         self.d_ref = float(np.quantile(np.concatenate(dist), 0.95))
         self.sigma_ref = float(np.median(np.concatenate(sig)))
+        self.val_scores = np.concatenate(scores)
         self.threshold = OODThreshold.calibrate(
-            np.concatenate(scores), self.level, "pooled multi-level Mahalanobis"
+            self.val_scores, self.level, "pooled multi-level Mahalanobis"
         )
         return self
 
@@ -99,6 +109,8 @@ class OODDetector:
         return {
             "levels": list(self.levels),
             "level": self.level,
+            "stage": self.stage,
+            "val_scores": [float(v) for v in self.val_scores],
             "d_ref": self.d_ref,
             "sigma_ref": self.sigma_ref,
             "threshold": self.threshold.to_dict(),
@@ -110,7 +122,9 @@ class OODDetector:
     @classmethod
     def from_state(cls, model, state: dict) -> OODDetector:
         """The detector of :meth:`state` for ``model`` (the same trained generator)."""
-        det = cls(model, state["levels"], state["level"])
+        det = cls(model, state["levels"], state["level"], int(state.get("stage", -1)))
+        if state.get("val_scores") is not None:
+            det.val_scores = np.asarray(state["val_scores"], dtype=np.float64)
         det.d_ref, det.sigma_ref = float(state["d_ref"]), float(state["sigma_ref"])
         det.threshold = OODThreshold.from_dict(state["threshold"])
         det.density.pixel_ref = list(state["pixel_ref"])

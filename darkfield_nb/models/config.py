@@ -13,6 +13,7 @@ from typing import Any
 NORMS = ("instance", "batch", "group", "none")
 CONDITIONINGS = ("concat", "attention")
 DROPOUT_KINDS = ("channel", "element")
+DROPOUT_PLACEMENTS = ("decoder", "last", "bottleneck", "encoder_decoder")
 DISC_NORMS = ("spectral", "instance", "batch", "none")
 UPSAMPLES = ("resize", "transpose")
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -44,6 +45,10 @@ class GeneratorConfig:
     dropout: dropout rate on decoder feature maps (0 turns dropout, and so MC dropout, off).
     dropout_stages: which stages carry dropout: "last", "all", or a list of 0-based indices.
     dropout_kind: "channel" (``nn.Dropout2d``, whole feature maps) or "element" (``nn.Dropout``).
+    dropout_placement: where in a dropout stage: "decoder" (every decoder level, the default and
+        the behaviour of models saved before the option), "last" (the last decoder level only),
+        "bottleneck" (the bottleneck features only) or "encoder_decoder" (every decoder level and
+        the output of every encoder block but the bottleneck's); see ``models/unet.py``.
     conditioning: how stage k+1 sees stage k: "concat" feeds [x, mu_k, alpha_k, beta_k];
         "attention" feeds [x, mu_k] and gates its encoder features with stage k's normalized
         aleatoric sigma (see :class:`~darkfield_nb.models.ProgressiveGenerator`).
@@ -77,6 +82,7 @@ class GeneratorConfig:
     dropout: float = 0.1
     dropout_stages: str | list[int] = "last"
     dropout_kind: str = "channel"
+    dropout_placement: str = "decoder"
     conditioning: str = "concat"
     alpha_floor: float = 1e-3
     beta_min: float = 0.3
@@ -99,6 +105,10 @@ class GeneratorConfig:
             (
                 self.dropout_kind in DROPOUT_KINDS,
                 f"dropout_kind={self.dropout_kind!r} must be one of {DROPOUT_KINDS}",
+            ),
+            (
+                self.dropout_placement in DROPOUT_PLACEMENTS,
+                f"dropout_placement={self.dropout_placement!r} must be one of {DROPOUT_PLACEMENTS}",
             ),
             (
                 self.conditioning in CONDITIONINGS,

@@ -38,8 +38,11 @@ class MCPrefix(NamedTuple):
 
     xp: padded input; size: original (H, W); pads: (top, bottom, left, right), as returned by
     ``darkfield_nb.data.transforms.pad_to_multiple``;
-    stage: index of the first stage with active dropout; feats: that stage's encoder features;
-    prev_mu: the previous stage's mean (padded), which a residual stage adds to its output.
+    stage: index of the first stage with active dropout; feats: that stage's encoder features
+    (empty when the stage drops encoder features: ``dropout_placement="encoder_decoder"``);
+    prev_mu: the previous stage's mean (padded), which a residual stage adds to its output;
+    inp, gate: that stage's input and attention gate, kept when its encoder is not deterministic
+    (the encoder then runs once per Monte Carlo pass).
     """
 
     xp: torch.Tensor
@@ -48,6 +51,8 @@ class MCPrefix(NamedTuple):
     stage: int
     feats: list[torch.Tensor]
     prev_mu: torch.Tensor | None = None
+    inp: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
 
 
 class ProgressiveGenerator(nn.Module):
@@ -199,8 +204,9 @@ class ProgressiveGenerator(nn.Module):
     def mc_prefix(self, x: torch.Tensor, upto: int = -1) -> MCPrefix:
         """The deterministic part before the first dropout layer, computed once.
 
-        Runs stages before the first dropout stage and that stage's encoder. Needs a stage
-        with dropout at or before ``upto`` (see :meth:`first_dropout_stage`).
+        Runs stages before the first dropout stage and that stage's encoder (only its input when
+        the encoder itself drops). Needs a stage with dropout at or before ``upto`` (see
+        :meth:`first_dropout_stage`).
         """
         k0 = self.first_dropout_stage(upto)
         if k0 is None:
@@ -211,9 +217,12 @@ class ProgressiveGenerator(nn.Module):
             prev = self._run_stage(k, xp, prev)
         with self._grad_ctx(k0):
             inp, gate = self._stage_io(k0, xp, prev)
-            feats = self.stages[k0].encode(inp, gate)
+            if self.stages[k0].has_encoder_dropout:
+                feats = []
+            else:
+                feats, inp, gate = self.stages[k0].encode(inp, gate), None, None
         prev_mu = None if prev is None else prev.mu
-        return MCPrefix(xp, tuple(x.shape[-2:]), pads, k0, feats, prev_mu)
+        return MCPrefix(xp, tuple(x.shape[-2:]), pads, k0, feats, prev_mu, inp, gate)
 
     def mc_suffix(self, prefix: MCPrefix, repeats: int, upto: int = -1) -> StageOutput:
         """Run the rest of the network on ``repeats`` copies of the prefix (stacked sample-major
@@ -221,10 +230,14 @@ class ProgressiveGenerator(nn.Module):
         of shape (repeats * B, 1, H, W), cropped."""
         upto %= self.config.n_stages
         xp = prefix.xp.repeat(repeats, 1, 1, 1)
-        feats = [f.repeat(repeats, 1, 1, 1) for f in prefix.feats]
         k0 = prefix.stage
         prev_mu = None if prefix.prev_mu is None else prefix.prev_mu.repeat(repeats, 1, 1, 1)
         with self._grad_ctx(k0):
+            if prefix.inp is not None:
+                gate = None if prefix.gate is None else prefix.gate.repeat(repeats, 1, 1, 1)
+                feats = self.stages[k0].encode(prefix.inp.repeat(repeats, 1, 1, 1), gate)
+            else:
+                feats = [f.repeat(repeats, 1, 1, 1) for f in prefix.feats]
             out = self._residual(self.stages[k0].decode(feats), prev_mu)
         for k in range(k0 + 1, upto + 1):
             out = self._run_stage(k, xp, out)

@@ -17,9 +17,22 @@ Heads (``h`` the last decoder features):
     alpha = softplus(conv1x1(h)) + alpha_floor                      (scale, > 0)
     beta  = beta_min + (beta_max - beta_min) * sigmoid(conv1x1(h))  (shape, bounded)
 
-Dropout sits only in the decoder, on multi-channel feature maps, never on the 1-channel outputs.
-So the encoder is a deterministic prefix that Monte Carlo dropout runs once per image
-(:meth:`UNetStage.encode` / :meth:`UNetStage.decode` split the forward there).
+Dropout (``config.dropout_placement``) acts on multi-channel feature maps, never on the 1-channel
+outputs. Decoder slot ``drop[j]`` acts on the features entering up-convolution ``j`` (``j = 0``
+the bottleneck, ``j = depth - 1`` the last decoder level); ``enc_drop[i]`` on the output of
+encoder block ``i < depth`` (so both the skip connection and the next level see it):
+
+=================== ===========================================
+"decoder"           every ``drop[j]`` (the default; models saved before the option)
+"last"              ``drop[depth - 1]`` only
+"bottleneck"        ``drop[0]`` only
+"encoder_decoder"   every ``drop[j]`` and every ``enc_drop[i]``
+=================== ===========================================
+
+Dropout layers have no parameters, so every placement has the same ``state_dict`` keys. Without
+encoder dropout the encoder is a deterministic prefix that Monte Carlo dropout runs once per
+image (:meth:`UNetStage.encode` / :meth:`UNetStage.decode` split the forward there); with it,
+the prefix ends at the stage's input (:attr:`UNetStage.has_encoder_dropout`).
 Head biases start at alpha ~ 0.1 and beta ~ 2 (near-Gaussian, a tenth of the D range).
 """
 
@@ -121,11 +134,11 @@ class UNetStage(nn.Module):
             self.down.append(conv_block(c, w, config.norm, config.padding_mode))
             c = w
         self.pool = nn.MaxPool2d(2)
-        self.drop = nn.ModuleList()
+        self.drop = nn.ModuleList(nn.Identity() for _ in range(config.depth))
+        self.enc_drop = nn.ModuleList(nn.Identity() for _ in range(config.depth))
         self.upconv = nn.ModuleList()
         self.up = nn.ModuleList()
         for i in reversed(range(config.depth)):
-            self.drop.append(_make_dropout(dropout, config.dropout_kind))
             self.upconv.append(
                 upsample_layer(widths[i + 1], widths[i], config.upsample, config.padding_mode)
             )
@@ -138,11 +151,27 @@ class UNetStage(nn.Module):
             frac = (2.0 - config.beta_min) / (config.beta_max - config.beta_min)
             frac = min(max(frac, 0.05), 0.95)
             self.head_beta.bias.fill_(math.log(frac / (1 - frac)))
+        self.set_dropout(dropout, config.dropout_kind, config.dropout_placement)
+
+    def set_dropout(self, rate: float, kind: str, placement: str) -> None:
+        """Put dropout of ``rate`` and ``kind`` at ``placement`` (see the module docstring) and
+        ``nn.Identity`` in every other slot; ``rate = 0`` removes all dropout."""
+        slots = dropout_slots(placement, self.config.depth)
+        encoder = placement == "encoder_decoder"
+        for j in range(self.config.depth):
+            self.drop[j] = _make_dropout(rate if j in slots else 0.0, kind)
+            self.enc_drop[j] = _make_dropout(rate if encoder else 0.0, kind)
 
     @property
     def has_dropout(self) -> bool:
         """True when at least one dropout layer with a positive rate sits in this stage."""
-        return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in self.drop)
+        return any(_active(m) for m in list(self.drop) + list(self.enc_drop))
+
+    @property
+    def has_encoder_dropout(self) -> bool:
+        """True when an encoder block's output is dropped (the encoder is then not a
+        deterministic prefix for Monte Carlo dropout)."""
+        return any(_active(m) for m in self.enc_drop)
 
     def encode(self, inp: torch.Tensor, gate: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Encoder features, finest first; the last one is the bottleneck.
@@ -159,6 +188,8 @@ class UNetStage(nn.Module):
             if gate is not None:
                 g = F.avg_pool2d(gate, 2**i) if i > 0 else gate
                 h = h * g
+            if i < len(self.enc_drop):
+                h = self.enc_drop[i](h)
             feats.append(h)
         return feats
 
@@ -178,6 +209,23 @@ class UNetStage(nn.Module):
 
     def forward(self, inp: torch.Tensor, gate: torch.Tensor | None = None) -> StageOutput:
         return self.decode(self.encode(inp, gate))
+
+
+def dropout_slots(placement: str, depth: int) -> set[int]:
+    """Decoder slots ``j`` of ``drop[j]`` that carry dropout for ``placement``."""
+    if placement == "last":
+        return {depth - 1}
+    if placement == "bottleneck":
+        return {0}
+    if placement in ("decoder", "encoder_decoder"):
+        return set(range(depth))
+    raise ValueError(
+        f"dropout_placement={placement!r} must be one of decoder, last, bottleneck, encoder_decoder"
+    )
+
+
+def _active(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
 
 
 def _make_dropout(p: float, kind: str) -> nn.Module:

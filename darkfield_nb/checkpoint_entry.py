@@ -1,0 +1,67 @@
+"""Add one entry to a checkpoint file: copy ``src`` to ``dst`` with ``ckpt[key] = value``,
+written atomically and checked before it takes the name ``dst``.
+
+Used by the recalibration (``"recalibration"``, :mod:`darkfield_nb.calibration.store`) and the
+out-of-distribution detector (``"ood"``, :mod:`darkfield_nb.epistemic.store`). The written file
+must load with :func:`checkpoint.load_checkpoint` (``torch.load(weights_only=True)``: the entry
+may hold only tensors, numbers, strings, lists, tuples and dicts), rebuild its generator with
+:func:`checkpoint.generator_from_checkpoint`, and give back the entry (``read_back`` of the
+reloaded checkpoint must equal ``same``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from darkfield_nb import checkpoint
+from darkfield_nb.io import atomic_path, check_output_file
+
+
+def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """Refuse an existing ``dst`` unless ``overwrite``; make sure its folder is writable."""
+    if dst.exists() and not overwrite:
+        same = dst.resolve() == src.resolve()
+        what = "is the source checkpoint" if same else "already exists"
+        raise FileExistsError(f"{dst}: {what}; pass --overwrite (overwrite=True) to replace it")
+    check_output_file(dst)
+
+
+def write_checkpoint_entry(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    key: str,
+    value: Any,
+    *,
+    read_back: Callable[[dict], Any],
+    same: Callable[[Any, Any], bool] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` with ``value`` stored under ``key`` (replacing one
+    ``src`` may carry), atomically; return ``dst``.
+
+    ``read_back(ckpt)`` extracts (and validates) the entry from a reloaded checkpoint dict;
+    ``same(stored, reloaded)`` compares it with ``value`` (default ``==``).
+
+    Raises:
+        FileNotFoundError / CheckpointError: ``src`` is missing or not a checkpoint.
+        FileExistsError: ``dst`` exists and ``overwrite`` is False (naming it).
+        WriteError: ``dst`` cannot be written (naming it).
+        ValueError: the entry did not survive the reload.
+    """
+    src, dst = Path(src), Path(dst)
+    ckpt = checkpoint.load_checkpoint(src)
+    check_destination(src, dst, overwrite)
+    ckpt[key] = value
+    same = same if same is not None else (lambda a, b: a == b)
+    with atomic_path(dst) as tmp:
+        torch.save(ckpt, tmp)
+        back = checkpoint.load_checkpoint(tmp)
+        checkpoint.generator_from_checkpoint(back)
+        if not same(value, read_back(back)):
+            raise ValueError(f"{dst}: the {key!r} entry did not survive a reload")
+    return dst

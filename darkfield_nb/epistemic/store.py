@@ -1,0 +1,207 @@
+"""The out-of-distribution detector stored with a model: fit it after training on the training
+split (densities) and the validation split (references, threshold), write it into a checkpoint
+under the key ``"ood"``, read it back.
+
+The entry survives ``torch.load(weights_only=True)``: the detector's NumPy arrays (means and
+precisions of every level) become float64 tensors, everything else is plain numbers, strings,
+lists and dicts::
+
+    version      1
+    detector     OODDetector.state(), arrays as tensors: levels, level (0.05: 5 % of
+                 in-distribution images flagged), stage, d_ref, sigma_ref, threshold
+                 {threshold, level, n_calibration, score}, val_scores, pixel_ref, image_ref,
+                 parts [{pixel: {mean, precision, shrinkage}, image: {...}} per level]
+    fitted_on    {data, n_train, n_val, stage}
+    score        one sentence: what the per-image score is and what the flag promises
+
+The threshold promises its 5 % only for images exchangeable with the validation images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from darkfield_nb import checkpoint
+from darkfield_nb.checkpoint_entry import check_destination, write_checkpoint_entry
+from darkfield_nb.data import PairedDataset, require_splits
+from darkfield_nb.hardware import pick_device
+
+from .detector import OODDetector
+
+KEY = "ood"
+VERSION = 1
+SCORE_TEXT = (
+    "per-image score: mean over encoder levels of the Mahalanobis distance of the pooled "
+    "features to the training features, each divided by its training median; flag: score above "
+    "the 95th percentile of the validation images (5 % of in-distribution images flagged)"
+)
+
+
+def _to_tensors(value):
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float64))
+    if isinstance(value, dict):
+        return {str(k): _to_tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_tensors(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _to_arrays(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().double().numpy()
+    if isinstance(value, dict):
+        return {k: _to_arrays(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_arrays(v) for v in value]
+    return value
+
+
+def batches(dataset: PairedDataset, batch_size: int = 8, limit: int | None = None) -> Iterator:
+    """Normalized inputs of ``dataset`` stacked in batches of equal-sized images, (B, C, H, W)."""
+    batch: list[torch.Tensor] = []
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    for i in range(n):
+        x = dataset[i]["input"]
+        if batch and (len(batch) == batch_size or x.shape != batch[0].shape):
+            yield torch.stack(batch)
+            batch = []
+        batch.append(x)
+    if batch:
+        yield torch.stack(batch)
+
+
+def fit_ood_detector(
+    model: torch.nn.Module,
+    data_root: str | os.PathLike,
+    *,
+    device: str | torch.device = "auto",
+    levels: Sequence[int] = (0, 1, 2, 3, 4),
+    level: float = 0.05,
+    stage: int = -1,
+    batch_size: int = 8,
+    max_train: int | None = None,
+    max_pixels: int = 50_000,
+) -> dict:
+    """Fit :class:`OODDetector` on ``model`` (densities on the ``train`` split, at most
+    ``max_train`` images; d_ref, sigma_ref and the threshold on ``val``) and return the
+    checkpoint entry described in the module docstring."""
+    require_splits(data_root, ("train", "val"), "the out-of-distribution detector")
+    device = pick_device(device)
+    model = model.to(device).eval()
+    ds = {
+        s: PairedDataset(data_root, split=s, pad_multiple=1, check=False, load_masks=False)
+        for s in ("train", "val")
+    }
+    det = OODDetector(model, levels, level, stage, max_pixels=max_pixels)
+    train = [x.to(device) for x in batches(ds["train"], batch_size, max_train)]
+    val = (x.to(device) for x in batches(ds["val"], batch_size))
+    det.fit(train, val)
+    n_train = sum(int(x.shape[0]) for x in train)
+    return {
+        "version": VERSION,
+        "detector": _to_tensors(det.state()),
+        "fitted_on": {
+            "data": str(data_root),
+            "n_train": n_train,
+            "n_val": len(ds["val"]),
+            "stage": det.stage,
+        },
+        "score": SCORE_TEXT,
+    }
+
+
+def _check_entry(entry, where: str) -> dict:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: 'ood' entry is a {type(entry).__name__}, not a dict")
+    missing = [k for k in ("version", "detector", "fitted_on") if k not in entry]
+    if missing:
+        raise ValueError(f"{where}: 'ood' entry lacks {missing}")
+    if int(entry["version"]) > VERSION:
+        raise ValueError(f"{where}: 'ood' entry version {entry['version']} is newer than this")
+    need = ("levels", "threshold", "parts", "d_ref", "sigma_ref", "pixel_ref", "image_ref")
+    lacking = [k for k in need if k not in entry["detector"]]
+    if lacking:
+        raise ValueError(f"{where}: 'ood' detector lacks {lacking}")
+    return entry
+
+
+def ood_of(ckpt: dict) -> dict | None:
+    """The detector entry stored in a raw checkpoint dict (:func:`checkpoint.load_checkpoint`),
+    or None when it has none. Raises ValueError when the entry is malformed."""
+    entry = ckpt.get(KEY)
+    return None if entry is None else _check_entry(entry, "checkpoint")
+
+
+def detector_from_entry(model: torch.nn.Module, entry: dict) -> OODDetector:
+    """The fitted :class:`OODDetector` of ``entry`` for ``model`` (the generator it was fitted
+    on)."""
+    _check_entry(entry, "ood entry")
+    return OODDetector.from_state(model, _to_arrays(entry["detector"]))
+
+
+def detector_from_checkpoint(
+    ckpt: dict, model: torch.nn.Module | None = None, device: str | torch.device = "cpu"
+) -> OODDetector | None:
+    """The detector stored in ``ckpt`` (None without one), on ``model`` or the checkpoint's
+    generator rebuilt on ``device``."""
+    entry = ood_of(ckpt)
+    if entry is None:
+        return None
+    if model is None:
+        model = checkpoint.generator_from_checkpoint(ckpt, pick_device(device))
+    return detector_from_entry(model.eval(), entry)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and torch.equal(a.cpu(), b.cpu())
+        )
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def write_ood_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, entry: dict, *, overwrite: bool = False
+) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` with ``entry`` under ``"ood"``, atomically; the file
+    is reloaded with ``weights_only=True``, its generator rebuilt and the entry compared before
+    it takes the name ``dst`` (:func:`darkfield_nb.checkpoint_entry.write_checkpoint_entry`)."""
+    _check_entry(entry, str(dst))
+    return write_checkpoint_entry(
+        src, dst, KEY, entry, read_back=ood_of, same=_same, overwrite=overwrite
+    )
+
+
+def attach_ood_detector(
+    src: str | os.PathLike,
+    data_root: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    device: str | torch.device = "auto",
+    **fit_kw,
+) -> tuple[Path, dict]:
+    """Fit on ``data_root`` (:func:`fit_ood_detector`; the stage is the last one trained unless
+    given) and write ``dst``. Returns (dst, entry). Checks the output before fitting."""
+    src, dst = Path(src), Path(dst)
+    ckpt = checkpoint.load_checkpoint(src)
+    check_destination(src, dst, overwrite)
+    model = checkpoint.generator_from_checkpoint(ckpt, pick_device(device))
+    fit_kw.setdefault("stage", int(ckpt.get("stages_trained", model.config.n_stages)) - 1)
+    entry = fit_ood_detector(model, data_root, device=device, **fit_kw)
+    return write_ood_checkpoint(src, dst, entry, overwrite=overwrite), entry
