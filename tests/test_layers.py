@@ -17,7 +17,7 @@ LAYERS = {
     "physics": 3,
     "data": 4,
     "losses": 5, "models": 5, "metrics": 5,
-    "checkpoint": 6,
+    "checkpoint": 6, "checkpoint_entry": 6,
     "train": 7, "pretrained": 7,
     "uncertainty": 8,
     "calibration": 9, "epistemic": 9, "ood": 9, "evaluation": 9, "synthesis": 9,
