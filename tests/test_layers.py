@@ -20,9 +20,9 @@ LAYERS = {
     "checkpoint": 6, "checkpoint_entry": 6,
     "train": 7, "pretrained": 7,
     "uncertainty": 8,
-    "calibration": 9, "epistemic": 9, "ood": 9, "evaluation": 9, "synthesis": 9,
-    "inference": 9, "severity": 9,
-    "viz": 10, "panels": 10, "stage_report": 10, "widgets": 10,
+    "calibration": 9, "epistemic": 9, "ood": 9, "evaluation": 9,
+    "severity": 9,
+    "viz": 10, "panels": 10, "inference": 10, "synthesis": 10, "stage_report": 10, "widgets": 10,
     "ablation": 11, "cli": 11,
 }  # fmt: skip
 
