@@ -8,8 +8,7 @@
    sorted list: disjoint, deterministic, every image exactly once (no padding sampler).
 3. Resume: an input whose completion record matches (checkpoint digest, samples, seed, stage,
    resampling, format, output version, recalibration, OOD scoring, input digest;
-   ``records.completion_status``) is
-   skipped; the others are (re)done and the report says why.
+   ``records.completion_status``) is skipped; the others are (re)done and the report says why.
 4. Decoding in ``torch.utils.data`` worker processes: read, refuse what is not a radiograph
    (by name, the run goes on), pixel size, resampling to the training geometry
    (``geometry.plan_resample``), per-image normalization (``data.normalize_input``).
