@@ -155,7 +155,7 @@ def _load_model(path: Path | None, device):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from darkfield_nb.checkpoint import CheckpointError
     from darkfield_nb.data import PairedDataset, require_splits
-    from darkfield_nb.evaluation import evaluate, format_stage_table
+    from darkfield_nb.evaluation import evaluate, format_stage_table, stored_entries
     from darkfield_nb.hardware import pick_device
     from darkfield_nb.io import check_output_file, write_json
     from darkfield_nb.paths import pretrained_checkpoint
@@ -188,6 +188,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_stage_table(result))
     unc = result["uncertainty"]
     print(", ".join(f"{k} {v:.4g}" if v is not None else f"{k} n/a" for k, v in unc.items()))
+    extra, notes = stored_entries(
+        model,
+        args.data,
+        split=args.split,
+        samples=args.samples,
+        device=device,
+        stage=trained - 1,
+        progress=not args.quiet,
+    )
+    result.update(extra)
+    for note in notes:
+        print(f"note: {note}")
+    if "calibration" in extra:
+        cal = extra["calibration"]
+        key = f"coverage_{round(100 * cal['level'])}"
+        before = cal["before"]["all"].get(key)
+        after = cal["after"]["sigma_scaling"]["all"].get(key)
+        print(
+            f"calibration ({cal['n_images']} '{args.split}' images): {key} {before} before, "
+            f"{after} after the stored sigma scaling"
+        )
+    if "ood" in extra:
+        ood = extra["ood"]
+        auroc = ood.get("image_auroc")
+        flagged = ood.get("flagged") or {}
+        print(
+            "ood: per-image AUROC (device cases vs test) "
+            + (f"{auroc:.3f}" if isinstance(auroc, float) else str(auroc))
+            + f", flagged {flagged.get('ood')} of ood and {flagged.get('in_distribution')} of "
+            "test images"
+        )
     if args.json:
         write_json(args.json, result)
         print(f"wrote {args.json}")
@@ -209,6 +240,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     ctx, device = process_context(args.device)
     try:
         loaded = load_model(args.checkpoint, device)
+        if loaded.recalibration is not None and ctx.is_main:
+            from darkfield_nb.inference.hookups import recalibration_message
+
+            print(recalibration_message(loaded.recalibration, loaded.path))
         cfg = PredictConfig(
             samples=args.samples,
             seed=args.seed,
@@ -233,6 +268,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 config=cfg,
                 device=device,
                 dist_ctx=ctx,
+                recalibration=loaded.recalibration,
+                detector=loaded.detector,
             )
     finally:
         ctx.close()

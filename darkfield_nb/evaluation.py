@@ -13,7 +13,9 @@ whole image and inside the lung mask, and for the final stage the uncertainty fi
     sigma     mean aleatoric, epistemic and total standard deviations (D units)
     spearman  Spearman rank correlation between total sigma and |error| over pooled pixels
 
-The JSON written by ``darkfield-nb evaluate`` is this function's return value.
+The JSON written by ``darkfield-nb evaluate`` is this function's return value, plus (from
+:func:`stored_entries`) ``calibration`` and ``ood`` when the checkpoint carries a
+recalibration or an OOD detector.
 """
 
 from __future__ import annotations
@@ -234,3 +236,66 @@ def format_stage_table(result: dict, paper: bool = True) -> str:
             )
         lines.append(row)
     return "\n".join(lines)
+
+
+def stored_entries(
+    model: torch.nn.Module,
+    data_root,
+    *,
+    split: str = "test",
+    samples: int = 20,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    stage: int = -1,
+    progress: bool = False,
+) -> tuple[dict, list[str]]:
+    """What ``evaluate --json`` adds for the entries a checkpoint carries (``inference.load_model``
+    attaches them to the model as ``model.recalibration`` / ``model.ood_detector``).
+
+    Returns (figures, notes). ``figures["calibration"]``: ``calibration.calibration_report`` of
+    the ``split`` predictions (``collect_predictions``, ``samples`` MC passes, ``stage``):
+    every calibration figure, pooled and per region, before and after the recalibration.
+    ``figures["ood"]``: ``ood.evaluate_ood`` (pixel AUROCs of the ``ood`` split's devices,
+    per-image AUROC of device cases against ``test``), only when the data has both splits;
+    otherwise a note says why it is missing.
+    """
+    from darkfield_nb.contract import read_manifest
+    from darkfield_nb.data import PairedDataset
+
+    device = pick_device(device)
+    figures: dict = {}
+    notes: list[str] = []
+    recal = getattr(model, "recalibration", None)
+    detector = getattr(model, "ood_detector", None)
+    counts: dict[str, int] = {}
+    if recal is not None or detector is not None:
+        for row in read_manifest(data_root):
+            counts[row["split"]] = counts.get(row["split"], 0) + 1
+    if recal is not None:
+        from darkfield_nb.calibration import calibration_report, collect_predictions
+
+        fitted = (recal.get("fitted_on") or {}).get("split")
+        if fitted == split:
+            notes.append(
+                f"calibration: the recalibration was fitted on the '{split}' split evaluated "
+                "here; its 'after' figures are optimistic"
+            )
+        data = PairedDataset(data_root, split=split, pad_multiple=1, check=False)
+        preds = collect_predictions(
+            model, data, samples=samples, seed=seed, device=device, stage=stage, progress=progress
+        )
+        figures["calibration"] = calibration_report(preds, recal)
+    if detector is not None:
+        missing = [s for s in ("test", "ood") if counts.get(s, 0) == 0]
+        if missing:
+            notes.append(
+                f"ood: {data_root} has no {' / '.join(repr(s) for s in missing)} split; the "
+                "checkpoint's OOD detector is not evaluated (it needs 'test' and 'ood')"
+            )
+        else:
+            from darkfield_nb.ood import evaluate_ood
+
+            figures["ood"] = evaluate_ood(
+                model, detector, data_root, samples=samples, device=device, progress=progress
+            )
+    return figures, notes

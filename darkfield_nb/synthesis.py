@@ -20,6 +20,10 @@ radiograph is reported (file and problem) and the run goes on.
 
 ``samples=0`` is one deterministic pass with dropout off: the epistemic map is 0 and the
 total equals the aleatoric map.
+
+A model loaded with ``inference.load_model`` carries its checkpoint's recalibration and OOD
+detector: the sigma maps are recalibrated (times the global factor) and each image gets an OOD
+score and flag (``Synthesis.ood_score``, the ``summary.csv`` columns).
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ from darkfield_nb.inference.geometry import (
     resize,
     resize_mean,
     resize_sigma,
+)
+from darkfield_nb.inference.hookups import (
+    apply_sigma_factor,
+    ood_of_input,
+    recalibration_factor,
 )
 from darkfield_nb.inference.inputs import list_radiographs
 from darkfield_nb.inference.mc import mc_predict_batch
@@ -62,13 +71,19 @@ SynthesisReport = PredictReport
 @dataclass
 class Synthesis:
     """Maps of one synthesized image, each (H, W) float32 in D units; ``plan`` says how the
-    image was resampled for the model (None for older callers that build one by hand)."""
+    image was resampled for the model (None for older callers that build one by hand);
+    ``scale`` the recalibration factor applied to the sigma maps (None: none applied);
+    ``ood_score`` / ``ood_flag`` the OOD detector's verdict on the model input (None: no
+    detector)."""
 
     darkfield: np.ndarray
     aleatoric: np.ndarray
     epistemic: np.ndarray
     total: np.ndarray
     plan: ResamplePlan | None = None
+    scale: float | None = None
+    ood_score: float | None = None
+    ood_flag: bool | None = None
 
 
 def model_geometry(model: torch.nn.Module) -> TrainingGeometry:
@@ -98,6 +113,8 @@ def synthesize(
     pixel_mm: float | tuple[float, float] | None = None,
     resample: bool = True,
     name: str = "image",
+    recalibration: dict | None = None,
+    detector=None,
 ) -> Synthesis:
     """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes;
     0: one deterministic pass).
@@ -108,7 +125,15 @@ def synthesize(
     A radiograph far from the training geometry gets a ``UserWarning`` naming ``name``.
     ``stage``: which stage's output (0-based; -1 the last). ``device``: "auto" | "cpu" |
     "cuda" | a ``torch.device`` (``hardware.pick_device``).
+    ``recalibration`` / ``detector``: a checkpoint's recalibration entry and OOD detector
+    (default: ``model.recalibration`` / ``model.ood_detector``, which ``inference.load_model``
+    sets); the sigma maps are multiplied by the recalibration's global factor
+    (``inference.hookups``) and the model input is scored for OOD.
     """
+    if recalibration is None:
+        recalibration = getattr(model, "recalibration", None)
+    if detector is None:
+        detector = getattr(model, "ood_detector", None)
     if image.ndim != 2:
         raise ValueError(f"synthesize: expected a 2-D radiograph, got shape {image.shape}")
     geometry = geometry or model_geometry(model)
@@ -126,14 +151,16 @@ def synthesize(
     model = model.to(device).eval()
     xt = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(device)
     maps = mc_predict_batch(model, xt, samples=samples, seed=seed, stage=stage)
-    out = {k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}
+    scale = None if recalibration is None else recalibration_factor(recalibration)
+    out = apply_sigma_factor({k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}, scale)
+    ood = {} if detector is None else ood_of_input(detector, x, device)
     if not plan.identity:
         shape = plan.input_shape
         out = {
             k: resize_mean(v, shape) if k == "darkfield" else resize_sigma(v, shape)
             for k, v in out.items()
         }
-    return Synthesis(**{k: out[k] for k in MAPS}, plan=plan)
+    return Synthesis(**{k: out[k] for k in MAPS}, plan=plan, scale=scale, **ood)
 
 
 def synthesize_folder(
@@ -162,4 +189,6 @@ def synthesize_folder(
         checkpoint_sha256=checkpoint_sha256,
         config=cfg,
         device=device,
+        recalibration=getattr(model, "recalibration", None),
+        detector=getattr(model, "ood_detector", None),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,7 +17,11 @@ from darkfield_nb.inference.records import sha256_file
 class LoadedModel:
     """``model`` (float32, eval mode; carries ``model.training_geometry``), ``stages_trained``,
     the training ``geometry`` (recorded, else ``checkpoint.DEFAULT_GEOMETRY``), whether it was
-    ``recorded``, the checkpoint file's ``sha256`` and ``path``."""
+    ``recorded``, the checkpoint file's ``sha256`` and ``path``; the checkpoint's
+    ``recalibration`` entry (``calibration.recalibration_of``) and OOD ``detector``
+    (``epistemic.detector_from_checkpoint``, on ``model``), None when it carries none. Both
+    are also attached to the model (``model.recalibration``, ``model.ood_detector``), which
+    ``predict_folder`` and ``synthesize`` read by default."""
 
     model: torch.nn.Module
     stages_trained: int
@@ -24,6 +29,8 @@ class LoadedModel:
     recorded: bool
     sha256: str
     path: Path
+    recalibration: dict | None = None
+    detector: Any = None
 
 
 def load_model(
@@ -47,6 +54,15 @@ def load_model(
         raise checkpoint.CheckpointError(f"{path}: cannot rebuild the generator ({exc})") from exc
     geometry = TrainingGeometry.from_checkpoint(ckpt)
     model.training_geometry = geometry
+    from darkfield_nb.calibration.store import recalibration_of
+    from darkfield_nb.epistemic.store import detector_from_checkpoint
+
+    try:
+        recal = recalibration_of(ckpt)
+        detector = detector_from_checkpoint(ckpt, model)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: unusable stored entry ({exc})") from exc
+    model.recalibration, model.ood_detector = recal, detector
     return LoadedModel(
         model=model,
         stages_trained=int(ckpt["stages_trained"]),
@@ -54,4 +70,6 @@ def load_model(
         recorded=bool(ckpt.get("geometry")),
         sha256=sha256_file(path),
         path=path,
+        recalibration=recal,
+        detector=detector,
     )

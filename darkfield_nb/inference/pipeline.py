@@ -7,8 +7,8 @@
 2. Sharding: under ``torchrun`` (``WORLD_SIZE > 1``) rank r takes ``paths[r::world]`` of the
    sorted list: disjoint, deterministic, every image exactly once (no padding sampler).
 3. Resume: an input whose completion record matches (checkpoint digest, samples, seed, stage,
-   resampling, format, output version, input digest; ``records.completion_status``) is
-   skipped; the others are (re)done and the report says why.
+   resampling, format, output version, recalibration, OOD scoring, input digest;
+   ``records.completion_status``) is skipped; the others are (re)done and the report says why.
 4. Decoding in ``torch.utils.data`` worker processes: read, refuse what is not a radiograph
    (by name, the run goes on), pixel size, resampling to the training geometry
    (``geometry.plan_resample``), per-image normalization (``data.normalize_input``).
@@ -18,7 +18,8 @@
    independent of the batch), bf16 autocast and channels_last on CUDA.
 6. A writer thread resamples the maps back to the input's size, writes each set atomically
    (all files or none, ``outputs.write_set``), then its completion record; the model does not
-   wait for the disk.
+   wait for the disk. A checkpoint's recalibration scales the sigma maps, its OOD detector
+   scores each model input (``inference.hookups``).
 7. Summary: each rank writes its rows (from the records, so resumed runs are complete) to a
    part; rank 0 merges them into ``<out>/summary.csv``.
 """
@@ -44,6 +45,12 @@ from darkfield_nb.inference.geometry import (
     dicom_pixel_spacing,
     plan_resample,
     resize,
+)
+from darkfield_nb.inference.hookups import (
+    apply_sigma_factor,
+    ood_of_input,
+    recalibration_digest,
+    recalibration_factor,
 )
 from darkfield_nb.inference.inputs import load_radiograph, resolve_inputs
 from darkfield_nb.inference.mc import mc_predict_batch
@@ -222,6 +229,8 @@ def predict_folder(
     config: PredictConfig | None = None,
     device: str | torch.device = "auto",
     dist_ctx=None,
+    recalibration: dict | None = None,
+    detector=None,
 ) -> PredictReport:
     """Synthesize every radiograph of ``inputs`` into ``out_dir`` (module docstring).
 
@@ -230,7 +239,17 @@ def predict_folder(
     file's digest (part of the completion key: another checkpoint redoes every set).
     ``dist_ctx``: a ``train.distributed.DistContext``; None joins the torchrun group when
     ``WORLD_SIZE > 1`` (and leaves it at the end).
+    ``recalibration``: a checkpoint's recalibration entry (``calibration.recalibration_of``):
+    the sigma maps are multiplied by its global factor (``hookups``) and its digest joins the
+    completion key. ``detector``: a checkpoint's ``OODDetector`` (on ``model``): each image's
+    ``ood_score`` / ``ood_flag`` (of the model input) fill the summary columns. Both default
+    to what :func:`~darkfield_nb.inference.load_model` attached to ``model``
+    (``model.recalibration``, ``model.ood_detector``), None when absent.
     """
+    if recalibration is None:
+        recalibration = getattr(model, "recalibration", None)
+    if detector is None:
+        detector = getattr(model, "ood_detector", None)
     cfg = config or PredictConfig()
     cfg.check()
     t0 = time.perf_counter()
@@ -263,7 +282,8 @@ def predict_folder(
                 outputs.write_scale_sidecar(out_dir)
         dist_ctx.barrier()
         shard = paths[dist_ctx.rank :: dist_ctx.world_size]
-        _run_shard(model, shard, out_dir, geometry, checkpoint_sha256, cfg, dev, report)
+        extras = {"recalibration": recalibration, "detector": detector}
+        _run_shard(model, shard, out_dir, geometry, checkpoint_sha256, cfg, dev, report, extras)
         rows = outputs.summary_rows(out_dir, shard, report.failed)
         if dist_ctx.enabled:
             part = out_dir / (f"summary.part-{dist_ctx.rank:05d}-of-{dist_ctx.world_size:05d}.csv")
@@ -292,11 +312,20 @@ def predict_folder(
     return report
 
 
-def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report) -> None:
-
+def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report, extras) -> None:
     n_stages = model.config.n_stages
     stage = cfg.stage % n_stages
-    key = records.run_key(ckpt_sha, cfg.samples, cfg.seed, stage, cfg.resample, cfg.format)
+    recal = extras["recalibration"]
+    key = records.run_key(
+        ckpt_sha,
+        cfg.samples,
+        cfg.seed,
+        stage,
+        cfg.resample,
+        cfg.format,
+        recalibration=recalibration_digest(recal),
+        ood=extras["detector"] is not None,
+    )
     pending: set[Path] = set()
     for p in shard:
         done, why, _ = records.completion_status(out_dir, p, key)
@@ -330,7 +359,9 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report) -> N
     if not cuda:  # leave the decoding workers their cores: oversubscribed OpenMP threads spin
         torch.set_num_threads(max(1, min(threads, _cores() - workers)))
     try:
-        _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report)
+        _run_batches(
+            model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report, extras
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -342,8 +373,11 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report):
+def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report, extras):
     from tqdm.auto import tqdm
+
+    recal, detector = extras["recalibration"], extras["detector"]
+    factor = None if recal is None else recalibration_factor(recal)
 
     cuda = dev.type == "cuda"
     amp_dtype = _amp_dtype(cfg, dev)
@@ -380,7 +414,12 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 maps = mc_predict_batch(model, x, cfg.samples, cfg.seed, stage, amp_dtype=amp_dtype)
-                maps = {k: v[:, 0].cpu().numpy() for k, v in maps.items()}
+                maps = apply_sigma_factor(
+                    {k: v[:, 0].cpu().numpy() for k, v in maps.items()}, factor
+                )
+                if detector is not None:  # the score of the image the model sees
+                    for it in todo:
+                        it["ood"] = ood_of_input(detector, it["x"], dev)
                 seconds = (time.perf_counter() - t) / len(items)
                 for i, it in enumerate(items):
                     if it["path"] not in pending:

@@ -2,9 +2,10 @@
 
 After the last file of a set is in place, ``<out>/.records/<stem>.json`` is written
 (atomically). It holds the run key (checkpoint digest, MC samples, seed, stage, resampling
-mode, output format, ``OUTPUT_VERSION``), the input's fingerprint (size, mtime, SHA-256), the
-names of the files of the set and the image's summary row. A set is complete when its record
-exists, its run key equals the current one, its input is unchanged and all its files exist:
+mode, output format, ``OUTPUT_VERSION``, recalibration digest, OOD scoring), the input's
+fingerprint (size, mtime, SHA-256), the names of the files of the set and the image's summary
+row. A set is complete when its record exists, its run key equals the current one, its input is
+unchanged and all its files exist:
 :func:`completion_status` says so, or names what differs. The input's SHA-256 is recomputed
 only when its size or modification time changed (a touched but unchanged file stays done).
 
@@ -54,8 +55,12 @@ def run_key(
     stage: int,
     resample: str,
     fmt: str,
+    recalibration: str | None = None,
+    ood: bool = False,
 ) -> dict[str, Any]:
-    """What produced an output set, apart from the input."""
+    """What produced an output set, apart from the input. ``recalibration``: the digest of the
+    applied recalibration (``hookups.recalibration_digest``, None without one); ``ood``:
+    whether the sets carry an OOD score."""
     return {
         "checkpoint_sha256": checkpoint_sha256,
         "samples": int(samples),
@@ -64,6 +69,8 @@ def run_key(
         "resample": resample,
         "format": fmt,
         "output_version": OUTPUT_VERSION,
+        "recalibration": recalibration,
+        "ood": True if ood else None,  # None as in records that predate the field
     }
 
 
@@ -75,6 +82,8 @@ _WHAT = {
     "resample": "resampling mode changed",
     "format": "output format changed",
     "output_version": "output version changed",
+    "recalibration": "recalibration changed",
+    "ood": "OOD detector added or removed",
 }
 
 

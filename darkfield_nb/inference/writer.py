@@ -59,6 +59,7 @@ class SetWriter(threading.Thread):
         files = outputs.write_set(self.out_dir, stem, maps, self.cfg.format, preview)
         row = {"id": stem, "input": str(path), "status": "ok", **plan.summary()}
         row.update(outputs.map_stats(maps))
+        row.update(item.get("ood") or {})
         row["seconds"] = round(seconds, 4)
         row["warnings"] = " | ".join(w.split(": ", 1)[-1] for w in plan.warnings)
         records.write_record(
