@@ -122,3 +122,56 @@ def format_table(rows: Sequence[Mapping[str, object]], digits: int = 4) -> str:
     lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def plot_severity_sweep(rows: Sequence[dict], axes=None):
+    """Left: predicted against true mean lung D, one line per patient (severity rising along
+    it, marker size ~ severity), the band of the 90 % interval as error bars, the identity
+    line. Right: predicted against true lesion / rest D ratio. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    else:
+        fig = axes[0].figure
+    ax, bx = axes
+    patients = list(dict.fromkeys(r["patient_seed"] for r in rows))
+    colors = plt.get_cmap("tab10")
+    lo_all, hi_all = [], []
+    for k, q in enumerate(patients):
+        rs = sorted((r for r in rows if r["patient_seed"] == q), key=lambda r: r["severity"])
+        t = np.array([r["true_lung_D"] for r in rs])
+        p = np.array([r["pred_lung_D"] for r in rs])
+        lo = np.array([r["pred_lung_D_lo"] for r in rs])
+        hi = np.array([r["pred_lung_D_hi"] for r in rs])
+        sev = np.array([r["severity"] for r in rs])
+        col = colors(k % 10)
+        ax.errorbar(
+            t, p, yerr=[p - lo, hi - p], color=col, lw=1, capsize=3, alpha=0.8, label=f"patient {q}"
+        )
+        ax.scatter(t, p, s=15 + 60 * sev, color=col, zorder=3)
+        lo_all += [t.min(), lo.min()]
+        hi_all += [t.max(), hi.max()]
+        tr = np.array([r["true_ratio"] for r in rs])
+        pr = np.array([r["pred_ratio"] for r in rs])
+        ok = np.isfinite(tr) & np.isfinite(pr)
+        if ok.any():
+            bx.plot(tr[ok], pr[ok], "-o", color=col, ms=4)
+    span = (min(lo_all), max(hi_all))
+    ax.plot(span, span, "k--", lw=1, label="identity")
+    ax.set(
+        xlabel="true mean lung D",
+        ylabel="predicted mean lung D",
+        title="lung D (bars: mean of the 90 % bounds)",
+    )
+    ax.legend(fontsize=7)
+    bx.plot([0, 1.3], [0, 1.3], "k--", lw=1)
+    bx.set(
+        xlabel="true lesion / rest D",
+        ylabel="predicted lesion / rest D",
+        title="lesion vs rest of lung",
+        xlim=(0, 1.3),
+        ylim=(0, 1.3),
+    )
+    fig.tight_layout()
+    return fig

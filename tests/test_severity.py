@@ -19,6 +19,7 @@ from darkfield_nb import labels
 from darkfield_nb import severity as sv
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.physics import make_patient, simulate
+from darkfield_nb.viz import plot_severity_sweep
 
 matplotlib.use("Agg")
 
@@ -175,7 +176,7 @@ def test_json_ready_replaces_non_finite_floats():
 
 def test_plot_and_bad_input(sweep, model):
     rows, _ = sweep
-    fig = sv.plot_severity_sweep(rows)
+    fig = plot_severity_sweep(rows)
     assert len(fig.axes) == 2 and fig.axes[0].get_xlabel() == "true mean lung D"
     with pytest.raises(ValueError, match="pathology"):
         sv.predict_case(model, SEED, 0.5, case="healthy", size=SIZE, samples=1, device="cpu")
