@@ -1394,3 +1394,40 @@ def test_radiograph_checks_at_the_boundary(tmp_path):
         "t.png: image is 8 x 8 px, too small: each side must be at least 17 px; "
         "constant image (every pixel is 3): no contrast to work from"
     )
+
+
+def _predict_folder(t: Path) -> Path:
+    src = t / "in"
+    src.mkdir()
+    ramp = np.add.outer(np.arange(48), np.arange(48)).astype(np.uint16) * 40
+    write_image(src / "a.png", ramp)
+    return src
+
+
+def test_predict_refuses_an_untrained_checkpoint_by_name(tmp_path, capsys):
+    """stages_trained = 0 (a last.pt written before any stage finished): refused in one line,
+    naming the checkpoint, not run with stage -1 (it used to exit 0)."""
+    from darkfield_nb.cli import main
+
+    path = _tiny_checkpoint(tmp_path, edit=lambda raw: raw.update(stages_trained=0))
+    src = _predict_folder(tmp_path)
+    argv = ["predict", str(src), "--out", str(tmp_path / "out"), "--checkpoint", str(path)]
+    assert main([*argv, "--samples", "2", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}: no stage of this generator is trained yet" in err[0]
+    assert not (tmp_path / "out" / "darkfield").exists()
+
+
+def test_predict_names_images_of_an_unsupported_format(tmp_path, capsys):
+    """A .bmp among the radiographs is named in a note (it used to be passed over in silence);
+    the readable image is still synthesized."""
+    from darkfield_nb.cli import main
+
+    path = _tiny_checkpoint(tmp_path, edit=lambda raw: raw.update(stages_trained=2))
+    src = _predict_folder(tmp_path)
+    (src / "b.bmp").write_bytes(b"BM" + bytes(60))
+    argv = ["predict", str(src), "--out", str(tmp_path / "out"), "--checkpoint", str(path)]
+    assert main([*argv, "--samples", "2", "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"{src}: skipped 1 image(s) of a format read_image does not read (b.bmp)" in out
+    assert (tmp_path / "out" / "darkfield" / "a.tif").exists()

@@ -67,6 +67,11 @@ def list_radiographs(folder: str | os.PathLike) -> list[Path]:
     )
 
 
+#: Image formats a folder of radiographs may hold that ``read_image`` does not decode: named in
+#: a note instead of being passed over in silence.
+UNSUPPORTED_IMAGE_SUFFIXES = (".bmp", ".gif", ".webp", ".jp2", ".j2k", ".pgm", ".ppm", ".heic")
+
+
 def resolve_inputs(inputs) -> tuple[list[Path], list[str]]:
     """(sorted radiograph paths, notes) for a folder, a paired-data root or a list of files.
 
@@ -90,6 +95,18 @@ def resolve_inputs(inputs) -> tuple[list[Path], list[str]]:
             folder = folder / "attenuation"
         paths = list_radiographs(folder)
         where = str(folder)
+        if folder.is_dir():
+            odd = sorted(
+                p.name
+                for p in folder.iterdir()
+                if p.is_file() and p.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES
+            )
+            if odd:
+                notes.append(
+                    f"{folder}: skipped {len(odd)} image(s) of a format read_image does not "
+                    f"read ({', '.join(odd[:5])}{', ...' if len(odd) > 5 else ''}); convert them "
+                    f"to one of {', '.join(IMAGE_SUFFIXES)}"
+                )
     if not paths:
         raise FileNotFoundError(f"{where}: no radiographs with a known suffix {IMAGE_SUFFIXES}")
     stems = [p.stem for p in paths]

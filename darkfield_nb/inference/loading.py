@@ -52,6 +52,11 @@ def load_model(
         model = checkpoint.generator_from_checkpoint(ckpt, device)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise checkpoint.CheckpointError(f"{path}: cannot rebuild the generator ({exc})") from exc
+    if int(ckpt["stages_trained"]) < 1:
+        raise checkpoint.CheckpointError(
+            f"{path}: no stage of this generator is trained yet (stages_trained=0); predict "
+            "with a stage{k}.pt or model.pt"
+        )
     geometry = TrainingGeometry.from_checkpoint(ckpt)
     model.training_geometry = geometry
     from darkfield_nb.calibration.store import recalibration_of
