@@ -528,7 +528,7 @@ def markdown(results: list[tuple[str, str, str, str, str]], before: Path | None 
     lines.append(
         f"{len(results)} rows; {tracebacks} with a traceback. Outcome: `exit N` of the command "
         "line, or for a library call `error`/`warning`/`ok`. Rows marked 'predict branch' run "
-        "the predict of this branch; its per-file checks are being changed on another branch."
+        "predict's per-file checks of the inference pipeline (issue 14 items 1, 12, 13)."
     )
     if old:
         changed = sum(1 for line in lines[2:-2] if not line.endswith("|  |"))
