@@ -355,15 +355,10 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report, extr
         pin_memory=cuda,
         prefetch_factor=2 if workers > 0 else None,
     )
-    threads = torch.get_num_threads()
-    if not cuda:  # leave the decoding workers their cores: oversubscribed OpenMP threads spin
-        torch.set_num_threads(max(1, min(threads, _cores() - workers)))
-    try:
-        _run_batches(
-            model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report, extras
-        )
-    finally:
-        torch.set_num_threads(threads)
+    # The model keeps every core: decoding and resampling a radiograph cost a few per cent of
+    # its 20 passes, so the worker is mostly idle. (Leaving it a core was 1.6-2x faster on a
+    # machine loaded by other jobs, and 2x slower on a quiet 2-core machine: bench/RESULTS.md.)
+    _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report, extras)
 
 
 def _cores() -> int:
