@@ -361,13 +361,6 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report, extr
     _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report, extras)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report, extras):
     from tqdm.auto import tqdm
 
