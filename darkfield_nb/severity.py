@@ -415,7 +415,9 @@ def severity_verdict(summary: dict) -> str:
         f"in the lesions against {s['width_rest']:.3f} in the rest of the lung."
     )
     levels = [
-        (k, v) for k, v in s.get("by_severity", {}).items() if math.isfinite(v["coverage_lesion"])
+        (k, v)
+        for k, v in s.get("by_severity", {}).items()
+        if v["coverage_lesion"] is not None and math.isfinite(v["coverage_lesion"])  # None: JSON
     ]
     if len(levels) >= 2:
         (k0, v0), (k1, v1) = levels[0], levels[-1]

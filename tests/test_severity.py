@@ -158,6 +158,9 @@ def test_verdict_follows_the_numbers():
                               "1": {"coverage_lesion": 0.5, "width_lesion": 0.21}}}  # fmt: skip
     text = sv.severity_verdict({**blind, **levels})
     assert "from 95 % to 50 %" in text and "from 0.200 to 0.210" in text
+    # a summary read back from strict JSON has None where a level had no lesion (severity 0)
+    stored = {"0": {"coverage_lesion": None, "width_lesion": None}, **levels["by_severity"]}
+    assert "from 95 % to 50 %" in sv.severity_verdict({**blind, "by_severity": stored})
     few = sv.severity_verdict({**base, "spearman_ratio": math.nan, "n_ratio": 2})
     assert few.startswith("The model sees") and "not computed (2 cases" in few
 
