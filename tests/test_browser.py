@@ -246,9 +246,18 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             value = float(value_text)
             assert 20.0 < value < 40.0, value_text
             assert float(slider.locator(".widget-readout").first.inner_text()) == value
+
             # the kernel answers the last drag event: percentile = 100 #{sigma <= t} / N with
-            # t the value-th percentile of sigma, so within a pixel or two of the slider value
-            after = _settled_readout(page, lambda r: abs(r["percentile"] - value) < 0.05)
+            # t the value-th percentile of sigma, so within a pixel or two of the slider value.
+            # On a loaded machine a late echo can still move the handle after the drag: compare
+            # with the value the slider shows when the readout settles.
+            def live_value() -> float:
+                return float(slider.locator(".noUi-handle").first.get_attribute("aria-valuenow"))
+
+            after = _settled_readout(
+                page, lambda r: abs(r["percentile"] - live_value()) < 0.05, timeout_s=90.0
+            )
+            value = live_value()
             out_area = page.locator(".jp-OutputArea-output", has=page.locator(".dfnb-readout"))
             out_area.first.scroll_into_view_if_needed()
             page.wait_for_timeout(3000)  # let ipympl send and paint the new overlay
