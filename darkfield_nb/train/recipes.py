@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig
-from darkfield_nb.train.config import StageSchedule, TrainConfig, upgan_stages
+from darkfield_nb.train.config import UPGAN_SCHEDULE, StageSchedule, TrainConfig, upgan_stages
 
 PRETRAINED_DATA = {"patients": 269, "ood": 24, "size": 256, "seed": 1}
 
@@ -72,6 +72,65 @@ def smoke(n_stages: int = 3) -> TrainConfig:
         max_steps_per_epoch=3,
         val_max_images=2,
         cache_data=True,
+        seed=0,
+    )
+
+
+def wide512(
+    epochs: tuple[int, int, int] = (12, 10, 10),
+    base_width: int = 19,
+    batch_size: int = 16,
+) -> TrainConfig:
+    """The GPU recipe: three stages of base width 19 (9.14 M parameters, 18.3 MB in float16)
+    trained on whole 512 x 512 images (no crops: the model sees the air around the body and
+    the whole chest at once) with the UP-GAN loss schedule, the resize-convolution decoder
+    with replicate padding, bf16 autocast and NHWC layout on CUDA. ``epochs`` per stage are
+    set by the caller from a measured step time (``bench/gpu_train512.py``); warm-up (L1 only)
+    is a quarter of each stage."""
+    warmup = tuple(max(1, e // 4) for e in epochs)
+    return TrainConfig(
+        model=GeneratorConfig(
+            n_stages=3, base_width=base_width, dropout=0.1, dropout_stages="last"
+        ),
+        stages=upgan_stages(epochs=epochs, warmup_epochs=warmup, batch_size=batch_size),
+        discriminator=DiscriminatorConfig(width=32),
+        crop_size=None,
+        cache_data=True,
+        num_workers=6,
+        channels_last=True,
+        val_max_images=48,
+        seed=0,
+    )
+
+
+def wide512_single_stage(
+    epochs: int = 32, base_width: int = 33, batch_size: int = 16
+) -> TrainConfig:
+    """The single-stage baseline of :func:`wide512`: one U-Net of base width 33 (9.18 M
+    parameters against 9.14 M for three width-19 stages) with the first stage's loss weights;
+    ``epochs`` is set by the caller (equal GPU time to the three-stage run in
+    ``bench/gpu_train512.py``)."""
+    lr, l1, ggd = UPGAN_SCHEDULE[0]
+    return TrainConfig(
+        model=GeneratorConfig(
+            n_stages=1, base_width=base_width, dropout=0.1, dropout_stages="last"
+        ),
+        stages=[
+            StageSchedule(
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                l1_weight=l1,
+                ggd_weight=1e-3,
+                warmup_epochs=max(1, epochs // 4),
+            )
+        ],
+        discriminator=DiscriminatorConfig(width=32),
+        crop_size=None,
+        cache_data=True,
+        num_workers=6,
+        channels_last=True,
+        val_max_images=48,
         seed=0,
     )
 

@@ -1,0 +1,265 @@
+"""One GPU session, one script: simulate a 512 px data set, train the wide three-stage model
+(``recipes.wide512``) and its single-stage baseline of equal parameters for equal GPU time,
+export both in float16, evaluate them and the 256 px models on a test set made with a seed
+never used for training, and time batch synthesis at 512 px.
+
+    python bench/gpu_train512.py --out DIR [--train-seconds 200] [--patients 1000]
+    python bench/gpu_train512.py --out /tmp/gpu-tiny --tiny     (a CPU rehearsal in ~2 minutes)
+
+Every step appends to ``DIR/results.json`` as it finishes (a later failure keeps the earlier
+figures); ``DIR/log.txt`` holds the per-epoch lines. Epochs per stage come from a measured probe:
+``epochs_k = budget_k * images_per_s_k / n_train`` with the budget split 35 / 30 / 35 % over the
+stages, so the run fits its time whatever the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from darkfield_nb import checkpoint  # noqa: E402
+from darkfield_nb.physics import generate_dataset  # noqa: E402
+from darkfield_nb.train import recipes, train_progressive  # noqa: E402
+
+STAGE_SHARE = (0.35, 0.30, 0.35)
+
+
+class Results:
+    """``results.json`` rewritten after every step."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = {}
+
+    def put(self, key: str, value) -> None:
+        self.data[key] = value
+        self.path.write_text(json.dumps(self.data, indent=1, default=str))
+        print(f"[{key}] {json.dumps(value, default=str)[:600]}", flush=True)
+
+
+def step(results: Results, name: str, fn):
+    t0 = time.perf_counter()
+    try:
+        value = fn()
+        results.put(name, {"ok": True, "seconds": round(time.perf_counter() - t0, 1), **value})
+        return value
+    except Exception as exc:  # keep going: later steps may not need this one
+        traceback.print_exc()
+        results.put(name, {"ok": False, "error": repr(exc)[:500]})
+        return None
+
+
+def n_train(root: Path) -> int:
+    import csv
+
+    with open(root / "manifest.csv", newline="") as f:
+        return sum(1 for r in csv.DictReader(f) if r["split"] == "train")
+
+
+def probe(data: Path, cfg, out: Path, device: str, steps: int) -> list[float]:
+    """Images/s of each stage from a short run (``steps`` optimizer steps per stage)."""
+    cfg.stages = [type(s)(**{**s.to_dict(), "epochs": 1, "warmup_epochs": 0}) for s in cfg.stages]
+    cfg.max_steps_per_epoch = steps
+    cfg.val_max_images = 4
+    shutil.rmtree(out, ignore_errors=True)
+    res = train_progressive(data, out, cfg, device=device, progress=False)
+    return [float(h["images_per_s"]) for h in res.history]
+
+
+def train_with_fallback(data: Path, run: Path, cfg, device: str):
+    """Train; if the mixed-precision / NHWC run fails, train again in float32 NCHW (the
+    error is returned so that the results say what happened)."""
+    shutil.rmtree(run, ignore_errors=True)
+    try:
+        return train_progressive(data, run, cfg, device=device, progress=False), None
+    except Exception as exc:
+        traceback.print_exc()
+        cfg.amp, cfg.channels_last = "none", False
+        shutil.rmtree(run, ignore_errors=True)
+        return train_progressive(data, run, cfg, device=device, progress=False), repr(exc)[:300]
+
+
+def export(run: Path, dest: Path) -> dict:
+    model = checkpoint.load(run / "model.pt")
+    raw = checkpoint.load_checkpoint(run / "model.pt")
+    checkpoint.save(
+        dest,
+        model,
+        stage=raw["stage"],
+        epoch=raw["epoch"],
+        stages_trained=raw.get("stages_trained"),
+        history=raw.get("history"),
+        train_config=raw.get("train_config"),
+        rng=False,
+        half=True,
+        geometry=raw.get("geometry"),
+    )
+    size = dest.stat().st_size
+    parts = []
+    if size > 15 * 2**20:  # files coming back from the GPU machine are capped at 16 MiB
+        subprocess.run(["split", "-b", "15M", "-d", str(dest), str(dest) + ".part"], check=True)
+        parts = sorted(p.name for p in dest.parent.glob(dest.name + ".part*"))
+        dest.unlink()
+    return {"bytes": size, "parts": parts}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu512")))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gpu512"))
+    ap.add_argument("--patients", type=int, default=1000)
+    ap.add_argument("--test-patients", type=int, default=150)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=11, help="training data seed")
+    ap.add_argument("--test-seed", type=int, default=12, help="test data seed (never trained on)")
+    ap.add_argument("--train-seconds", type=float, default=200.0, help="per model")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--bench-n", type=int, default=1000)
+    ap.add_argument("--tiny", action="store_true", help="CPU rehearsal at 64 px")
+    args = ap.parse_args()
+    if args.tiny:
+        args.patients, args.test_patients, args.size = 24, 6, 64
+        args.train_seconds, args.device, args.bench_n = 20.0, "cpu", 16
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    res = Results(args.out / "results.json")
+    t_start = time.perf_counter()
+
+    def env():
+        info = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+        info["cpus"] = os.cpu_count()
+        return info
+
+    step(res, "env", env)
+    data = args.work / "train_data"
+    test_native = args.work / f"test{args.size}"
+    test_256 = args.work / "test256"
+
+    def make_data():
+        for root, n, size, seed, ood in (
+            (data, args.patients, args.size, args.seed, 24),
+            (test_native, args.test_patients, args.size, args.test_seed, 24),
+            (test_256, args.test_patients, 256 if not args.tiny else 64, args.test_seed, 24),
+        ):
+            if not (root / "manifest.csv").exists():
+                generate_dataset(
+                    root,
+                    n,
+                    size,
+                    seed,
+                    ood_patients=ood if not args.tiny else 4,
+                    overwrite=True,
+                    progress=False,
+                    workers=args.workers,
+                )
+        return {"n_train": n_train(data)}
+
+    made = step(res, "data", make_data)
+    if made is None:
+        return
+    ntr = made["n_train"]
+    width3, width1 = (19, 33) if not args.tiny else (8, 12)
+
+    def train_three():
+        ips = probe(data, recipes.wide512(base_width=width3), args.work / "probe3", args.device, 6)
+        epochs = tuple(
+            max(1, int(args.train_seconds * share * rate / ntr * 0.85))
+            for share, rate in zip(STAGE_SHARE, ips, strict=True)
+        )
+        cfg = recipes.wide512(epochs=epochs, base_width=width3)
+        run = args.work / "run3"
+        t0 = time.perf_counter()
+        out, fallback = train_with_fallback(data, run, cfg, args.device)
+        secs = time.perf_counter() - t0
+        shutil.copy(run / "history.csv", args.out / "history3.csv")
+        exp = export(run, args.out / "wide512.pt")
+        last = out.history[-1]
+        return {
+            "probe_images_per_s": ips,
+            "epochs": epochs,
+            "train_seconds": secs,
+            "last": {k: last.get(k) for k in ("val_mse", "val_ssim", "val_nll")},
+            **exp,
+        }
+
+    three = step(res, "train_three_stage", train_three)
+
+    def train_single():
+        budget = three["train_seconds"] if three else args.train_seconds
+        remaining = 540 - (time.perf_counter() - t_start) - 100
+        budget = max(10.0, min(budget, remaining)) if not args.tiny else budget
+        ips = probe(
+            data,
+            recipes.wide512_single_stage(base_width=width1),
+            args.work / "probe1",
+            args.device,
+            6,
+        )[0]
+        epochs = max(1, int(budget * ips / ntr * 0.85))
+        cfg = recipes.wide512_single_stage(epochs=epochs, base_width=width1)
+        run = args.work / "run1"
+        t0 = time.perf_counter()
+        out, fallback = train_with_fallback(data, run, cfg, args.device)
+        secs = time.perf_counter() - t0
+        shutil.copy(run / "history.csv", args.out / "history1.csv")
+        exp = export(run, args.out / "single512.pt")
+        last = out.history[-1]
+        return {
+            "probe_images_per_s": ips,
+            "budget_s": budget,
+            "epochs": epochs,
+            "train_seconds": secs,
+            "last": {k: last.get(k) for k in ("val_mse", "val_ssim", "val_nll")},
+            **exp,
+        }
+
+    step(res, "train_single_stage", train_single)
+
+    def evaluate_models():
+        from bench.simulator_eval import evaluate_checkpoint
+
+        out = {}
+        models = {
+            "wide512": (args.work / "run3" / "model.pt", test_native),
+            "single512": (args.work / "run1" / "model.pt", test_native),
+            "candidate_v2": (REPO / "data_samples/candidate_v2/pretrained.pt", test_256),
+            "shipped_v1": (REPO / "data_samples/pretrained.pt", test_256),
+        }
+        for name, (ckpt, root) in models.items():
+            if ckpt.exists():
+                out[name] = evaluate_checkpoint(ckpt, root, splits=None, device=args.device)[
+                    "summary"
+                ]
+        return out
+
+    step(res, "evaluate", evaluate_models)
+
+    def bench():
+        from bench.gpu_synthesis import time_synthesis
+
+        ck = args.work / "run3" / "model.pt"
+        return time_synthesis(
+            ck, test_native, args.work / "bench", n=args.bench_n, device=args.device
+        )
+
+    step(res, "batch_synthesis", bench)
+    res.put("total_seconds", round(time.perf_counter() - t_start, 1))
+
+
+if __name__ == "__main__":
+    main()
