@@ -70,7 +70,8 @@ def n_train(root: Path) -> int:
 
 def probe(data: Path, cfg, out: Path, device: str, steps: int) -> list[float]:
     """Images/s of each stage from a short run (``steps`` optimizer steps per stage)."""
-    cfg.stages = [type(s)(**{**s.to_dict(), "epochs": 1, "warmup_epochs": 0}) for s in cfg.stages]
+    # warm-up kept on: an untrained model's GGD NLL overflows (single-stage probe, first GPU run)
+    cfg.stages = [type(s)(**{**s.to_dict(), "epochs": 1, "warmup_epochs": 1}) for s in cfg.stages]
     cfg.max_steps_per_epoch = steps
     cfg.val_max_images = 4
     shutil.rmtree(out, ignore_errors=True)
@@ -129,7 +130,19 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--bench-n", type=int, default=1000)
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal at 64 px")
+    ap.add_argument(
+        "--steps",
+        default="data,three,single,evaluate,bench",
+        help="comma-separated subset of data,three,single,table,evaluate,bench",
+    )
+    ap.add_argument(
+        "--single-epochs", type=int, default=None, help="fixed epochs (no probe): equal steps"
+    )
+    ap.add_argument(
+        "--three-checkpoint", type=Path, default=None, help="an already trained wide512 model.pt"
+    )
     args = ap.parse_args()
+    steps = set(args.steps.split(","))
     if args.tiny:
         args.patients, args.test_patients, args.size = 24, 6, 64
         args.train_seconds, args.device, args.bench_n = 20.0, "cpu", 16
@@ -156,6 +169,8 @@ def main() -> None:
             (test_native, args.test_patients, args.size, args.test_seed, 24),
             (test_256, args.test_patients, 256 if not args.tiny else 64, args.test_seed, 24),
         ):
+            if root == test_256 and "evaluate" not in steps:
+                continue
             if not (root / "manifest.csv").exists():
                 generate_dataset(
                     root,
@@ -197,20 +212,24 @@ def main() -> None:
             **exp,
         }
 
-    three = step(res, "train_three_stage", train_three)
+    three = step(res, "train_three_stage", train_three) if "three" in steps else None
+    run3_model = args.three_checkpoint or args.work / "run3" / "model.pt"
 
     def train_single():
         budget = three["train_seconds"] if three else args.train_seconds
         remaining = 540 - (time.perf_counter() - t_start) - 100
         budget = max(10.0, min(budget, remaining)) if not args.tiny else budget
-        ips = probe(
-            data,
-            recipes.wide512_single_stage(base_width=width1),
-            args.work / "probe1",
-            args.device,
-            6,
-        )[0]
-        epochs = max(1, int(budget * ips / ntr * 0.85))
+        if args.single_epochs:
+            ips, epochs = None, args.single_epochs
+        else:
+            ips = probe(
+                data,
+                recipes.wide512_single_stage(base_width=width1),
+                args.work / "probe1",
+                args.device,
+                6,
+            )[0]
+            epochs = max(1, int(budget * ips / ntr * 0.85))
         cfg = recipes.wide512_single_stage(epochs=epochs, base_width=width1)
         run = args.work / "run1"
         t0 = time.perf_counter()
@@ -228,26 +247,47 @@ def main() -> None:
             **exp,
         }
 
-    step(res, "train_single_stage", train_single)
+    if "single" in steps:
+        step(res, "train_single_stage", train_single)
+
+    def stage_tables():
+        """Per-stage quality of each 512 px model on every image of the test-seed set (one
+        deterministic pass; per-image values kept for paired comparisons)."""
+        from darkfield_nb.data import PairedDataset
+        from darkfield_nb.evaluation import evaluate
+
+        ds = PairedDataset(test_native, split=["train", "val", "test"], pad_multiple=1)
+        out = {}
+        for name, ckpt in (("wide512", run3_model), ("single512", args.work / "run1/model.pt")):
+            if ckpt.exists():
+                model = checkpoint.load(ckpt)
+                table = evaluate(model, ds, mc_samples=0, device=args.device, progress=False)
+                (args.out / f"table_{name}.json").write_text(json.dumps(table, default=str))
+                out[name] = {k: table[k] for k in ("mse", "psnr", "ssim")}
+        return out
+
+    if "table" in steps:
+        step(res, "stage_tables", stage_tables)
 
     def evaluate_models():
         from bench.simulator_eval import evaluate_checkpoint
 
         out = {}
         models = {
-            "wide512": (args.work / "run3" / "model.pt", test_native),
+            "wide512": (run3_model, test_native),
             "single512": (args.work / "run1" / "model.pt", test_native),
             "candidate_v2": (REPO / "data_samples/candidate_v2/pretrained.pt", test_256),
             "shipped_v1": (REPO / "data_samples/pretrained.pt", test_256),
         }
         for name, (ckpt, root) in models.items():
-            if ckpt.exists():
+            if ckpt.exists() and (name == "single512" or "three" in steps):
                 out[name] = evaluate_checkpoint(ckpt, root, splits=None, device=args.device)[
                     "summary"
                 ]
         return out
 
-    step(res, "evaluate", evaluate_models)
+    if "evaluate" in steps:
+        step(res, "evaluate", evaluate_models)
 
     def bench():
         from bench.gpu_synthesis import time_synthesis
@@ -257,7 +297,8 @@ def main() -> None:
             ck, test_native, args.work / "bench", n=args.bench_n, device=args.device
         )
 
-    step(res, "batch_synthesis", bench)
+    if "bench" in steps:
+        step(res, "batch_synthesis", bench)
     res.put("total_seconds", round(time.perf_counter() - t_start, 1))
 
 
