@@ -120,6 +120,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+from helpers import dicom_dataset
 
 from darkfield_nb.io import read_image, write_image
 
@@ -160,19 +161,7 @@ def _tiff_bomb(tmp: Path) -> Path:
 
 def _dicom_bomb(tmp: Path) -> Path:
     """A DICOM whose Rows and Columns say 30000 x 30000 over 8 bytes of pixel data."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.Rows, ds.Columns = 30000, 30000
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds = dicom_dataset(30000, 30000)
     ds.PixelData = bytes(8)
     path = tmp / "bomb.dcm"
     ds.save_as(path, enforce_file_format=True)

@@ -30,12 +30,7 @@ from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 SIZE = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _tiny_folder(root, n_val=6, n_test=2, seed=0):

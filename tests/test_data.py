@@ -8,13 +8,13 @@ pixels (alignment), and data sets broken on purpose (validation messages).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REAL, needs_real
 from torch.utils.data import DataLoader
 
 from darkfield_nb.contract import write_manifest, write_sidecar
@@ -30,13 +30,6 @@ from darkfield_nb.data import (
     validate_dataset,
 )
 from darkfield_nb.io import write_image
-
-REAL = Path(
-    os.environ.get(
-        "DARKFIELD_NB_REAL_CXR", Path(__file__).parents[1].parent / "shared" / "real_cxr"
-    )
-)
-
 
 # ------------------------------------------------------------------ transforms
 
@@ -412,7 +405,7 @@ def test_cache_gives_same_items(dataset_root):
     assert torch.equal(ds[0]["input"], first)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason=f"real images not found at {REAL}")
+@needs_real
 def test_real_png_as_input(tmp_path):
     """A real 8-bit radiograph as input with a synthetic target passes validation and loads."""
     root = tmp_path / "real"

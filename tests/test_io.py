@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from helpers import REAL, dicom_dataset, needs_real
 from PIL import Image
 
 from darkfield_nb.io import (
@@ -25,14 +26,6 @@ from darkfield_nb.io import (
     write_csv,
     write_image,
 )
-
-# The real images live in the project's shared/ folder; DARKFIELD_NB_REAL_CXR points elsewhere.
-REAL = Path(
-    os.environ.get(
-        "DARKFIELD_NB_REAL_CXR", Path(__file__).parents[1].parent / "shared" / "real_cxr"
-    )
-)
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real images not found at {REAL}")
 
 
 def _digest(path: Path) -> str:
@@ -120,23 +113,10 @@ def test_write_is_deterministic(tmp_path, rng, name):
 
 def test_dicom_rescale_and_monochrome1(tmp_path):
     """A hand-made DICOM: value = stored * slope + intercept; MONOCHROME1 -> max + min - value."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     stored = np.arange(12, dtype=np.uint16).reshape(3, 4) * 10
 
     def make(photometric: str) -> Path:
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.Rows, ds.Columns = stored.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds = dicom_dataset(*stored.shape, photometric=photometric)
         ds.RescaleSlope, ds.RescaleIntercept = 2, -5
         ds.PixelData = stored.tobytes()
         path = tmp_path / f"{photometric}.dcm"
@@ -155,21 +135,8 @@ def test_dicom_window_applied_by_the_dicom_linear_formula(tmp_path):
     hand here: x <= c - 0.5 - (w-1)/2 -> y_min; x > c - 0.5 + (w-1)/2 -> y_max; else
     ((x - (c - 0.5)) / (w - 1) + 0.5) (y_max - y_min) + y_min, with [y_min, y_max] the
     range of the stored bits (12 bits: [0, 4095])."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     stored = np.arange(12, dtype=np.uint16).reshape(3, 4) * 10
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds = dicom_dataset(*stored.shape, bits_stored=12)
     ds.WindowCenter, ds.WindowWidth = 50, 41
     ds.PixelData = stored.tobytes()
     path = tmp_path / "window.dcm"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import ddp_env, free_port
 from scipy import ndimage
 
 from darkfield_nb import checkpoint
@@ -74,13 +74,7 @@ def tiny_config(**kw) -> TrainConfig:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -313,23 +307,8 @@ def test_bf16_autocast_and_channels_last_path_runs_on_cpu(tmp_path, data_root):
 # --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, data_root: str, out: str, dump: str) -> None:
-    import os
-
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    ddp_env(rank, world, port)
     cfg = tiny_config(stages=[StageSchedule(epochs=1, batch_size=2, lr=1e-3, warmup_epochs=0)])
     result = train_progressive(data_root, out, cfg, device="cpu", progress=False)
     torch.save(
@@ -343,7 +322,7 @@ def test_ddp_two_cpu_processes_hold_identical_weights(tmp_path, data_root):
     dump.mkdir()
     mp.spawn(
         _ddp_worker,
-        args=(2, _free_port(), str(data_root), str(out), str(dump)),
+        args=(2, free_port(), str(data_root), str(out), str(dump)),
         nprocs=2,
         join=True,
     )

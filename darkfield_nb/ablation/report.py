@@ -102,28 +102,11 @@ def summary_figure(
         for i, metric in enumerate(metrics):
             ax = axes[i, j]
             data = sub[[factor, metric]].dropna()
-            if not data.empty:
-                sns.stripplot(
-                    data=data,
-                    x=factor,
-                    y=metric,
-                    order=order,
-                    color="0.35",
-                    size=4,
-                    jitter=0.15,
-                    ax=ax,
-                )
+            if not data.empty:  # the runs as dots, their mean +- sd as a bar over them
+                where = {"data": data, "x": factor, "y": metric, "order": order, "ax": ax}
+                sns.stripplot(**where, color="0.35", size=4, jitter=0.15)
                 sns.pointplot(
-                    data=data,
-                    x=factor,
-                    y=metric,
-                    order=order,
-                    errorbar="sd",
-                    color="C3",
-                    markers="_",
-                    linestyles="none",
-                    capsize=0.2,
-                    ax=ax,
+                    **where, errorbar="sd", color="C3", markers="_", linestyles="none", capsize=0.2
                 )
             ax.set_xlabel(factor if i == len(metrics) - 1 else "")
             ax.set_ylabel(metric if j == 0 else "")

@@ -15,7 +15,8 @@ Public names::
     phantom_volume(patient, n=96) -> Volume   (voxelized phantom, for pictures and checks)
 
 Modules, one concept each: ``materials`` (mu table, HU), ``geometry`` (closed-form chords),
-``anatomy`` (random body parameters), ``phantom`` (soft tissue, lungs, heart, vessels),
+``anatomy`` (random body parameters), ``phantom`` (the scene: soft tissue, airways, heart),
+``lungs`` (the two lungs and their holes), ``vessels`` (pulmonary vessel trees),
 ``skeleton`` (bones), ``pathology``, ``devices``, ``acquisition`` (blur, stripes, noise),
 ``radiograph`` (display processing), ``display`` (vendor looks, annotations), ``framing``
 (field of view, position, rotation, collimation), ``simulate`` (one patient), ``ct`` (CT projector),

@@ -2,8 +2,9 @@
 
 All lengths are in cm in the phantom frame of :mod:`darkfield_nb.physics.geometry`
 (x lateral, + = patient's left = image right; y antero-posterior, + anterior; z up). The solids
-built from these numbers live in :mod:`~darkfield_nb.physics.phantom` (soft tissue, lungs,
-heart, vessels) and :mod:`~darkfield_nb.physics.skeleton` (ribs, spine, clavicles, scapulae).
+built from these numbers live in :mod:`~darkfield_nb.physics.phantom` (soft tissue, heart),
+:mod:`~darkfield_nb.physics.lungs`, :mod:`~darkfield_nb.physics.vessels` and
+:mod:`~darkfield_nb.physics.skeleton` (ribs, spine, clavicles, scapulae).
 """
 
 from __future__ import annotations

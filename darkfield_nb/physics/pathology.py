@@ -37,7 +37,8 @@ import numpy as np
 
 from darkfield_nb import labels
 from darkfield_nb.physics import geometry as g
-from darkfield_nb.physics.phantom import SIDES, Scene, dome_top
+from darkfield_nb.physics.lungs import SIDES, dome_top
+from darkfield_nb.physics.phantom import Scene
 
 PATHOLOGY_CASES = ("emphysema", "pneumonia", "pneumothorax", "effusion", "nodule")
 
@@ -241,7 +242,7 @@ def sample_pathology(kind: str, rng: np.random.Generator, anatomy, severity: flo
     [0, 1] for the chest ``anatomy`` (the lesions are placed in the lungs that the pathology's
     own anatomy change, if any, produces)."""
     from darkfield_nb.physics.anatomy import hyperinflate
-    from darkfield_nb.physics.phantom import build_lungs
+    from darkfield_nb.physics.lungs import build_lungs
 
     s = float(severity)
     if not 0.0 <= s <= 1.0:

@@ -1,10 +1,13 @@
-"""The procedural chest phantom: soft tissue, lungs, heart, mediastinum, airways and vessels.
+"""The procedural chest phantom's scene: soft tissue, airways, lungs, heart and vessels on one
+detector grid.
 
 Every solid is given in closed form (ellipsoids, superellipsoids, elliptic cylinders,
 paraboloid domes, tubes), and the beam runs along y, so the path length of every pixel's ray
 through every solid is an exact interval computation (:mod:`~darkfield_nb.physics.geometry`).
-A lung is its superellipsoid minus the diaphragm dome, the heart, the mediastinum and the
-spine: ``L_lung = |lung| - |U_i (lung n hole_i)|``.
+The lungs (:mod:`~darkfield_nb.physics.lungs`: a superellipsoid minus the diaphragm dome,
+the heart, the mediastinum and the spine) and the vessel trees
+(:mod:`~darkfield_nb.physics.vessels`) have modules of their own; this one builds the body
+around them.
 
 :func:`project_phantom` returns a :class:`Scene`: per-pixel path lengths and attenuation terms
 that pathologies (:mod:`~darkfield_nb.physics.pathology`) and devices
@@ -22,58 +25,22 @@ from darkfield_nb import labels
 from darkfield_nb.physics import geometry as g
 from darkfield_nb.physics import materials
 from darkfield_nb.physics.anatomy import Anatomy
+from darkfield_nb.physics.lungs import SIDES, Lung, build_lungs, dome_top
+from darkfield_nb.physics.vessels import vessel_path, vessel_tree
 
-SIDES = (-1, 1)  # -1: patient's right lung (image left), +1: patient's left lung (image right)
-
-
-@dataclass
-class Lung:
-    """One lung: a superellipsoid (``p`` = 2.6, tapered to the apex on its lateral side) minus
-    holes (diaphragm dome, heart, mediastinum, spine, great vessels)."""
-
-    side: int
-    center: tuple[float, float, float]
-    a_lat: float
-    a_med: float
-    b: float
-    c: float
-    p: float = 2.6
-    taper: float = 0.35
-    holes: list = field(default_factory=list)  # callables (X, Z) -> interval
-
-    def base(self, X, Z) -> g.Interval:
-        """The lung's superellipsoid before holes are cut: ``|u|^p + |v|^p + w^2 <= 1``."""
-        cx, cy, cz = self.center
-        dx = X - cx
-        v = (Z - cz) / self.c
-        lateral = dx * self.side > 0
-        a = np.where(lateral, self.a_lat * (1.0 - self.taper * np.clip(v, 0, 1) ** 2), self.a_med)
-        q = 1.0 - np.abs(dx / a) ** self.p - np.abs(v) ** self.p
-        inside = q > 0
-        h = self.b * np.sqrt(np.maximum(q, 0.0))
-        return (
-            np.where(inside, cy - h, g.EMPTY).astype(np.float32),
-            np.where(inside, cy + h, g.EMPTY).astype(np.float32),
-        )
-
-    def bbox(self) -> tuple[float, float, float, float]:
-        cx, _, cz = self.center
-        x0, x1 = sorted((cx - self.side * self.a_med, cx + self.side * self.a_lat))
-        return x0, x1, cz - self.c, cz + self.c
-
-    def length(self, X, Z, within: g.Interval | None = None) -> np.ndarray:
-        """Lung path length (cm) per pixel, optionally only inside the solid ``within``."""
-        base = self.base(X, Z)
-        if within is not None:
-            base = g.intersect(base, within)
-        return g.length_minus(base, [h(X, Z) for h in self.holes])
-
-    def contains(self, X, Y, Z) -> np.ndarray:
-        """Voxel test (X, Z of shape (nz, 1, nx) or broadcastable; Y along axis 1)."""
-        inside = g.contains(self.base(X, Z), Y)
-        for h in self.holes:
-            inside &= ~g.contains(h(X, Z), Y)
-        return inside
+__all__ = [  # Lung, SIDES, build_lungs, dome_top, vessel_*: re-exported, they lived here
+    "SIDES",
+    "Lung",
+    "Scene",
+    "build_lungs",
+    "carina_z",
+    "dome_top",
+    "finish_scene",
+    "project_phantom",
+    "torso_interval",
+    "vessel_path",
+    "vessel_tree",
+]
 
 
 @dataclass
@@ -123,70 +90,6 @@ def torso_interval(anat: Anatomy, X, Z, inset: float = 0.0) -> g.Interval:
     a = np.maximum(a, 0.1)
     b = np.maximum(b, 0.1)
     return g.elliptic_cylinder_z(X, 0.0, -0.3, a, b)
-
-
-def dome_top(anat: Anatomy, side: int) -> float:
-    """Height (cm) of the top of the diaphragm dome under lung ``side`` (-1 right, +1 left)."""
-    top = anat.dome_right if side < 0 else anat.dome_left
-    return top * anat.height + anat.shift_z - anat.dome_drop
-
-
-def build_lungs(anat: Anatomy) -> dict:
-    """The two lungs with their holes (dome, heart, mediastinum, spine, aorta / vena cava)."""
-    w, d, h, sz = anat.width, anat.depth, anat.height, anat.shift_z
-    hs = anat.heart_scale
-    heart_c = (1.9 * w, 2.0 * d, -4.4 * h + sz)
-    heart_s = (6.2 * w * hs, 5.0 * d * hs, 4.6 * h * hs)
-
-    def heart(X, Z):
-        return g.ellipsoid(X, Z, heart_c, heart_s, anat.heart_angle_deg)
-
-    def mediastinum(X, Z):
-        # upper mediastinum widening downwards; anterior and posterior junction lines.
-        a = 2.3 * w + 0.35 * np.clip((10.0 + sz - Z) / 10.0, 0, 1.5)
-        return g.elliptic_cylinder_z(X, 0.0, 0.8 * d, a, 6.5 * d)
-
-    def spine(X, Z):
-        return g.elliptic_cylinder_z(X, 0.0, -6.3 * d, 3.3 * w, 3.2 * d)
-
-    def aorta(X, Z):
-        return g.ellipsoid(X, Z, (2.6 * w, -1.0 * d, 5.8 * h + sz), (1.9, 2.0, 2.0))
-
-    def descending_aorta(X, Z):
-        return g.elliptic_cylinder_z(X, 2.0 * w, -4.8 * d, 1.6, 1.5)
-
-    def vena_cava(X, Z):
-        return g.ellipsoid(X, Z, (-2.7 * w, 1.0 * d, 5.0 * h + sz), (1.4, 1.6, 5.5))
-
-    lungs = {}
-    flat = 1.0 - anat.dome_flatten
-    for side in SIDES:
-        top = dome_top(anat, side)
-        x0 = 6.5 * side * w
-
-        def dome(X, Z, top=top, x0=x0):
-            return g.paraboloid_below(
-                X, Z, top, x0, 1.0 * d, 0.11 * flat / w**2, 0.05 * flat / d**2
-            )
-
-        holes = [dome, heart, mediastinum, spine]
-        holes += [aorta, descending_aorta] if side > 0 else [vena_cava]
-        c = 14.0 * h
-        lungs[side] = Lung(  # hyperinflation grows the lung downwards (the apex stays)
-            side=side,
-            center=(
-                7.7 * side * w,
-                -0.8 * d,
-                (0.3 if side < 0 else 0.0) * h + sz - c * anat.inflate_z,
-            ),
-            a_lat=6.1 * w * (1.0 + anat.inflate_xy),
-            a_med=(5.6 if side < 0 else 5.3) * w,
-            b=6.7 * d * (1.0 + anat.inflate_y),
-            c=c * (1.0 + anat.inflate_z),
-            holes=holes,
-        )
-    lungs["heart"] = (heart_c, heart_s, anat.heart_angle_deg)
-    return lungs
 
 
 def _body_attenuation(anat: Anatomy, grid: g.Grid, mu_t: float, mu_fat: float, X, Z):
@@ -256,79 +159,6 @@ def _airways(anat: Anatomy, X, Z, mu_t: float) -> np.ndarray:
         c = (6.3 * anat.width, 1.0, dome_top(anat, 1) - 3.2)
         path = path + g.length(g.ellipsoid(X, Z, c, (2.6, 2.2, 1.7)))
     return (-mu_t * path).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# Vessels: branching 3-D tubes from each hilum, clipped to the lung
-# --------------------------------------------------------------------------------------------
-
-
-def vessel_tree(anat: Anatomy, lungs: dict) -> list[tuple[np.ndarray, np.ndarray, float]]:
-    """Segments ``(p0, p1, radius)`` (3-D, cm) of the pulmonary vessel trees.
-
-    Each lung gets five roots from its hilum; every branch splits in two (spread 18-38
-    degrees about a random axis, length x0.7-0.9, radius x0.72) for five generations; a branch
-    whose end leaves the lung is dropped. Grown one generation at a time (vectorized), seeded
-    by ``anatomy.vessel_seed``.
-    """
-    rng = np.random.default_rng(anat.vessel_seed)
-    roots = np.array(
-        [(0.35, 0.1, 1.0), (0.9, 0.3, 0.45), (1.0, -0.2, -0.1), (0.6, -0.4, -1.0), (0.3, 0.5, -0.9)]
-    )
-    segs = []
-    for side in SIDES:
-        lung = lungs[side]
-        hilum = np.array([side * 4.6 * anat.width, -0.5, 1.0 * anat.height + anat.shift_z])
-        d = roots * np.array([side, 1.0, 1.0]) + rng.normal(0, 0.15, roots.shape)
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        p0 = np.repeat(hilum[None], len(d), 0)
-        length = np.full(len(d), 3.2)
-        radius = 0.42
-        for gen in range(6):
-            p1 = p0 + d * length[:, None]
-            if gen > 0:
-                X = p1[None, :, 0].astype(np.float32)
-                Z = p1[None, :, 2].astype(np.float32)
-                keep = lung.contains(X, p1[None, :, 1].astype(np.float32), Z)[0]
-                p0, p1, d, length = p0[keep], p1[keep], d[keep], length[keep]
-            segs += [(a, b, radius) for a, b in zip(p0, p1, strict=True)]
-            if gen == 5 or len(p1) == 0:
-                break
-            # two children per branch: rotate d about a random axis perpendicular to it
-            d2 = np.repeat(d, 2, 0)
-            ax = np.cross(d2, rng.normal(0, 1, d2.shape))
-            ax /= np.linalg.norm(ax, axis=1, keepdims=True) + 1e-9
-            ang = np.deg2rad(rng.uniform(18, 38, len(d2))) * np.tile([-1.0, 1.0], len(d))
-            c, s_ = np.cos(ang)[:, None], np.sin(ang)[:, None]
-            nd = d2 * c + np.cross(ax, d2) * s_ + ax * (ax * d2).sum(1, keepdims=True) * (1 - c)
-            d = nd / np.linalg.norm(nd, axis=1, keepdims=True)
-            p0 = np.repeat(p1, 2, 0)
-            length = np.repeat(length, 2) * rng.uniform(0.7, 0.9, len(d))
-            radius *= 0.72
-    return segs
-
-
-def vessel_path(segs, grid: g.Grid) -> np.ndarray:
-    """Projected path length (cm) through the vessel tubes.
-
-    A tube of radius r whose axis makes angle theta with the beam has chord
-    ``2 sqrt(r^2 - rho^2) / sin(theta)`` at projected distance rho from its axis (capped at
-    four radii where the tube runs nearly along the beam).
-    """
-    out = np.zeros((grid.size, grid.size), np.float32)
-    for p0, p1, r in segs:
-        d3 = p1 - p0
-        l3 = float(np.linalg.norm(d3))
-        sin_t = max(float(np.hypot(d3[0], d3[2])) / max(l3, 1e-9), r / 2.0 / max(l3, 1e-9), 0.25)
-        x0, x1 = sorted((p0[0], p1[0]))
-        z0, z1 = sorted((p0[2], p1[2]))
-        rows, cols, X, Z = grid.window(x0 - r, x1 + r, z0 - r, z1 + r)
-        if rows.stop <= rows.start or cols.stop <= cols.start:
-            continue
-        dist = g.segment_distance(X, Z, (p0[0], p0[2]), (p1[0], p1[2]))
-        chord = g.tube_chord(dist, r) / sin_t
-        np.maximum(out[rows, cols], chord, out=out[rows, cols])
-    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ import numpy as np
 
 from darkfield_nb.physics import geometry as g
 from darkfield_nb.physics import materials, skeleton
+from darkfield_nb.physics.lungs import SIDES
 from darkfield_nb.physics.pathology import Consolidation, Effusion, Emphysema, Nodules
-from darkfield_nb.physics.phantom import SIDES, carina_z, torso_interval
+from darkfield_nb.physics.phantom import carina_z, torso_interval
 from darkfield_nb.physics.simulate import Patient, render_scene
 
 

@@ -1,0 +1,162 @@
+"""Fitting the stored recalibration on the validation split (:func:`fit_recalibration`) and
+``darkfield-nb calibrate`` (:func:`calibrate_checkpoint`): fit, then write the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from darkfield_nb import checkpoint
+from darkfield_nb.checkpoint_entry import check_destination
+from darkfield_nb.data import PairedDataset, require_splits
+from darkfield_nb.hardware import pick_device
+
+from ..collect import Predictions, collect_predictions
+from ..metrics import coverage, ggd_halfwidth, pit
+from ..recalibrate import fit_isotonic, fit_sigma_scaling
+from ..risk import RCPSCalibration, needed_lambda, rcps_lambda, risk_curves
+from .entry import VERSION, strict_json, write_calibrated_checkpoint
+
+#: lambda grid of the RCPS search, in units of the central p half-width (1: uncalibrated).
+LAMBDAS = np.linspace(0.0, 6.0, 601)
+
+
+def _fit_coverage(preds: Predictions, regions: dict, sc, iso, rcps, p: float) -> dict:
+    """Coverage of the central p-interval on the fitting pixels, before and after each fit."""
+    y, mu, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
+    u = pit(y, mu, alpha=a_t, beta=beta)
+    out = {
+        "p": p,
+        "before": coverage(y, mu, p, alpha=a_t, beta=beta),
+        "sigma_scaling": coverage(y, mu, p, alpha=sc.factor * a_t, beta=beta),
+        "sigma_scaling_per_region": coverage(
+            y, mu, p, alpha=sc.scale_map(regions) * a_t, beta=beta
+        ),
+        "isotonic": float(np.mean(iso.central_pit(u) <= p)),
+        "rcps": None,
+    }
+    if math.isfinite(rcps.lambda_hat):
+        q = ggd_halfwidth(p, a_t, beta)
+        need = needed_lambda(y, mu, q, q)
+        out["rcps"] = float(np.mean(need <= rcps.lambda_hat))
+    return out
+
+
+def fit_recalibration(
+    model: torch.nn.Module,
+    data_root: str | os.PathLike,
+    *,
+    split: str = "val",
+    samples: int = 20,
+    device: str | torch.device = "auto",
+    alpha: float = 0.1,
+    delta: float = 0.1,
+    progress: bool = True,
+    stage: int = -1,
+    seed: int = 0,
+    p: float = 0.9,
+    scaling_method: str = "coverage",
+    min_pixels: int = 1000,
+    cache: str | os.PathLike | None = None,
+) -> dict:
+    """Fit every recalibrator on the MC-dropout predictions of ``split`` (the validation split:
+    never the test split) and return the strict-JSON entry described in the module docstring.
+
+    Args:
+        model: the generator; ``stage`` (0-based, -1 the last) is the stage predicted.
+        data_root: paired data folder with a non-empty ``split``.
+        samples, seed: MC-dropout passes, and the seed of image i's masks (``seed + i``).
+        alpha, delta: RCPS risk level and failure probability: lambda_hat is such that, with
+            probability >= 1 - delta over the calibration images, a new exchangeable image has
+            an expected share <= alpha of its pixels outside mu -+ lambda_hat h_p.
+        p: level of the central interval (sigma scaling's coverage target, RCPS half-width).
+        scaling_method: "coverage" (the p-interval covers the share p of the validation
+            pixels, globally and in each region) or "nll" (the GGD NLL is smallest).
+        min_pixels: regions with fewer validation pixels keep the global factor.
+        cache: optional .npz path for the predictions (:func:`.collect.collect_predictions`).
+    """
+    require_splits(data_root, (split,), "calibration")
+    dataset = PairedDataset(data_root, split=split, pad_multiple=1)
+    preds = collect_predictions(
+        model,
+        dataset,
+        samples=samples,
+        seed=seed,
+        device=pick_device(device),
+        stage=stage,
+        cache=cache,
+        progress=progress,
+    )
+    y, mu, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
+    regions = preds.regions()
+    sc = fit_sigma_scaling(
+        y, mu, a_t, beta, method=scaling_method, p=p, regions=regions, min_pixels=min_pixels
+    )
+    iso = fit_isotonic(pit(y, mu, alpha=a_t, beta=beta), seed=seed)
+    q = ggd_halfwidth(p, a_t, beta)
+    res = rcps_lambda(risk_curves(needed_lambda(y, mu, q, q), LAMBDAS), LAMBDAS, alpha, delta)
+    rcps = RCPSCalibration(res.lambda_hat, alpha, delta, res.n, halfwidth_level=p)
+    n = len(preds.y)
+    guarantee = (
+        f"These corrections, and the RCPS promise (with probability >= {1 - delta:g} the "
+        f"expected share of a new image's pixels outside mu +- lambda_hat x the {100 * p:g} % "
+        f"half-width is <= {alpha:g}), hold only for images exchangeable with the {n} "
+        f"'{split}' images of {data_root}; they are not valid for devices, pathologies or "
+        "scanners never seen in that set."
+    )
+    return strict_json(
+        {
+            "version": VERSION,
+            "method_default": "sigma_scaling",
+            "sigma_scaling": sc.to_dict(),
+            "isotonic": iso.to_dict(),
+            "rcps": rcps.to_dict(),
+            "fitted_on": {
+                "data": str(data_root),
+                "split": split,
+                "n_images": n,
+                "samples": int(samples),
+                "seed": int(seed),
+                "stage": int(stage),
+            },
+            "fit_coverage": _fit_coverage(preds, regions, sc, iso, rcps, p),
+            "guarantee": guarantee,
+        }
+    )
+
+
+def calibrate_checkpoint(
+    src: str | os.PathLike,
+    data_root: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    device: str | torch.device = "auto",
+    **fit_kw,
+) -> tuple[Path, dict]:
+    """``darkfield-nb calibrate``: check the inputs and the output first, fit on the validation
+    split (:func:`fit_recalibration`, keyword arguments passed on; the stage is the last one
+    trained), write ``dst`` (:func:`write_calibrated_checkpoint`). Returns (dst, entry).
+    Refuses the test split: a calibration fitted there would be scored on the pixels it saw."""
+    src, dst = Path(src), Path(dst)
+    if fit_kw.get("split", "val") == "test":
+        raise ValueError(
+            f"{data_root}: refusing to calibrate on the 'test' split; fit on 'val' and keep "
+            "'test' for evaluate"
+        )
+    ckpt = checkpoint.load_checkpoint(src)
+    check_destination(src, dst, overwrite)
+    require_splits(data_root, (fit_kw.get("split", "val"),), "calibration")
+    device = pick_device(device)
+    try:
+        model = checkpoint.generator_from_checkpoint(ckpt, device)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise checkpoint.CheckpointError(f"{src}: cannot rebuild the generator ({exc})") from exc
+    fit_kw.setdefault("stage", int(ckpt["stages_trained"]) - 1)
+    recal = fit_recalibration(model, data_root, device=device, **fit_kw)
+    return write_calibrated_checkpoint(src, dst, recal, overwrite=overwrite), recal
