@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from darkfield_nb import checkpoint
 from darkfield_nb.contract import read_checksums, sha256_file, write_checksum_file
 from darkfield_nb.io import atomic_write_text
@@ -22,9 +24,15 @@ INFO_NAME = "pretrained.json"
 SUM_NAME = "pretrained.sha256"
 
 
+#: Checkpoint entries an export carries over besides the generator: the training geometry,
+#: the recalibration (``darkfield-nb calibrate``) and the out-of-distribution detector.
+CARRIED_ENTRIES = ("recalibration", "ood")
+
+
 def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, info: dict) -> Path:
     """Store the generator of checkpoint ``source`` as ``out_dir/pretrained.pt`` in float16
-    with its checksum, and ``info`` (recipes, metrics) plus the training history as JSON."""
+    with its checksum, and ``info`` (recipes, metrics) plus the training history as JSON.
+    The training geometry and the entries in :data:`CARRIED_ENTRIES` travel with it."""
     ckpt = checkpoint.load_checkpoint(source)
     model = checkpoint.generator_from_checkpoint(ckpt)
     out_dir = Path(out_dir)
@@ -38,10 +46,28 @@ def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
         train_config=ckpt["train_config"],
         rng=False,
         half=True,
+        geometry=ckpt.get("geometry"),
     )
-    write_checksum_file(out_dir / SUM_NAME, {PRETRAINED_NAME: sha256_file(path)})
+    carried = {k: ckpt[k] for k in CARRIED_ENTRIES if ckpt.get(k) is not None}
+    if carried:
+        from darkfield_nb.io import atomic_path
+
+        stored = checkpoint.load_checkpoint(path)
+        stored.update(carried)
+        with atomic_path(path) as tmp:
+            torch.save(stored, tmp)
+    write_pretrained_checksum(out_dir)
     record = {"train_config": ckpt["train_config"], "history": ckpt["history"], **info}
     atomic_write_text(out_dir / INFO_NAME, json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def write_pretrained_checksum(out_dir: str | os.PathLike) -> Path:
+    """(Re)write ``out_dir/pretrained.sha256`` for ``out_dir/pretrained.pt`` (after an entry
+    such as the recalibration was added to the exported file)."""
+    out_dir = Path(out_dir)
+    path = out_dir / SUM_NAME
+    write_checksum_file(path, {PRETRAINED_NAME: sha256_file(out_dir / PRETRAINED_NAME)})
     return path
 
 

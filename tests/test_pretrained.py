@@ -10,7 +10,13 @@ import torch
 from darkfield_nb import checkpoint
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.paths import pretrained_checkpoint, sample_data_dir
-from darkfield_nb.pretrained import INFO_NAME, SUM_NAME, export_pretrained, verify_pretrained
+from darkfield_nb.pretrained import (
+    INFO_NAME,
+    SUM_NAME,
+    export_pretrained,
+    verify_pretrained,
+    write_pretrained_checksum,
+)
 from darkfield_nb.train import recipes
 
 
@@ -37,6 +43,36 @@ def test_export_round_trip_and_tamper_detection(tmp_path):
     assert any("sha256" in p for p in verify_pretrained(out))
     (out / SUM_NAME).unlink()
     assert any("missing" in p for p in verify_pretrained(out))
+
+
+def test_export_keeps_geometry_and_stored_entries(tmp_path):
+    """The training geometry, the recalibration and the OOD entry travel with the export, in
+    the float16 file whose checksum then matches; a later entry needs a new checksum."""
+    torch.manual_seed(0)
+    model = ProgressiveGenerator(GeneratorConfig(n_stages=1, base_width=4, depth=2))
+    geometry = checkpoint.make_geometry(512, field_of_view_mm=400.0)
+    src = checkpoint.save(tmp_path / "model.pt", model, stage=0, epoch=1, geometry=geometry)
+    raw = checkpoint.load_checkpoint(src)
+    raw["recalibration"] = {"kind": "sigma_scale", "scale": 0.5}
+    raw["ood"] = {"threshold": 1.5}
+    torch.save(raw, src)
+    out = tmp_path / "ship"
+    path = export_pretrained(src, out, info={})
+    stored = checkpoint.load_checkpoint(path)
+    assert stored["geometry"] == {
+        "size": [512, 512],
+        "field_of_view_mm": 400.0,
+        "pixel_mm": 0.78125,
+    }
+    assert stored["recalibration"] == {"kind": "sigma_scale", "scale": 0.5}
+    assert stored["ood"] == {"threshold": 1.5}
+    assert stored["generator_dtype"] == "float16"
+    assert verify_pretrained(out) == []
+    stored["recalibration"]["scale"] = 0.6
+    torch.save(stored, path)
+    assert verify_pretrained(out) != []
+    write_pretrained_checksum(out)
+    assert verify_pretrained(out) == []
 
 
 shipped = pytest.mark.skipif(
