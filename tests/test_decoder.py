@@ -186,12 +186,13 @@ def test_legacy_checkpoint_without_new_keys_loads_as_transpose_zero_padding(tmp_
 
 
 @pytest.mark.skipif(not pretrained_checkpoint().exists(), reason="no shipped pretrained model")
-def test_shipped_model_is_legacy_and_loads_strictly():
+def test_shipped_model_has_the_resize_decoder_and_loads_strictly():
     ckpt = checkpoint.load_checkpoint(pretrained_checkpoint())
-    assert "upsample" not in ckpt["generator_config"]
+    stored = ckpt["generator_config"]
+    assert (stored["upsample"], stored["padding_mode"]) == ("resize", "replicate")
     model = checkpoint.load(pretrained_checkpoint())  # strict state-dict load
-    assert (model.config.upsample, model.config.padding_mode) == ("transpose", "zeros")
-    assert all(isinstance(u, nn.ConvTranspose2d) for s in model.stages for u in s.upconv)
+    assert (model.config.upsample, model.config.padding_mode) == ("resize", "replicate")
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
 
 
 # ------------------------------------------------------------------ constant input

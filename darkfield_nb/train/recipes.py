@@ -1,10 +1,11 @@
 """Named training recipes: the settings behind the shipped model, its baseline, and CI smoke runs.
 
-``pretrained()`` is the recipe of ``data_samples/pretrained.pt`` (trained on 269 simulated
-patients at 256x256, ``darkfield-nb make-data --patients 269 --ood 24 --size 256 --seed 1``),
-``single_stage_baseline()`` the one-stage model with about the same number of parameters
-(base width 28: 5.94 M vs 5.83 M) trained for the same total number of steps, and ``smoke()``
-a few steps at 64x64 that exercise every code path in seconds.
+``pretrained()`` is the recipe of ``data_samples/pretrained.pt`` (trained on CPU on 269
+simulated patients at 256x256, ``darkfield-nb make-data --patients 269 --ood 24 --size 256
+--seed 1``), ``single_stage_baseline()`` the one-stage model with about the same number of
+parameters (base width 28: 5.94 M vs 5.83 M) trained for the same total number of steps,
+``wide512()`` / ``wide512_single_stage()`` the GPU model of ``data_samples/gpu512`` and its
+baseline, and ``smoke()`` a few steps at 64x64 that exercise every code path in seconds.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from darkfield_nb.train.config import UPGAN_SCHEDULE, StageSchedule, TrainConfig
 
 PRETRAINED_DATA = {"patients": 269, "ood": 24, "size": 256, "seed": 1}
 
-#: The decoder of the shipped model: transposed-convolution upsampling and zero padding (the
-#: settings before ``GeneratorConfig`` had these fields; new models default to resize-convolution
-#: and replicate padding, which remove its checkerboard and its bottom-edge sigma band).
-SHIPPED_DECODER = {"upsample": "transpose", "padding_mode": "zeros"}
+#: The decoder of the first shipped model (v1, until this wave): transposed-convolution
+#: upsampling and zero padding (the settings before ``GeneratorConfig`` had these fields). The
+#: recipes now use the defaults, resize-convolution and replicate padding, which remove its
+#: checkerboard and its bottom-edge sigma band.
+V1_DECODER = {"upsample": "transpose", "padding_mode": "zeros"}
 
 
 def pretrained(base_width: int = 16, conditioning: str = "concat") -> TrainConfig:
@@ -34,7 +36,6 @@ def pretrained(base_width: int = 16, conditioning: str = "concat") -> TrainConfi
             dropout=0.1,
             dropout_stages="last",
             conditioning=conditioning,
-            **SHIPPED_DECODER,
         ),
         stages=upgan_stages(epochs=(12, 10, 10), warmup_epochs=(3, 2, 2), batch_size=8),
         discriminator=DiscriminatorConfig(width=32),
@@ -48,9 +49,7 @@ def single_stage_baseline() -> TrainConfig:
     """One U-Net of base width 28 (about the parameters of three width-16 stages) trained for
     32 epochs, the three stages' total, with the first stage's loss weights."""
     return TrainConfig(
-        model=GeneratorConfig(
-            n_stages=1, base_width=28, dropout=0.1, dropout_stages="last", **SHIPPED_DECODER
-        ),
+        model=GeneratorConfig(n_stages=1, base_width=28, dropout=0.1, dropout_stages="last"),
         stages=[
             StageSchedule(
                 epochs=32, batch_size=8, lr=2e-4, l1_weight=1.0, ggd_weight=1e-3, warmup_epochs=3
