@@ -226,6 +226,36 @@ def test_nan_guard_stops_with_clear_error_and_keeps_last_checkpoint(
     assert len(read_history(run)) == 1
 
 
+def test_gradient_clipping_survives_float32_overflow_of_the_squared_norm():
+    """Finite float32 gradients of 1e20-3e20 (a GGD NLL spike) have squares beyond float32:
+    torch's clip_grad_norm_ reports Inf, ours the true norm (float64 reference) and scales the
+    gradients to norm ``clip``; an Inf gradient still gives an Inf norm."""
+    import numpy as np
+
+    from darkfield_nb.train.step import _grad_norm
+
+    grads = [np.array([1e20, -2e20, 3e20], np.float32), np.array([[2e20, 0.5]], np.float32)]
+
+    def params():
+        ps = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = torch.from_numpy(g.copy())
+        return ps
+
+    reference = float(np.sqrt(sum((g.astype(np.float64) ** 2).sum() for g in grads)))
+    assert not torch.isfinite(torch.nn.utils.clip_grad_norm_(params(), 1.0))  # the old failure
+    ps = params()
+    norm = _grad_norm(ps, clip=1.0)
+    assert float(norm) == pytest.approx(reference, rel=1e-6)
+    clipped = np.sqrt(sum((p.grad.double() ** 2).sum().item() for p in ps))
+    assert clipped == pytest.approx(1.0, rel=1e-5)
+    ps = params()
+    assert float(_grad_norm(ps, clip=0.0)) == pytest.approx(reference, rel=1e-6)
+    assert float(ps[0].grad[0]) == float(np.float32(1e20))  # clip 0: untouched
+    ps[1].grad[0, 1] = math.inf
+    assert not math.isfinite(float(_grad_norm(ps, clip=1.0)))
+
+
 @pytest.mark.parametrize("kill_at", [(0, 1, 1), (1, 1, 2)], ids=["stage0", "stage1"])
 def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(tmp_path, data_root, kill_at):
     """Kill at (stage, 0-based epoch, step) with KeyboardInterrupt, resume, compare with a run

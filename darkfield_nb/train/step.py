@@ -70,11 +70,25 @@ def batch_to_device(
 
 
 def _grad_norm(params: list[nn.Parameter], clip: float) -> torch.Tensor:
-    """Global gradient L2 norm (clipped to ``clip`` when > 0), as a 0-d tensor."""
+    """Global gradient L2 norm ``||g|| = sqrt(sum_i g_i^2)``, as a 0-d float32 tensor; when
+    ``clip > 0`` every gradient is multiplied by ``min(1, clip / (||g|| + 1e-6))`` (as
+    ``torch.nn.utils.clip_grad_norm_``).
+
+    The norm is accumulated in float64: at the start of the GGD phase the NLL term
+    ``(|y - mu| / alpha)^beta`` can give finite float32 gradients of 1e20 and more whose squares
+    overflow float32, so ``clip_grad_norm_`` returned Inf and the step was refused although
+    clipping would have made it a sane one. A gradient that is itself Inf or NaN still gives a
+    non-finite norm (and :meth:`TrainStep.check_finite` stops the run)."""
     params = [p for p in params if p.grad is not None]
     if not params:
         return torch.zeros(())
-    return torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+    norms = [torch.linalg.vector_norm(p.grad.detach().double()) for p in params]
+    norm = torch.linalg.vector_norm(torch.stack(norms))
+    if clip > 0 and torch.isfinite(norm):
+        coef = torch.clamp(clip / (norm + 1e-6), max=1.0)
+        for p in params:
+            p.grad.detach().mul_(coef.to(p.grad.dtype))
+    return norm.float()
 
 
 @dataclass
