@@ -34,8 +34,8 @@ from darkfield_nb.inference.shared_decoder import shared_decoder
 from darkfield_nb.uncertainty import ggd_variance
 
 #: Pixels per batched call (passes x images x H x W). CPU: 2 rows of 256 x 256: the decoder is
-#: bound by memory traffic between its layers, and CPU time per image (T = 20, one thread,
-#: bench/RESULTS.md) was 1.6-1.7 s with 1-2 rows per call, 1.7-1.9 s with 4-8 and 3.1 s with
+#: bound by memory traffic between its layers, and CPU time per image (T = 20, one thread, the
+#: shipped model, session 16) was 1.5-1.7 s with 1-2 rows per call, 1.7-1.9 s with 4-8, 3.1 s with
 #: 16 (the earlier default, which made the pipeline slower than the per-image loop).
 PIXEL_BUDGET = {"cpu": 2**17, "cuda": 2**23}
 
