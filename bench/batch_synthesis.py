@@ -10,6 +10,9 @@ one run; memory at scale; kill/resume at scale; lung D across image sizes.
         new / old >= 3 on CPU. GPU target (issue 13): ``--device cuda --size 512 --n 2000
         --round 2000 --skip-old`` >= 200 images/s on one H100 (inputs resampled to the model's
         256 px; ``--n`` above 36 repeats the sample images under new names).
+    python bench/batch_synthesis.py precision [--n 8] [--samples 20]
+        the maps of float32 before the shared-skip decoder, float32 now and bf16 autocast now
+        on the same sample images: max / mean |difference| against the first.
     python bench/batch_synthesis.py readme [--n 36] [--old-commit 98e3ad2]
         the README's first command (``darkfield-nb predict data_samples/attenuation --out
         DIR``) with the code of ``--old-commit`` (``git archive``) and with this tree, one
@@ -83,7 +86,10 @@ def cmd_speed(args) -> None:
     model, stage = loaded.model, loaded.stages_trained - 1
     samples = sorted((REPO / "data_samples" / "attenuation").glob("*.png"))
     paths = [samples[i % len(samples)] for i in range(args.n)]
-    print(f"{len(paths)} images of {args.size} px, T = {args.samples}, {args.device}, {_load()}")
+    print(
+        f"{len(paths)} images of {args.size} px, T = {args.samples}, {args.device}, "
+        f"precision {args.precision}, {torch.get_num_threads()} threads, {_load()}"
+    )
     t_old = t_new = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for k, chunk in enumerate(_rounds(paths, args.round)):
@@ -101,7 +107,9 @@ def cmd_speed(args) -> None:
                 t = time.perf_counter()
                 old_loop(model, sorted(folder.iterdir()), Path(tmp) / "old", args.samples, stage)
                 dt_old = time.perf_counter() - t
-            cfg = PredictConfig(samples=args.samples, stage=stage, progress=False)
+            cfg = PredictConfig(
+                samples=args.samples, stage=stage, progress=False, precision=args.precision
+            )
             t = time.perf_counter()
             predict_folder(
                 model,
@@ -124,6 +132,48 @@ def cmd_speed(args) -> None:
     print(f"new pipeline:       {t_new:.1f} s, {n / t_new:.3f} images/s")
     if t_old:
         print(f"ratio new/old images/s: {t_old / t_new:.2f}x")
+
+
+def cmd_precision(args) -> None:
+    """Maps of ``mc_predict_batch`` on the first ``--n`` sample images (one at a time, seed 0):
+    float32 before this change (the whole decoder per pass, ``mc_suffix``, contiguous layout),
+    float32 now (shared skip convolutions, channels_last) and bf16 autocast now. Prints max and
+    mean |difference| of each map against the float32 reference, and the mean of each map."""
+    import copy
+
+    from darkfield_nb.inference import mc
+
+    loaded = load_model(None, "cpu")
+    ref_model, stage = loaded.model.eval(), loaded.stages_trained - 1
+    fast = copy.deepcopy(ref_model).to(memory_format=torch.channels_last)
+    paths = sorted((REPO / "data_samples" / "attenuation").glob("*.png"))[: args.n]
+    runs: dict[str, list] = {"fp32 before": [], "fp32 now": [], "bf16 now": []}
+    timing = dict.fromkeys(runs, 0.0)
+    for p in paths:
+        x = torch.from_numpy(normalize_input(read_image(p)).astype(np.float32))[None, None]
+        xc = x.contiguous(memory_format=torch.channels_last)
+        saved = mc.shared_decoder
+        mc.shared_decoder = lambda *a: None  # the whole decoder per pass, as before
+        t = time.perf_counter()
+        runs["fp32 before"].append(mc.mc_predict_batch(ref_model, x, args.samples, 0, stage))
+        timing["fp32 before"] += time.perf_counter() - t
+        mc.shared_decoder = saved
+        for label, amp in (("fp32 now", None), ("bf16 now", torch.bfloat16)):
+            t = time.perf_counter()
+            runs[label].append(mc.mc_predict_batch(fast, xc, args.samples, 0, stage, amp_dtype=amp))
+            timing[label] += time.perf_counter() - t
+    print(f"{len(paths)} sample images, T = {args.samples}, {_load()}")
+    ref = runs["fp32 before"]
+    for label, maps in runs.items():
+        print(f"{label}: {timing[label] / len(paths):.2f} s per image")
+        for k in MAPS:
+            a = np.stack([m[k].numpy() for m in maps])
+            b = np.stack([m[k].numpy() for m in ref])
+            d = np.abs(a - b)
+            print(
+                f"   {k:10s} mean {a.mean():.6f} (ref {b.mean():.6f})  |diff| max {d.max():.2e} "
+                f"mean {d.mean():.2e}  mean relative {(d / np.abs(b).clip(1e-12)).mean():.2%}"
+            )
 
 
 def cmd_readme(args) -> None:
@@ -335,6 +385,10 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=256, help="input size (GPU target: 512)")
     p.add_argument("--skip-old", action="store_true", help="time the pipeline only")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p = sub.add_parser("precision")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--samples", type=int, default=20)
     p = sub.add_parser("readme")
     p.add_argument("--n", type=int, default=36)
     p.add_argument("--round", type=int, default=4)
@@ -353,6 +407,7 @@ def main() -> None:
     args = ap.parse_args()
     {
         "speed": cmd_speed,
+        "precision": cmd_precision,
         "readme": cmd_readme,
         "rss": cmd_rss,
         "killresume": cmd_killresume,

@@ -20,8 +20,8 @@ from darkfield_nb.cli import main
 from darkfield_nb.contract import write_manifest
 from darkfield_nb.epistemic.store import attach_ood_detector, detector_from_checkpoint
 from darkfield_nb.inference import PredictConfig, load_model, predict_folder
+from darkfield_nb.inference.decoding import decode
 from darkfield_nb.inference.outputs import MAPS
-from darkfield_nb.inference.pipeline import decode
 from darkfield_nb.io import read_image, write_image
 from darkfield_nb.labels import LUNG, PACEMAKER
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator

@@ -3,6 +3,8 @@
 geometry   TrainingGeometry, plan_resample, dicom_pixel_spacing, resize, resize_sigma
 inputs     resolve_inputs, load_radiograph (what is and is not a radiograph)
 mc         mc_predict_batch (MC dropout whose result does not depend on the batch)
+shared_decoder, fast_norm   what MC passes share, computed once; instance norm in any layout
+decoding   decode, GroupDataset (the loader's worker side)
 records    completion records keyed on what produced an output; stale temporary cleanup
 outputs    output sets (all files or none), 16-bit PNG scale, preview panels, summary
 pipeline   PredictConfig, PredictReport, predict_folder

@@ -12,9 +12,12 @@ statistics are those of ``mc_dropout_predict`` (docstring of ``darkfield_nb.unce
     total      = sqrt(aleatoric^2 + epistemic^2)
 
 The deterministic prefix (earlier stages and the dropout stage's encoder) runs once
-(``ProgressiveGenerator.mc_prefix``); the passes run ``chunk`` at a time on the stacked batch
-(``mc_suffix``). ``samples=0``: one deterministic pass with dropout off (eval mode): mean =
-that pass's mu, epistemic = 0, total = aleatoric. A model without active dropout also runs
+(``ProgressiveGenerator.mc_prefix``); the passes run ``chunk`` at a time on the stacked batch,
+through ``shared_decoder.SharedDecoder`` (the skip half of every decoder convolution computed
+once, not per pass) where it applies, else ``mc_suffix``. Instance norms keep the input's
+memory layout (``fast_norm``), so a channels_last model is not copied to and fro.
+``samples=0``: one deterministic pass with dropout off (eval mode): mean = that pass's mu,
+epistemic = 0, total = aleatoric. A model without active dropout also runs
 once (epistemic = 0), as in ``mc_dropout_predict``.
 """
 
@@ -26,11 +29,15 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from darkfield_nb.inference.fast_norm import layout_preserving_norms
+from darkfield_nb.inference.shared_decoder import shared_decoder
 from darkfield_nb.uncertainty import ggd_variance
 
-#: Pixels per batched call (passes x images x H x W). CPU: 16 rows of 256 x 256 (measured on 2
-#: loaded cores: about 620 ms per image-pass against 800-950 ms with 4 rows).
-PIXEL_BUDGET = {"cpu": 2**20, "cuda": 2**23}
+#: Pixels per batched call (passes x images x H x W). CPU: 2 rows of 256 x 256: the decoder is
+#: bound by memory traffic between its layers, and CPU time per image (T = 20, one thread, the
+#: shipped model, session 16) was 1.5-1.7 s with 1-2 rows per call, 1.7-1.9 s with 4-8, 3.1 s with
+#: 16 (the earlier default, which made the pipeline slower than the per-image loop).
+PIXEL_BUDGET = {"cpu": 2**17, "cuda": 2**23}
 
 
 def _dropouts(model: nn.Module) -> list[nn.Module]:
@@ -106,6 +113,11 @@ def mc_predict_batch(
     if samples < 0:
         raise ValueError(f"samples={samples} must be >= 0 (0: one deterministic pass)")
     k = _stage_index(model, stage)
+    with layout_preserving_norms(model):
+        return _predict(model, x, samples, seed, k, chunk, amp_dtype)
+
+
+def _predict(model, x, samples, seed, k, chunk, amp_dtype) -> dict[str, torch.Tensor]:
     b, _, h, w = x.shape
     amp = torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     active = model.first_dropout_stage(k) is not None and bool(_dropouts(model))
@@ -129,11 +141,12 @@ def mc_predict_batch(
     mean = m2 = ale = None
     with amp:
         prefix = model.mc_prefix(x, k)
+        decoder = shared_decoder(model, prefix, k)
     done = 0
     while done < samples:
         c = min(chunk, samples - done)
         with fixed_masks(model, list(range(done, done + c)), b, seed), amp:
-            out = model.mc_suffix(prefix, c, k)
+            out = decoder(c) if decoder is not None else model.mc_suffix(prefix, c, k)
         mu = out.mu.double().reshape(c, b, 1, h, w)
         var = ggd_variance(out.alpha.double(), out.beta.double()).reshape(c, b, 1, h, w)
         c_mean = mu.mean(0)

@@ -15,7 +15,7 @@
 5. The model: images are batched across files (fixed groups of ``batch_size`` consecutive files
    of the shard, split by model shape, so an image always meets the same batch and its bytes do
    not depend on what a resume skipped), MC passes batched too (``mc.mc_predict_batch``, masks
-   independent of the batch), bf16 autocast and channels_last on CUDA.
+   independent of the batch), fp16 autocast on CUDA, channels_last.
 6. A writer thread resamples the maps back to the input's size, writes each set atomically
    (all files or none, ``outputs.write_set``), then its completion record; the model does not
    wait for the disk. A checkpoint's recalibration scales the sigma maps, its OOD detector
@@ -32,28 +32,21 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from darkfield_nb.data import normalize_input
 from darkfield_nb.inference import outputs, records
-from darkfield_nb.inference.geometry import (
-    TrainingGeometry,
-    dicom_pixel_spacing,
-    plan_resample,
-    resize,
-)
+from darkfield_nb.inference.decoding import GroupDataset, identity
+from darkfield_nb.inference.geometry import TrainingGeometry
 from darkfield_nb.inference.hookups import (
     apply_sigma_factor,
     ood_of_input,
     recalibration_digest,
     recalibration_factor,
 )
-from darkfield_nb.inference.inputs import load_radiograph, resolve_inputs
-from darkfield_nb.inference.mc import mc_predict_batch
+from darkfield_nb.inference.inputs import resolve_inputs
+from darkfield_nb.inference.mc import PIXEL_BUDGET, mc_predict_batch
 from darkfield_nb.inference.writer import SetWriter
 from darkfield_nb.io import write_csv
 
@@ -67,14 +60,19 @@ class PredictConfig:
     samples: MC dropout passes T (0: one deterministic pass, dropout off, epistemic = 0).
     seed: dropout masks (pass t uses masks seeded by (seed, t, layer), the same for every
         image). stage: which stage's output (-1 the last). batch_size: images per model call
-        (None: 4 on CPU, 32 on CUDA). workers: decoding processes (None: 1 on CPU, up to 8 on
-        CUDA; 0 decodes in this process). format: "tiff" (float32 D) or "png16".
+        (None: 32 on CUDA; on CPU as many training-geometry images as fill half of
+        ``mc.PIXEL_BUDGET["cpu"]``, at most 16: 1 at 256 x 256, so that 2 passes share a
+        call). workers: decoding processes (None: 1 on CPU, up to 8 on CUDA; 0 decodes in
+        this process). format: "tiff" (float32 D) or "png16".
     preview: also write ``preview/<stem>.png``. resample: "auto" (to the training geometry)
         or "off" (the input's own size). precision: "auto" (fp16 autocast on CUDA, float32
         elsewhere), "fp32", "bf16", "fp16". fp16 rather than bf16 on CUDA: the epistemic sigma
         is a small difference between passes (about 0.0004 D) and bf16's 8-bit mantissa moved
-        it by about 10 % (measured with CPU bf16 autocast, 4 sample images, T = 20).
-        channels_last: None = on CUDA only.
+        it by about 10 % (CPU bf16 autocast, 6 sample images, T = 20: mean epistemic 0.000394
+        -> 0.000437 D, mean |dD| 0.0010, max |d aleatoric| 1.7 at one pixel; ``bench/
+        batch_synthesis.py precision``), so bf16 is never chosen by "auto".
+        channels_last: None = on (on CPU it saves oneDNN's layout conversions around every
+        convolution).
     writers: threads writing outputs (None: 1 on CPU, up to 8 on CUDA).
     """
 
@@ -128,53 +126,6 @@ class PredictReport:
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding (worker processes)
-# --------------------------------------------------------------------------------------------
-
-
-def decode(path: Path, geometry: TrainingGeometry, resample: bool) -> dict[str, Any]:
-    """Read, check, plan and resample one radiograph; never raises (errors are returned)."""
-    try:
-        digest = records.sha256_file(path)
-        image = load_radiograph(path)
-        spacing = dicom_pixel_spacing(path)
-        plan = plan_resample(image.shape, geometry, spacing, resample=resample, name=str(path))
-        model_in = normalize_input(image)
-        if not plan.identity:
-            model_in = resize(model_in, plan.model_shape)
-        return {
-            "path": path,
-            "digest": digest,
-            "image": image,
-            "x": torch.from_numpy(np.ascontiguousarray(model_in, dtype=np.float32)),
-            "plan": plan,
-        }
-    except Exception as exc:  # any unreadable file (PIL's DecompressionBombError included)
-        msg = str(exc) or type(exc).__name__
-        if str(path) not in msg:
-            msg = f"{path}: {msg}"
-        return {"path": path, "error": msg}
-
-
-class _GroupDataset(Dataset):
-    """Item k: the decoded radiographs of group k (a list of paths)."""
-
-    def __init__(self, groups: list[list[Path]], geometry: TrainingGeometry, resample: bool):
-        self.groups, self.geometry, self.resample = groups, geometry, resample
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, k: int) -> list[dict[str, Any]]:
-        torch.set_num_threads(1)
-        return [decode(p, self.geometry, self.resample) for p in self.groups[k]]
-
-
-def _identity(batch):
-    return batch
-
-
-# --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
 
@@ -183,6 +134,11 @@ def _amp_dtype(cfg: PredictConfig, device: torch.device) -> torch.dtype | None:
     if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
         return None
     return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+
+
+def _cpu_batch(geometry: TrainingGeometry) -> int:
+    h, w = geometry.size
+    return max(1, min(16, PIXEL_BUDGET["cpu"] // (2 * h * w)))
 
 
 def _groups(paths: list[Path], size: int) -> list[list[Path]]:
@@ -340,18 +296,18 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report, extr
     if not pending:
         return
     cuda = dev.type == "cuda"
-    bs = cfg.batch_size or (32 if cuda else 4)
+    bs = cfg.batch_size or (32 if cuda else _cpu_batch(geometry))
     # fixed groups of the whole shard: an image meets the same batch on every run
     groups = [g for g in _groups(shard, bs) if any(p in pending for p in g)]
     workers = cfg.workers
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if cuda else 1
     loader = DataLoader(
-        _GroupDataset(groups, geometry, cfg.resample == "auto"),
+        GroupDataset(groups, geometry, cfg.resample == "auto"),
         batch_size=None,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_identity,
+        collate_fn=identity,
         pin_memory=cuda,
         prefetch_factor=2 if workers > 0 else None,
     )
@@ -369,7 +325,7 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
 
     cuda = dev.type == "cuda"
     amp_dtype = _amp_dtype(cfg, dev)
-    channels_last = cuda if cfg.channels_last is None else cfg.channels_last
+    channels_last = True if cfg.channels_last is None else cfg.channels_last
     model = model.to(dev).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
