@@ -276,8 +276,7 @@ def main() -> None:
         models = {
             "wide512": (run3_model, test_native),
             "single512": (args.work / "run1" / "model.pt", test_native),
-            "candidate_v2": (REPO / "data_samples/candidate_v2/pretrained.pt", test_256),
-            "shipped_v1": (REPO / "data_samples/pretrained.pt", test_256),
+            "shipped_v2": (REPO / "data_samples/pretrained.pt", test_256),
         }
         for name, (ckpt, root) in models.items():
             if ckpt.exists() and (name == "single512" or "three" in steps):

@@ -91,6 +91,20 @@ def test_shipped_model_checksum_recipe_and_size():
     assert ckpt["stages_trained"] == 3 and ckpt["generator_dtype"] == "float16"
 
 
+@pytest.mark.skipif(
+    not (sample_data_dir() / "gpu512" / "pretrained.pt").exists(), reason="no GPU model shipped"
+)
+def test_gpu_model_checksum_recipe_geometry_and_size():
+    root = sample_data_dir() / "gpu512"
+    assert verify_pretrained(root) == []
+    assert (root / "pretrained.pt").stat().st_size < 20 * 2**20
+    info = json.loads((root / INFO_NAME).read_text())
+    assert info["train_config"] == recipes.wide512(epochs=(1, 2, 3)).to_dict()
+    ckpt = checkpoint.load_checkpoint(root / "pretrained.pt")
+    assert ckpt["stages_trained"] == 3 and ckpt["generator_dtype"] == "float16"
+    assert ckpt["geometry"]["size"] == [512, 512]
+
+
 @shipped
 def test_shipped_model_reproduces_its_recorded_sample_metrics():
     """The deterministic (no MC) metrics on the sample test split were recorded at export;
