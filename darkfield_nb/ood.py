@@ -13,8 +13,9 @@ device (where the model is usually confident), and every body pixel without a de
 (:func:`body_mask`).
 
 Per image, the score is the default detector's (:class:`~darkfield_nb.epistemic.OODDetector`,
-the multi-level Mahalanobis density of the last stage's encoder features, chosen in
-``bench/RESULTS.md``): ``score = mean_l d_l(pool(x)) / med_l``, flagged above the 95th
+the Mahalanobis density of the last stage's encoder features, chosen in ``bench/RESULTS.md``
+and ``bench/ood_targets.py``): ``score = mean_l d_l(pool(x)) / med_l`` over levels 0-4,
+flagged above the 95th
 percentile of the validation images (:class:`OODThreshold`), so 5 % of in-distribution images
 are flagged up to the validation split's sampling error. :func:`image_auroc` says how well the
 score separates out-of-distribution images from in-distribution ones.
@@ -24,8 +25,10 @@ Maps of :func:`device_table`, each a per-pixel score:
 =================== =========================================================================
 ``epistemic``       MC-dropout epistemic sigma (zero for a model without dropout)
 ``total``           MC-dropout total sigma, sqrt(aleatoric^2 + epistemic^2)
-``density``         the detector's normalized feature distance ``u(x)``
+``density``         the detector's normalized feature distance ``u(x)`` (by default of the 3 x 3
+                    neighbourhoods of the full-resolution level-0 features)
 ``density_total``   sqrt(aleatoric^2 + sigma_epi^2), sigma_epi the detector's epistemic sigma
+                    ``sigma_ref (u / u_ref)^power`` (:class:`~darkfield_nb.epistemic.DistanceSigma`)
 =================== =========================================================================
 """
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from darkfield_nb.contract import write_manifest
 from darkfield_nb.epistemic import (
+    DistanceSigma,
     FeatureDensity,
     GaussianDensity,
     MultiLevelDensity,
@@ -30,6 +31,7 @@ from darkfield_nb.epistemic import (
     image_score,
     ledoit_wolf,
     mc_strategy,
+    patch_features,
     rank_vs_median,
     reinit_last_stage,
     set_rate,
@@ -314,11 +316,108 @@ def test_detector_calibrates_maps_and_round_trips() -> None:
         pred.aleatoric.numpy() ** 2 + pred.epistemic.numpy() ** 2,
         rtol=1e-5,
     )
-    ref = distance_to_sigma(pred.distance, det.d_ref, det.sigma_ref)
-    np.testing.assert_allclose(pred.epistemic.numpy(), ref.numpy(), rtol=1e-6)
+    # the conversion's references, recomputed from the validation maps: u_ref the 90th
+    # percentile of u, sigma_ref the median aleatoric sigma; sigma_epi = s_ref (u / u_ref)^2
+    preds = [det.predict(v) for v in val]
+    u_val = np.concatenate([p.distance.double().numpy().ravel() for p in preds])
+    a_val = np.concatenate([p.aleatoric.double().numpy().ravel() for p in preds])
+    u_ref, s_ref = np.quantile(u_val, 0.9), np.median(a_val)
+    assert det.conversion.u_ref == pytest.approx(u_ref, rel=1e-5)
+    assert det.conversion.sigma_ref == pytest.approx(s_ref, rel=1e-5)
+    ref = s_ref * (pred.distance.double().numpy() / u_ref) ** 2
+    np.testing.assert_allclose(pred.epistemic.numpy(), ref, rtol=1e-4)
+    assert (pred.epistemic > 0).all()  # no dead zone below a threshold
     again = OODDetector.from_state(model, det.state()).predict(x)
     np.testing.assert_allclose(again.distance.numpy(), pred.distance.numpy())
+    np.testing.assert_allclose(again.epistemic.numpy(), pred.epistemic.numpy())
     np.testing.assert_array_equal(again.flag, pred.flag)
+
+
+def test_detector_pixel_map_is_the_patch_density_of_level_0() -> None:
+    """The default pixel map: Mahalanobis distance of the 3 x 3 neighbourhoods of level-0
+    features, against a direct fit (GaussianDensity on the hand-built patch vectors)."""
+    model = _model()
+    torch.manual_seed(8)
+    train = [_smooth(2) for _ in range(4)]
+    det = OODDetector(model, levels=(0, 1), max_pixels=10**6).fit(train, [_smooth(2)])
+    assert det.density.pixel_levels == [0] and det.density.patch == 3
+    vec = []
+    for t in train:
+        f = encoder_features(model, t, 0).double().numpy()  # (B, C, H, W)
+        fp = np.pad(f, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+        h, w = f.shape[-2:]
+        nb = [fp[:, :, i : i + h, j : j + w] for i in range(3) for j in range(3)]
+        g = np.stack(nb, axis=2).reshape(f.shape[0], -1, h, w)  # channel-major, then i, j
+        vec.append(g.transpose(0, 2, 3, 1).reshape(-1, g.shape[1]))
+    vec = np.concatenate(vec)
+    ref = GaussianDensity.fit(vec)
+    med = np.median(ref.distance(vec))
+    x = torch.rand(1, 1, 16, 16)
+    f = encoder_features(model, x, 0).double().numpy()
+    fp = np.pad(f, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    g = np.stack([fp[:, :, i : i + 16, j : j + 16] for i in range(3) for j in range(3)], axis=2)
+    d = ref.distance(g.reshape(1, -1, 16, 16).transpose(0, 2, 3, 1).reshape(-1, g.shape[1] * 9))
+    got = det.predict(x).distance[0, 0].double().numpy()
+    np.testing.assert_allclose(got, d.reshape(16, 16) / med, rtol=1e-4)
+    # the parts of non-pixel levels hold no pixel density, and the state round-trips
+    assert det.density.parts[1].pixel is None
+    again = OODDetector.from_state(model, det.state())
+    np.testing.assert_allclose(again.predict(x).distance.numpy(), det.predict(x).distance.numpy())
+
+
+def test_detector_state_without_new_keys_keeps_the_old_rule() -> None:
+    """A state written before patches and the power conversion (version 1 entries): every
+    level in the pixel map, no patch, sigma_epi = sigma_ref * max(u / d_ref - 1, 0)."""
+    model = _model()
+    torch.manual_seed(9)
+    train, val = [_smooth(2) for _ in range(4)], [_smooth(1) for _ in range(6)]
+    old = OODDetector(model, levels=(0, 1), pixel_levels=(0, 1), patch=1).fit(train, val)
+    state = old.state()
+    for k in ("pixel_levels", "patch", "conversion"):
+        state.pop(k)
+    det = OODDetector.from_state(model, state)
+    x = _smooth(2)
+    pred = det.predict(x)
+    np.testing.assert_allclose(pred.distance.numpy(), old.predict(x).distance.numpy())
+    ref = distance_to_sigma(pred.distance, det.d_ref, det.sigma_ref)
+    np.testing.assert_allclose(pred.epistemic.numpy(), ref.numpy(), rtol=1e-6)
+
+
+def test_patch_features_match_a_hand_built_neighbourhood() -> None:
+    f = torch.arange(2 * 3 * 4, dtype=torch.float64).reshape(1, 2, 3, 4)
+    g = patch_features(f, 3)
+    assert g.shape == (1, 18, 3, 4)
+    # channel 1, neighbour (i, j) = (0, 2) of position (0, 3): row -1 -> 0 (replicate),
+    # column 4 -> 3 (replicate): f[0, 1, 0, 3]
+    assert g[0, 1 * 9 + 0 * 3 + 2, 0, 3] == f[0, 1, 0, 3]
+    # interior position (1, 1): the centre is the pixel itself, (2, 0) is (2, 0)
+    assert g[0, 0 * 9 + 4, 1, 1] == f[0, 0, 1, 1] and g[0, 6, 1, 1] == f[0, 0, 2, 0]
+    assert torch.equal(patch_features(f, 1), f)
+    with pytest.raises(ValueError, match="odd"):
+        patch_features(f, 2)
+
+
+def test_distance_sigma_is_continuous_monotone_and_calibrated() -> None:
+    conv = DistanceSigma(u_ref=2.0, sigma_ref=0.1, power=2.0)
+    # closed form: at u_ref the typical aleatoric sigma, 4x that at 2 u_ref, 0 at u = 0
+    np.testing.assert_allclose(conv(np.array([0.0, 1.0, 2.0, 4.0])), [0.0, 0.025, 0.1, 0.4])
+    np.testing.assert_allclose(conv(torch.tensor([1.0, 4.0])).numpy(), [0.025, 0.4])
+    u = np.linspace(0.0, 10.0, 10001)
+    s = conv(u)
+    assert np.all(np.diff(s) > 0)  # strictly increasing
+    assert np.max(np.abs(np.diff(s))) < 0.01  # continuous: no jump on a fine grid
+    assert np.count_nonzero(s[1:] == 0) == 0  # no dead zone
+    rng = np.random.default_rng(0)
+    uv, av = rng.gamma(2.0, 1.0, 5000), rng.uniform(0.05, 0.1, 5000)
+    cal = DistanceSigma.calibrate(uv, av, quantile=0.9, power=3.0)
+    assert cal.u_ref == np.quantile(uv, 0.9) and cal.sigma_ref == np.median(av)
+    assert cal.power == 3.0 and DistanceSigma.from_dict(cal.to_dict()) == cal
+    ale = np.full(3, 0.1)
+    assert cal.inflation(np.zeros(3), ale) == 1.0
+    want = np.mean(np.sqrt(0.01 + cal(np.array([1.0, 2.0, 3.0])) ** 2) / 0.1)
+    assert cal.inflation(np.array([1.0, 2.0, 3.0]), ale) == pytest.approx(want)
+    with pytest.raises(ValueError, match="u_ref > 0"):
+        DistanceSigma(0.0, 0.1)
 
 
 def _pairs(root, n: int = 6, size: int = 32):
@@ -376,7 +475,9 @@ def test_fit_and_attach_detector_round_trips_with_weights_only(tmp_path) -> None
     raw = torch.load(dst, map_location="cpu", weights_only=True)
     assert raw[KEY]["fitted_on"]["n_train"] == 8 and raw[KEY]["fitted_on"]["n_val"] == 2
     prec = raw[KEY]["detector"]["parts"][0]["pixel"]["precision"]
-    assert isinstance(prec, torch.Tensor) and prec.dtype == torch.float64 and prec.shape == (4, 4)
+    # level 0: 4 channels x a 3 x 3 patch; level 1 is a score level only (no pixel density)
+    assert isinstance(prec, torch.Tensor) and prec.dtype == torch.float64 and prec.shape == (36, 36)
+    assert raw[KEY]["detector"]["parts"][1]["pixel"] is None and raw[KEY]["version"] == 2
     # reference: the detector fitted in memory on the same splits
     ds = {s: PairedDataset(data, split=s, pad_multiple=1, check=False) for s in ("train", "val")}
     ref = OODDetector(model, (0, 1)).fit(list(batches(ds["train"])), batches(ds["val"]))

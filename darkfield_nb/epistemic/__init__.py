@@ -4,7 +4,9 @@
   bottleneck, encoder and decoder; ``GeneratorConfig.dropout_placement``), applied to a built
   generator;
 * :mod:`.ensemble`: a deep ensemble of the last stage;
-* :mod:`.density`: Mahalanobis distance of encoder features to the training features;
+* :mod:`.density`: Mahalanobis distance of encoder features (or their local patches) to the
+  training features;
+* :mod:`.conversion`: distance to an epistemic sigma in dark-field units;
 * :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
 * :mod:`.detector`: the fitted density, calibrated flag and epistemic sigma map in one object
   (the default out-of-distribution detector);
@@ -12,6 +14,7 @@
   after training and keep it in a checkpoint under ``"ood"``.
 """
 
+from .conversion import DistanceSigma
 from .density import (
     FeatureDensity,
     GaussianDensity,
@@ -19,6 +22,7 @@ from .density import (
     distance_to_sigma,
     encoder_features,
     ledoit_wolf,
+    patch_features,
 )
 from .detector import OODDetector, OODPrediction
 from .ensemble import ensemble_predict, reinit_last_stage, train_last_stage_ensemble
@@ -37,6 +41,7 @@ from .score import OODThreshold, image_auroc, image_score, rank_vs_median
 __all__ = [
     "KINDS",
     "PLACEMENTS",
+    "DistanceSigma",
     "FeatureDensity",
     "GaussianDensity",
     "MultiLevelDensity",
@@ -54,6 +59,7 @@ __all__ = [
     "image_score",
     "ledoit_wolf",
     "mc_strategy",
+    "patch_features",
     "rank_vs_median",
     "reinit_last_stage",
     "set_rate",

@@ -145,9 +145,9 @@ class FeatureDensity:
         self.image = GaussianDensity.fit(np.concatenate(pooled))
         return self
 
-    def _check(self) -> None:
-        if self.pixel is None:
-            raise RuntimeError("FeatureDensity: call fit(training images) first")
+    def _check(self, which: str = "pixel") -> None:
+        if getattr(self, which) is None:
+            raise RuntimeError(f"FeatureDensity: no {which} density; call fit(training images)")
 
     def pixel_map(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel distance (B, 1, H, W): the level's distances, bilinearly upsampled to the
@@ -171,7 +171,7 @@ class FeatureDensity:
 
     def image_distance_from(self, f: torch.Tensor) -> np.ndarray:
         """:meth:`image_distance` from this level's features ``f``."""
-        self._check()
+        self._check("image")
         return self.image.distance(f.detach().double().mean(dim=(-2, -1)).cpu().numpy())
 
 
@@ -192,29 +192,69 @@ def distance_to_sigma(distance, d_ref: float, sigma_ref: float):
     return sigma_ref * np.maximum(np.asarray(distance) / d_ref - 1.0, 0.0)
 
 
+def patch_features(f: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Local patch statistics: every position's ``k x k`` neighbourhood of ``f`` (B, C, h, w)
+    stacked into one vector, (B, C k^2, h, w), replicate-padded at the border:
+
+        g[:, c k^2 + i k + j, y, x] = f[:, c, y + i - k // 2, x + j - k // 2].
+
+    A 1-2 px cable changes a pixel's neighbourhood more than its own features. ``k = 1``
+    returns ``f``; ``k`` must be odd."""
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"patch_features: the patch size k={k} must be odd and >= 1")
+    if k == 1:
+        return f
+    b, c, h, w = f.shape
+    cols = F.unfold(F.pad(f, (k // 2,) * 4, mode="replicate"), k)
+    return cols.reshape(b, c * k * k, h, w)
+
+
 class MultiLevelDensity:
     """Mahalanobis distances at several encoder levels, each divided by its median over the
     training features and averaged:
 
-        u(x) = (1/|L|) sum_{l in L} d_l(x) / med_l,
+        u(x) = (1/|L_pix|) sum_{l in L_pix} d_l(g_l(x)) / med_l     (per pixel)
+        s(x) = (1/|L|) sum_{l in L} d_l(pool(f_l(x))) / med_l^pool  (per image)
 
-    per pixel (each level's map upsampled to the input) and per image (pooled features). Fine
-    levels see thin structures (cables, clips) that the bottleneck averages away; coarse
-    levels see context. ``levels`` index ``stage.down`` (0 the finest, -1 or depth the
-    bottleneck)."""
+    with ``f_l`` the features of encoder level ``l``, ``g_l`` their ``patch x patch``
+    neighbourhood vectors (:func:`patch_features`; ``patch = 1``: the features themselves), each
+    level's pixel map upsampled to the input. ``levels`` (L) index ``stage.down`` (0 the
+    finest, -1 or depth the bottleneck) and give the per-image score; ``pixel_levels`` (L_pix,
+    default all of ``levels``) give the pixel map. Fine levels see thin structures (cables,
+    clips) that the bottleneck averages away; coarse levels see context."""
 
-    def __init__(self, model, levels=(0, 1, 2, 3, 4), stage: int = -1, **kwargs) -> None:
+    def __init__(
+        self,
+        model,
+        levels=(0, 1, 2, 3, 4),
+        stage: int = -1,
+        *,
+        pixel_levels=None,
+        patch: int = 1,
+        **kwargs,
+    ) -> None:
         if not levels:
             raise ValueError("MultiLevelDensity: levels is empty")
         self.model, self.levels, self.stage = model, list(levels), stage
+        self.pixel_levels = list(levels) if pixel_levels is None else list(pixel_levels)
+        if not self.pixel_levels or not set(self.pixel_levels) <= set(self.levels):
+            raise ValueError(
+                f"MultiLevelDensity: pixel_levels {self.pixel_levels} must be a non-empty "
+                f"subset of levels {self.levels}"
+            )
+        patch_features(torch.zeros(1, 1, 1, 1), patch)  # validates k
+        self.patch = int(patch)
         self.parts = [FeatureDensity(model, level=lv, stage=stage, **kwargs) for lv in levels]
-        self.pixel_ref: list[float] = []
-        self.image_ref: list[float] = []
+        self.pixel_ref: list[float] = []  # one per pixel level, in the order of pixel_levels
+        self.image_ref: list[float] = []  # one per level
+
+    def _pixel_parts(self):
+        return [(k, p) for k, p in enumerate(self.parts) if self.levels[k] in self.pixel_levels]
 
     def fit(self, images: Iterable[torch.Tensor]) -> MultiLevelDensity:
         """Fit every level from one forward pass per batch of ``images`` (normalized inputs
         (B, C, H, W)). Each image contributes at most ``ceil(max_pixels / n_images)`` pixel
-        vectors per level (a seeded random subset), so memory stays bounded at 256 px and
+        vectors per pixel level (a seeded random subset), so memory stays bounded at 256 px and
         fine levels; ``med_l`` is the median distance of those fitted pixel vectors (the
         per-pixel distances before upsampling) and of the pooled training vectors."""
         images = list(images)
@@ -229,30 +269,40 @@ class MultiLevelDensity:
             for k, (part, f) in enumerate(zip(self.parts, feats, strict=True)):
                 f = f.detach().double().cpu()
                 pooled[k].append(f.mean(dim=(-2, -1)).numpy())
+                if self.levels[k] not in self.pixel_levels:
+                    continue
+                g = patch_features(f, self.patch)
                 per = -(-part.max_pixels // n_img)
-                for fi in f:  # (C, h, w) per image
-                    v = fi.reshape(fi.shape[0], -1).T.numpy()
+                for gi in g:  # (C k^2, h, w) per image
+                    v = gi.reshape(gi.shape[0], -1).T.numpy()
                     if v.shape[0] > per:
                         v = v[rng.choice(v.shape[0], per, replace=False)]
                     pix[k].append(v)
         self.pixel_ref, self.image_ref = [], []
         for k, part in enumerate(self.parts):
-            p, q = np.concatenate(pix[k]), np.concatenate(pooled[k])
-            part.pixel, part.image = GaussianDensity.fit(p), GaussianDensity.fit(q)
-            self.pixel_ref.append(float(np.median(part.pixel.distance(p))))
+            q = np.concatenate(pooled[k])
+            part.image = GaussianDensity.fit(q)
             self.image_ref.append(float(np.median(part.image.distance(q))))
+            if pix[k]:
+                p = np.concatenate(pix[k])
+                part.pixel = GaussianDensity.fit(p)
+                self.pixel_ref.append(float(np.median(part.pixel.distance(p))))
         return self
 
     def evaluate(self, x: torch.Tensor):
-        """One forward pass: (per-pixel map (B, 1, H, W), per-image distances (B,), the
+        """One forward pass: (per-pixel map u (B, 1, H, W), per-image distances s (B,), the
         stage's StageOutput)."""
-        if not self.pixel_ref:
+        if not self.image_ref:
             raise RuntimeError("MultiLevelDensity: call fit(training images) first")
         feats, out = encoder_outputs(self.model, x, self.levels, self.stage)
-        maps, dists = [], []
-        for p, f, rp, ri in zip(self.parts, feats, self.pixel_ref, self.image_ref, strict=True):
-            maps.append(p.pixel_map_from(f, x) / rp)
-            dists.append(p.image_distance_from(f) / ri)
+        dists = [
+            p.image_distance_from(f) / ri
+            for p, f, ri in zip(self.parts, feats, self.image_ref, strict=True)
+        ]
+        maps = [
+            self.parts[k].pixel_map_from(patch_features(feats[k].double(), self.patch), x) / rp
+            for (k, _), rp in zip(self._pixel_parts(), self.pixel_ref, strict=True)
+        ]
         return torch.stack(maps).mean(0), np.mean(dists, axis=0), out
 
     def pixel_map(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,21 +4,27 @@ score calibrated on the validation split and an epistemic sigma map for the tota
 Fit (once, after training; no retraining, no extra network):
 
 1. :class:`~darkfield_nb.epistemic.density.MultiLevelDensity` on the training images: at every
-   encoder level ``l`` of the last stage, the mean and Ledoit-Wolf covariance of the per-pixel
-   feature vectors and of the per-image pooled vectors; ``med_l`` the median training distance;
-2. on the validation images: ``d_ref``, the 95th percentile of the per-pixel score
-   ``u(x) = mean_l d_l(x) / med_l``; ``sigma_ref``, the median aleatoric sigma; the per-image
-   scores and their 95th percentile (the threshold).
+   encoder level ``l`` of the last stage, the mean and Ledoit-Wolf covariance of the per-image
+   pooled vectors, and at the pixel levels (level 0, full resolution, by default) of the
+   ``patch x patch`` neighbourhood vectors of the features (3 x 3 by default: 144 channels);
+   ``med_l`` the median training distance;
+2. on the validation images: the conversion :class:`~.conversion.DistanceSigma` (``u_ref`` the
+   90th percentile of the per-pixel distance u, ``sigma_ref`` the median aleatoric sigma); the
+   per-image scores and their 95th percentile (the threshold).
 
 Predict, for an image x:
 
     u(x)          per-pixel normalized Mahalanobis distance (``distance``)
-    sigma_epi     = sigma_ref * max(u / d_ref - 1, 0)      (``epistemic``, dark-field units)
+    sigma_epi     = sigma_ref * (u / u_ref) ** power        (``epistemic``, dark-field units)
     sigma_total   = sqrt(sigma_ale^2 + sigma_epi^2)
     score         = mean_l d_l(pool(x)) / med_l^pool        (per image, pooled features)
     flag          = score > threshold
 
 so 5 % of in-distribution images are flagged (up to the sampling error of the validation split).
+Defaults chosen in ``bench/ood_targets.py`` (pixel levels, patch size, conversion) on half of
+the simulated device cases. A state written before these options (no ``patch`` /
+``conversion``) keeps its old behaviour: every level in the pixel map, no patch, and
+``sigma_epi = sigma_ref * max(u / d_ref - 1, 0)``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 
 from darkfield_nb.ggd import ggd_std
 
+from .conversion import DistanceSigma
 from .density import GaussianDensity, MultiLevelDensity, distance_to_sigma
 from .score import OODThreshold
 
@@ -50,7 +57,12 @@ class OODPrediction:
 
 
 class OODDetector:
-    """Density-based epistemic map and calibrated per-image flag for a trained generator."""
+    """Density-based epistemic map and calibrated per-image flag for a trained generator.
+
+    ``levels``: encoder levels of the per-image score; ``pixel_levels`` (default: the first
+    of ``levels``, level 0 = full resolution) and ``patch`` (neighbourhood size): the pixel
+    map; ``power`` and ``quantile``: the :class:`DistanceSigma` conversion; ``level``: the
+    fraction of validation images above the threshold."""
 
     def __init__(
         self,
@@ -58,14 +70,29 @@ class OODDetector:
         levels: Sequence[int] = (0, 1, 2, 3, 4),
         level: float = 0.05,
         stage: int = -1,
+        *,
+        pixel_levels: Sequence[int] | None = None,
+        patch: int = 3,
+        power: float = 2.0,
+        quantile: float = 0.9,
         **density_kw,
     ) -> None:
         self.model = model
         self.levels = tuple(levels)
         self.level = level
         self.stage = int(stage)
-        self.density = MultiLevelDensity(model, levels=self.levels, stage=self.stage, **density_kw)
+        self.pixel_levels = self.levels[:1] if pixel_levels is None else tuple(pixel_levels)
+        self.power, self.quantile = float(power), float(quantile)
+        self.density = MultiLevelDensity(
+            model,
+            levels=self.levels,
+            stage=self.stage,
+            pixel_levels=self.pixel_levels,
+            patch=patch,
+            **density_kw,
+        )
         self.d_ref = self.sigma_ref = None
+        self.conversion: DistanceSigma | None = None  # None: the old hinge rule
         self.threshold: OODThreshold | None = None
         self.val_scores: np.ndarray | None = None  # per-image scores of the validation images
 
@@ -80,8 +107,10 @@ class OODDetector:
             scores.append(s)
         if not dist:
             raise ValueError("OODDetector.fit: no validation images")
-        self.d_ref = float(np.quantile(np.concatenate(dist), 0.95))
-        self.sigma_ref = float(np.median(np.concatenate(sig)))
+        dist, sig = np.concatenate(dist), np.concatenate(sig)
+        self.d_ref = float(np.quantile(dist, 0.95))
+        self.sigma_ref = float(np.median(sig))
+        self.conversion = DistanceSigma.calibrate(dist, sig, self.quantile, self.power)
         self.val_scores = np.concatenate(scores)
         self.threshold = OODThreshold.calibrate(
             self.val_scores, self.level, "pooled multi-level Mahalanobis"
@@ -93,10 +122,17 @@ class OODDetector:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         dist, score, out = self.density.evaluate(x)  # one forward pass
         mean, ale = out.mu, ggd_std(out.alpha, out.beta)
-        epi = distance_to_sigma(dist, self.d_ref, self.sigma_ref).to(ale.dtype)
+        epi = self.epistemic_sigma(dist).to(ale.dtype)
         return OODPrediction(
             mean, ale, epi, (ale**2 + epi**2).sqrt(), dist, score, self.threshold.flag(score)
         )
+
+    def epistemic_sigma(self, u: torch.Tensor) -> torch.Tensor:
+        """Epistemic sigma (D units) of the distance map ``u``: the fitted
+        :class:`DistanceSigma`, or the hinge rule of a state that predates it."""
+        if self.conversion is not None:
+            return self.conversion(u)
+        return distance_to_sigma(u, self.d_ref, self.sigma_ref)
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict:
@@ -104,13 +140,20 @@ class OODDetector:
         if self.threshold is None:
             raise RuntimeError("OODDetector.state: call fit(train, val) first")
         parts = [
-            {k: vars(getattr(p, k)).copy() for k in ("pixel", "image")} for p in self.density.parts
+            {
+                k: None if getattr(p, k) is None else vars(getattr(p, k)).copy()
+                for k in ("pixel", "image")
+            }
+            for p in self.density.parts
         ]
         return {
             "levels": list(self.levels),
             "level": self.level,
             "stage": self.stage,
             "val_scores": [float(v) for v in self.val_scores],
+            "pixel_levels": list(self.pixel_levels),
+            "patch": self.density.patch,
+            "conversion": self.conversion.to_dict() if self.conversion is not None else None,
             "d_ref": self.d_ref,
             "sigma_ref": self.sigma_ref,
             "threshold": self.threshold.to_dict(),
@@ -122,14 +165,26 @@ class OODDetector:
     @classmethod
     def from_state(cls, model, state: dict) -> OODDetector:
         """The detector of :meth:`state` for ``model`` (the same trained generator)."""
-        det = cls(model, state["levels"], state["level"], int(state.get("stage", -1)))
+        legacy = "patch" not in state  # written before patches and the power conversion
+        det = cls(
+            model,
+            state["levels"],
+            state["level"],
+            int(state.get("stage", -1)),
+            pixel_levels=state["levels"] if legacy else state["pixel_levels"],
+            patch=1 if legacy else int(state["patch"]),
+        )
         if state.get("val_scores") is not None:
             det.val_scores = np.asarray(state["val_scores"], dtype=np.float64)
         det.d_ref, det.sigma_ref = float(state["d_ref"]), float(state["sigma_ref"])
         det.threshold = OODThreshold.from_dict(state["threshold"])
+        conv = state.get("conversion")
+        det.conversion = None if conv is None else DistanceSigma.from_dict(conv)
+        if det.conversion is not None:
+            det.power, det.quantile = det.conversion.power, det.conversion.quantile
         det.density.pixel_ref = list(state["pixel_ref"])
         det.density.image_ref = list(state["image_ref"])
         for part, saved in zip(det.density.parts, state["parts"], strict=True):
-            part.pixel = GaussianDensity(**saved["pixel"])
+            part.pixel = None if saved.get("pixel") is None else GaussianDensity(**saved["pixel"])
             part.image = GaussianDensity(**saved["image"])
         return det

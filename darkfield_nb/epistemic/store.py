@@ -6,11 +6,12 @@ The entry survives ``torch.load(weights_only=True)``: the detector's NumPy array
 precisions of every level) become float64 tensors, everything else is plain numbers, strings,
 lists and dicts::
 
-    version      1
+    version      2 (1: written before pixel_levels / patch / conversion; read as before)
     detector     OODDetector.state(), arrays as tensors: levels, level (0.05: 5 % of
-                 in-distribution images flagged), stage, d_ref, sigma_ref, threshold
+                 in-distribution images flagged), stage, pixel_levels, patch, conversion
+                 {u_ref, sigma_ref, power, quantile}, d_ref, sigma_ref, threshold
                  {threshold, level, n_calibration, score}, val_scores, pixel_ref, image_ref,
-                 parts [{pixel: {mean, precision, shrinkage}, image: {...}} per level]
+                 parts [{pixel: {mean, precision, shrinkage} or None, image: {...}} per level]
     fitted_on    {data, n_train, n_val, stage}
     score        one sentence: what the per-image score is and what the flag promises
 
@@ -34,7 +35,7 @@ from darkfield_nb.hardware import pick_device
 from .detector import OODDetector
 
 KEY = "ood"
-VERSION = 1
+VERSION = 2
 SCORE_TEXT = (
     "per-image score: mean over encoder levels of the Mahalanobis distance of the pooled "
     "features to the training features, each divided by its training median; flag: score above "
@@ -89,10 +90,15 @@ def fit_ood_detector(
     batch_size: int = 8,
     max_train: int | None = None,
     max_pixels: int = 50_000,
+    pixel_levels: Sequence[int] | None = None,
+    patch: int = 3,
+    power: float = 2.0,
+    quantile: float = 0.9,
 ) -> dict:
     """Fit :class:`OODDetector` on ``model`` (densities on the ``train`` split, at most
-    ``max_train`` images; d_ref, sigma_ref and the threshold on ``val``) and return the
-    checkpoint entry described in the module docstring."""
+    ``max_train`` images; the sigma conversion and the threshold on ``val``) and return the
+    checkpoint entry described in the module docstring. ``pixel_levels``, ``patch``,
+    ``power``, ``quantile``: as :class:`OODDetector`."""
     require_splits(data_root, ("train", "val"), "the out-of-distribution detector")
     device = pick_device(device)
     model = model.to(device).eval()
@@ -100,7 +106,17 @@ def fit_ood_detector(
         s: PairedDataset(data_root, split=s, pad_multiple=1, check=False, load_masks=False)
         for s in ("train", "val")
     }
-    det = OODDetector(model, levels, level, stage, max_pixels=max_pixels)
+    det = OODDetector(
+        model,
+        levels,
+        level,
+        stage,
+        pixel_levels=pixel_levels,
+        patch=patch,
+        power=power,
+        quantile=quantile,
+        max_pixels=max_pixels,
+    )
     train = [x.to(device) for x in batches(ds["train"], batch_size, max_train)]
     val = (x.to(device) for x in batches(ds["val"], batch_size))
     det.fit(train, val)
