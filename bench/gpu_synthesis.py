@@ -68,26 +68,22 @@ def time_synthesis(ckpt, data, work, n: int = 1000, device: str = "cuda", sample
     warm.mkdir()
     for p in sorted(inputs.glob("*.png"))[:batch]:
         os.link(p, warm / p.name)
-    predict_folder(
-        loaded.model,
-        warm,
-        work / "warm_out",
-        geometry=loaded.geometry,
-        checkpoint_sha256=loaded.sha256,
-        config=cfg,
-        device=dev,
-    )
+
+    def run(folder: Path, out_dir: Path):
+        return predict_folder(
+            loaded.model,
+            folder,
+            out_dir,
+            geometry=loaded.geometry,
+            checkpoint_sha256=loaded.sha256,
+            config=cfg,
+            device=dev,
+        )
+
+    run(warm, work / "warm_out")
     _sync(dev)
     t0 = time.perf_counter()
-    report = predict_folder(
-        loaded.model,
-        inputs,
-        work / "out",
-        geometry=loaded.geometry,
-        checkpoint_sha256=loaded.sha256,
-        config=cfg,
-        device=dev,
-    )
+    report = run(inputs, work / "out")
     _sync(dev)
     secs = time.perf_counter() - t0
     out["pipeline"] = {

@@ -92,6 +92,22 @@ def train_with_fallback(data: Path, run: Path, cfg, device: str):
         return train_progressive(data, run, cfg, device=device, progress=False), repr(exc)[:300]
 
 
+def train_and_export(data: Path, run: Path, cfg, device: str, out: Path, name: str) -> dict:
+    """Train into ``run``, copy its history to ``out/history_NAME.csv`` and export
+    ``out/NAME.pt`` (float16); the seconds, the last validation figures and the export."""
+    t0 = time.perf_counter()
+    result, fallback = train_with_fallback(data, run, cfg, device)
+    secs = time.perf_counter() - t0
+    shutil.copy(run / "history.csv", out / f"history_{name}.csv")
+    last = result.history[-1]
+    return {
+        "train_seconds": secs,
+        "fallback": fallback,
+        "last": {k: last.get(k) for k in ("val_mse", "val_ssim", "val_nll")},
+        **export(run, out / f"{name}.pt"),
+    }
+
+
 def export(run: Path, dest: Path) -> dict:
     model = checkpoint.load(run / "model.pt")
     raw = checkpoint.load_checkpoint(run / "model.pt")
@@ -197,20 +213,8 @@ def main() -> None:
             for share, rate in zip(STAGE_SHARE, ips, strict=True)
         )
         cfg = recipes.wide512(epochs=epochs, base_width=width3)
-        run = args.work / "run3"
-        t0 = time.perf_counter()
-        out, fallback = train_with_fallback(data, run, cfg, args.device)
-        secs = time.perf_counter() - t0
-        shutil.copy(run / "history.csv", args.out / "history3.csv")
-        exp = export(run, args.out / "wide512.pt")
-        last = out.history[-1]
-        return {
-            "probe_images_per_s": ips,
-            "epochs": epochs,
-            "train_seconds": secs,
-            "last": {k: last.get(k) for k in ("val_mse", "val_ssim", "val_nll")},
-            **exp,
-        }
+        done = train_and_export(data, args.work / "run3", cfg, args.device, args.out, "wide512")
+        return {"probe_images_per_s": ips, "epochs": epochs, **done}
 
     three = step(res, "train_three_stage", train_three) if "three" in steps else None
     run3_model = args.three_checkpoint or args.work / "run3" / "model.pt"
@@ -231,21 +235,8 @@ def main() -> None:
             )[0]
             epochs = max(1, int(budget * ips / ntr * 0.85))
         cfg = recipes.wide512_single_stage(epochs=epochs, base_width=width1)
-        run = args.work / "run1"
-        t0 = time.perf_counter()
-        out, fallback = train_with_fallback(data, run, cfg, args.device)
-        secs = time.perf_counter() - t0
-        shutil.copy(run / "history.csv", args.out / "history1.csv")
-        exp = export(run, args.out / "single512.pt")
-        last = out.history[-1]
-        return {
-            "probe_images_per_s": ips,
-            "budget_s": budget,
-            "epochs": epochs,
-            "train_seconds": secs,
-            "last": {k: last.get(k) for k in ("val_mse", "val_ssim", "val_nll")},
-            **exp,
-        }
+        done = train_and_export(data, args.work / "run1", cfg, args.device, args.out, "single512")
+        return {"probe_images_per_s": ips, "budget_s": budget, "epochs": epochs, **done}
 
     if "single" in steps:
         step(res, "train_single_stage", train_single)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
+from helpers import ddp_env, free_port
 
 from darkfield_nb.inference import PredictConfig, TrainingGeometry, predict_folder
 from darkfield_nb.inference.outputs import MAPS
@@ -18,23 +18,8 @@ from darkfield_nb.io import write_image
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, src: str, out: str, dump: str) -> None:
-    import os
-
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    ddp_env(rank, world, port)
     torch.manual_seed(0)
     model = ProgressiveGenerator(GeneratorConfig(n_stages=1, base_width=4, depth=2, dropout=0.2))
     cfg = PredictConfig(samples=2, batch_size=3, workers=0, progress=False)
@@ -60,7 +45,7 @@ def test_two_processes_write_every_image_exactly_once(tmp_path):
     names = [f"x{i:02d}.png" for i in range(11)]
     for name in names:
         write_image(src / name, rng.integers(0, 255, (40, 40)).astype(np.uint8))
-    mp.spawn(_worker, args=(2, _free_port(), str(src), str(out), str(dump)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(src), str(out), str(dump)), nprocs=2, join=True)
     r0 = json.loads((dump / "rank0.json").read_text())
     r1 = json.loads((dump / "rank1.json").read_text())
     assert (r0["rank"], r0["world"], r1["rank"], r1["world"]) == (0, 2, 1, 2)

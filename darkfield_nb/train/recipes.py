@@ -75,6 +75,19 @@ def smoke(n_stages: int = 3) -> TrainConfig:
     )
 
 
+#: Run settings shared by the GPU recipes: whole images, cached, 6 loader workers, NHWC, a
+#: PatchGAN of width 32 and validation on the first 48 images.
+_WIDE512_RUN = dict(
+    discriminator=DiscriminatorConfig(width=32),
+    crop_size=None,
+    cache_data=True,
+    num_workers=6,
+    channels_last=True,
+    val_max_images=48,
+    seed=0,
+)
+
+
 def wide512(
     epochs: tuple[int, int, int] = (12, 10, 10),
     base_width: int = 19,
@@ -92,13 +105,7 @@ def wide512(
             n_stages=3, base_width=base_width, dropout=0.1, dropout_stages="last"
         ),
         stages=upgan_stages(epochs=epochs, warmup_epochs=warmup, batch_size=batch_size),
-        discriminator=DiscriminatorConfig(width=32),
-        crop_size=None,
-        cache_data=True,
-        num_workers=6,
-        channels_last=True,
-        val_max_images=48,
-        seed=0,
+        **_WIDE512_RUN,
     )
 
 
@@ -124,13 +131,7 @@ def wide512_single_stage(
                 warmup_epochs=max(1, epochs // 4),
             )
         ],
-        discriminator=DiscriminatorConfig(width=32),
-        crop_size=None,
-        cache_data=True,
-        num_workers=6,
-        channels_last=True,
-        val_max_images=48,
-        seed=0,
+        **_WIDE512_RUN,
     )
 
 
