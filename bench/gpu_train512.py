@@ -7,9 +7,13 @@ never used for training, and time batch synthesis at 512 px.
     python bench/gpu_train512.py --out /tmp/gpu-tiny --tiny     (a CPU rehearsal in ~2 minutes)
 
 Every step appends to ``DIR/results.json`` as it finishes (a later failure keeps the earlier
-figures); ``DIR/log.txt`` holds the per-epoch lines. Epochs per stage come from a measured probe:
-``epochs_k = budget_k * images_per_s_k / n_train`` with the budget split 35 / 30 / 35 % over the
-stages, so the run fits its time whatever the GPU.
+figures). Epochs per stage come from a measured probe, ``epochs_k = budget_k * images_per_s_k /
+n_train`` with the budget split 35 / 30 / 35 % over the stages, or from ``--three-epochs``. On
+the H100 (session 16) the 6-step probe measured 19 / 44 / 42 images/s against 126 / 96 / 81 in
+the real epochs (start-up costs), so 170 s bought 1 / 2 / 3 epochs that took 69 s: there, an
+epoch of 700 images at 512 px took 5.4 / 7.2 / 8.5 s, and ``--three-epochs 12,10,10`` would
+take about 3.5 minutes. Next run, e.g.: ``--steps data,three,evaluate,bench --three-epochs
+12,10,10``.
 """
 
 from __future__ import annotations
@@ -155,6 +159,12 @@ def main() -> None:
         "--single-epochs", type=int, default=None, help="fixed epochs (no probe): equal steps"
     )
     ap.add_argument(
+        "--three-epochs",
+        default=None,
+        help="fixed epochs per stage, e.g. 12,10,10 (no probe: the session-16 probe measured "
+        "2-6x below the real epochs' speed)",
+    )
+    ap.add_argument(
         "--three-checkpoint", type=Path, default=None, help="an already trained wide512 model.pt"
     )
     args = ap.parse_args()
@@ -207,11 +217,16 @@ def main() -> None:
     width3, width1 = (19, 33) if not args.tiny else (8, 12)
 
     def train_three():
-        ips = probe(data, recipes.wide512(base_width=width3), args.work / "probe3", args.device, 6)
-        epochs = tuple(
-            max(1, int(args.train_seconds * share * rate / ntr * 0.85))
-            for share, rate in zip(STAGE_SHARE, ips, strict=True)
-        )
+        if args.three_epochs:
+            ips, epochs = None, tuple(int(e) for e in args.three_epochs.split(","))
+        else:
+            ips = probe(
+                data, recipes.wide512(base_width=width3), args.work / "probe3", args.device, 6
+            )
+            epochs = tuple(
+                max(1, int(args.train_seconds * share * rate / ntr * 0.85))
+                for share, rate in zip(STAGE_SHARE, ips, strict=True)
+            )
         cfg = recipes.wide512(epochs=epochs, base_width=width3)
         done = train_and_export(data, args.work / "run3", cfg, args.device, args.out, "wide512")
         return {"probe_images_per_s": ips, "epochs": epochs, **done}
