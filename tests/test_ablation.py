@@ -316,3 +316,28 @@ def test_cli_hands_ablate_to_the_ablation_runner(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("2 runs of ") and out.count("[to run]") == 2
     assert not (tmp_path / "a").exists()
+
+
+def test_summary_table_gives_mean_and_sample_sd_over_completed_seeds():
+    """Hand-built frame: level a has seeds 0-2 done, level b one done and one failed."""
+    import numpy as np
+
+    from darkfield_nb.ablation.grid import Run
+    from darkfield_nb.ablation.report import summary_table
+
+    runs = [Run(f"e__x={lv}__seed={s}", "e", {"x": lv}, s) for lv in ("a", "b") for s in (0, 1, 2)]
+    ssim = {("a", 0): 0.40, ("a", 1): 0.46, ("a", 2): 0.49, ("b", 0): 0.30}
+    rows = []
+    for r in runs:
+        key = (r.factors["x"], r.seed)
+        done = key in ssim
+        rows.append(
+            {"experiment": "e", "x": r.factors["x"], "seed": r.seed,
+             "status": "done" if done else "failed", "ssim": ssim.get(key)}
+        )  # fmt: skip
+    table = summary_table(pd.DataFrame(rows[:5]), runs, metrics=("ssim",))
+    a = np.array([0.40, 0.46, 0.49])
+    lines = table.strip().splitlines()
+    assert lines[0] == "| experiment | level | seeds done | ssim |"
+    assert lines[2] == f"| e | a | 3 / 3 | {a.mean():.4g} +/- {a.std(ddof=1):.2g} |"
+    assert lines[3] == "| e | b | 1 / 2 | 0.3 +/- - |"

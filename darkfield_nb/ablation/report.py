@@ -6,7 +6,10 @@ The table has one row per run: ``run``, ``experiment``, ``status`` ("done", "fai
 (per-stage lists become ``mse_stage1``, ``mse_stage2``, ...).
 
 The figure plots each metric (rows) against each factor of each experiment (columns): the
-seeds as points, and their mean with one standard deviation as a bar (seaborn).
+seeds as points, and their mean with one standard deviation as a bar (seaborn). The markdown
+table gives, per experiment and level, each metric's mean and sample standard deviation over the
+completed seeds, ``mean +/- sd`` with ``sd = sqrt(sum (x - mean)^2 / (n - 1))``, and how many
+seeds completed out of how many were run.
 """
 
 from __future__ import annotations
@@ -72,6 +75,38 @@ def collect(
             row["error"] = outcome.error if outcome and outcome.error else error
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+TABLE_METRICS = ("ssim", "mse", "coverage_90", "nll", "spearman_sigma_error", "auroc_total")
+
+
+def summary_table(frame: pd.DataFrame, runs: list[Run], metrics=TABLE_METRICS) -> str:
+    """A markdown table: one row per (experiment, factor level), ``mean +/- sd`` of each metric
+    over the completed seeds (sd with n - 1; "-" for one seed) and ``done / run`` seeds."""
+    metrics = [m for m in metrics if m in frame]
+    lines = [
+        "| experiment | level | seeds done | " + " | ".join(metrics) + " |",
+        "|---" * (3 + len(metrics)) + "|",
+    ]
+    seen = []
+    for run in runs:
+        for factor, level in run.factors.items():
+            if (run.experiment, factor, level) not in seen:
+                seen.append((run.experiment, factor, level))
+    for exp, factor, level in seen:
+        rows = frame[(frame["experiment"] == exp) & (frame[factor] == level)]
+        done = rows[rows["status"] == "done"]
+        cells = []
+        for m in metrics:
+            values = done[m].dropna()
+            if values.empty:
+                cells.append("")
+            elif len(values) == 1:
+                cells.append(f"{values.iloc[0]:.4g} +/- -")
+            else:
+                cells.append(f"{values.mean():.4g} +/- {values.std(ddof=1):.2g}")
+        lines.append(f"| {exp} | {level} | {len(done)} / {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_figure(

@@ -11,6 +11,7 @@ out ``DIR`` as::
     DIR/runs/<run name>/ablation_train/  what the notebook trained
     DIR/ablation_data/                   simulated data shared by the runs
     DIR/results.csv, DIR/summary.png     one row per run; metrics against each factor
+    DIR/summary.md                       mean +/- sd over seeds per experiment and level
 
 A run is complete when its ``results.json`` exists and records exactly the run's parameters; a
 complete run is skipped, any other (never run, failed, interrupted, parameters changed) is run
@@ -193,7 +194,7 @@ def resolve_notebook(grid_path: Path, named: str | None, given: str | None) -> P
 
 def main(argv: list[str] | None = None) -> int:
     """``darkfield-nb ablate``: 0 when every run is complete, 1 when any failed, 2 on bad input."""
-    from .report import collect, summary_figure
+    from .report import collect, summary_figure, summary_table
 
     args = _parser().parse_args(argv)
     grid_path = Path(args.grid)
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = out / "results.csv"
     atomic_write_text(csv_path, frame.to_csv(index=False))
     figure = summary_figure(frame, runs, out / "summary.png")
+    atomic_write_text(out / "summary.md", summary_table(frame, runs))
     failed = [o for o in outcomes if o.status == "failed"]
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
     print(
