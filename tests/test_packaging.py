@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,49 @@ def test_console_script_points_at_cli_main():
     target = PYPROJECT["project"]["scripts"]["darkfield-nb"]
     module, func = target.split(":")
     assert module == "darkfield_nb.cli" and callable(getattr(cli, func))
+
+
+#: Import names of distributions whose names differ from them.
+IMPORT_NAMES = {
+    "scikit-learn": "sklearn",
+    "scikit-image": "skimage",
+    "uncertainty-toolbox": "uncertainty_toolbox",
+    "pyyaml": "yaml",
+}
+
+SHIPPED_MODEL_RUN = """
+import importlib.abc, sys
+blocked = set(sys.argv[1].split(","))
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"{name} is not a base dependency")
+
+sys.meta_path.insert(0, Block())
+import numpy as np
+from darkfield_nb.inference import load_model
+from darkfield_nb.synthesis import synthesize
+loaded = load_model()
+assert loaded.recalibration is not None and loaded.detector is not None
+out = synthesize(loaded.model, np.random.default_rng(0).random((64, 64)), samples=2)
+print(out.scale, out.ood_flag)
+"""
+
+
+def test_the_shipped_model_runs_with_the_base_dependencies_only():
+    """The README's first command installs no extra: loading the shipped model (with its
+    recalibration and OOD detector) and synthesizing must not import any package that only an
+    extra declares (scikit-learn was one, through the isotonic recalibration)."""
+    project = PYPROJECT["project"]
+    base = _names(project["dependencies"])
+    extras = set().union(*(_names(e) for e in project["optional-dependencies"].values()))
+    blocked = {IMPORT_NAMES.get(n, n.replace("-", "_")) for n in extras - base - {"darkfield-nb"}}
+    assert "sklearn" not in blocked and "skimage" in blocked
+    run = subprocess.run(
+        [sys.executable, "-c", SHIPPED_MODEL_RUN, ",".join(sorted(blocked))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
