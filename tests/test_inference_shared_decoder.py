@@ -19,7 +19,7 @@ from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 CASES = [
     (placement, norm, ("zeros", "reflect")[i % 2], ("transpose", "resize")[i // 2 % 2], cond)
     for i, (placement, norm) in enumerate(
-        itertools.product(["decoder", "last", "bottleneck"], ["instance", "batch", "none"])
+        itertools.product(["decoder", "last", "bottleneck", "head"], ["instance", "batch", "none"])
     )
     for cond in (["concat", "attention"] if i % 3 == 0 else [("concat", "attention")[i % 2]])
 ]

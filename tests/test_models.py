@@ -213,7 +213,7 @@ def test_residual_stage_starts_exactly_at_the_previous_mean():
     assert not torch.equal(o[1].mu, o[0].mu)
 
 
-@pytest.mark.parametrize("placement", ["decoder", "last", "bottleneck", "encoder_decoder"])
+@pytest.mark.parametrize("placement", ["decoder", "last", "bottleneck", "encoder_decoder", "head"])
 def test_dropout_placement_option_puts_dropout_where_it_says(placement):
     """GeneratorConfig.dropout_placement: decoder slot j acts before up-convolution j (0 the
     bottleneck), encoder slot i on encoder block i's output; state-dict keys never change."""
@@ -222,13 +222,15 @@ def test_dropout_placement_option_puts_dropout_where_it_says(placement):
     ref = ProgressiveGenerator(GeneratorConfig(dropout=0.0, **SMALL))
     assert list(g.state_dict()) == list(ref.state_dict())
     depth = cfg.depth
-    want = {"last": {depth - 1}, "bottleneck": {0}}.get(placement, set(range(depth)))
+    want = {"last": {depth - 1}, "bottleneck": {0}, "head": set()}.get(placement, set(range(depth)))
     stage = g.stages[-1]
     got = {j for j, m in enumerate(stage.drop) if isinstance(m, nn.Dropout2d)}
     assert got == want and all(stage.drop[j].p == 0.25 for j in got)
     enc = [isinstance(m, nn.Dropout2d) for m in stage.enc_drop]
     assert enc == [placement == "encoder_decoder"] * depth
     assert stage.has_encoder_dropout == (placement == "encoder_decoder")
+    assert isinstance(stage.head_drop, nn.Dropout2d) == (placement == "head")
+    assert stage.has_dropout
     assert not any(isinstance(m, nn.Dropout2d) for s in g.stages[:-1] for m in s.modules())
     # the bottleneck slot drops the deepest features: its input has the bottleneck's width
     assert stage.upconv[0].in_channels == cfg.base_width * 2**depth
@@ -253,6 +255,41 @@ def test_encoder_dropout_batched_mc_matches_repeat_and_samples_encoder():
     with torch.no_grad():
         f1, f2 = stage.encode(prefix.inp), stage.encode(prefix.inp)
     assert not torch.equal(f1[0], f2[0])
+
+
+@pytest.mark.parametrize("kind", ["channel", "element"])
+def test_head_dropout_mc_variance_matches_its_closed_form(kind):
+    """Placement "head": mu_t = b + sum_c W_c m_c h_c with keep masks m_c ~ Bernoulli(1-p)/(1-p),
+    so Var_t[mu_t] = p/(1-p) sum_c W_c^2 h_c^2 (unet docstring), h the deterministic last decoder
+    features. The MC epistemic variance of 4000 passes must match it within sampling error,
+    pixel by pixel, and the MC mean must match b + sum_c W_c h_c."""
+    p = 0.3
+    cfg = GeneratorConfig(dropout=p, dropout_placement="head", dropout_kind=kind, **SMALL)
+    torch.manual_seed(0)
+    g = ProgressiveGenerator(cfg).eval()
+    stage = g.stages[-1]
+    nn.init.normal_(stage.head_mu.weight, std=0.3)
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        prefix = g.mc_prefix(x)
+        h = prefix.feats[-1]
+        for j, (upconv, block) in enumerate(zip(stage.upconv, stage.up, strict=True)):
+            h = block(torch.cat([upconv(h), prefix.feats[-2 - j]], dim=1))
+    w = stage.head_mu.weight[:, :, 0, 0].reshape(-1, 1, 1)  # (C, 1, 1)
+    var_closed = (p / (1 - p) * (w**2 * h[0] ** 2).sum(0)).double()
+    mean_closed = (stage.head_mu.bias + (w * h[0]).sum(0)).double()
+    if cfg.residual:
+        mean_closed = mean_closed + prefix.prev_mu[0, 0].double()
+    n = 4000
+    r = mc_dropout_predict(g, x, samples=n, seed=1, keep_samples=True)
+    mus = r.samples.double()[:, 0, 0]  # (T, H, W)
+    var_mc = mus.var(0, unbiased=True)
+    # sampling sd of a variance estimate: sqrt((m4 - s^4) / n)
+    m4 = ((mus - mus.mean(0)) ** 4).mean(0)
+    sd = ((m4 - var_mc**2).clamp_min(0) / n).sqrt()
+    assert var_closed.min() > 0
+    assert ((var_mc - var_closed).abs() <= 5 * sd + 1e-12).all()
+    assert ((mus.mean(0) - mean_closed).abs() <= 5 * (var_closed / n).sqrt() + 1e-6).all()
 
 
 def test_invalid_dropout_placement_is_refused():

@@ -12,7 +12,8 @@ The skip features s come from the encoder, which is deterministic (it is the Mon
 computed once per image and added to every pass. That removes the skip half of every level's
 first convolution from the passes, about a third of the decoder's multiply-adds (the first
 convolution maps 2w -> w channels, the second w -> w). Decoder levels before the first active
-dropout layer (placements "last" and "bottleneck" have some) are deterministic too and run once.
+dropout layer (placements "last" and "bottleneck" have some) are deterministic too and run once;
+with placement "head" the whole decoder runs once and only the 1x1 heads see the T passes.
 The result equals ``ProgressiveGenerator.mc_suffix`` up to float rounding (the sum is split in
 two); ``tests/test_inference_shared_decoder.py`` compares them on every placement, norm,
 padding, upsampling and conditioning.
@@ -25,7 +26,6 @@ features, a later stage is asked for, or a block does not start with a plain con
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from darkfield_nb.data.transforms import unpad
@@ -82,10 +82,7 @@ class SharedDecoder:
             h = block[1:](a)
         if self.first == len(st.drop):  # no dropout in this decoder: one copy per pass
             h = h.repeat(c, 1, 1, 1)
-        cfg = st.config
-        mu = st.head_mu(h)
-        alpha = F.softplus(st.head_alpha(h)) + cfg.alpha_floor
-        beta = cfg.beta_min + (cfg.beta_max - cfg.beta_min) * torch.sigmoid(st.head_beta(h))
+        mu, alpha, beta = st.heads(st.head_drop(h))
         if self.residual:
             mu = (self.prefix.prev_mu.unsqueeze(0) + mu.unflatten(0, (c, b))).flatten(0, 1)
         return StageOutput(*(unpad(t, self.prefix.pads) for t in (mu, alpha, beta)))

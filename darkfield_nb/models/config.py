@@ -13,7 +13,7 @@ from typing import Any
 NORMS = ("instance", "batch", "group", "none")
 CONDITIONINGS = ("concat", "attention")
 DROPOUT_KINDS = ("channel", "element")
-DROPOUT_PLACEMENTS = ("decoder", "last", "bottleneck", "encoder_decoder")
+DROPOUT_PLACEMENTS = ("decoder", "last", "bottleneck", "encoder_decoder", "head")
 DISC_NORMS = ("spectral", "instance", "batch", "none")
 UPSAMPLES = ("resize", "transpose")
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -47,8 +47,9 @@ class GeneratorConfig:
     dropout_kind: "channel" (``nn.Dropout2d``, whole feature maps) or "element" (``nn.Dropout``).
     dropout_placement: where in a dropout stage: "decoder" (every decoder level, the default and
         the behaviour of models saved before the option), "last" (the last decoder level only),
-        "bottleneck" (the bottleneck features only) or "encoder_decoder" (every decoder level and
-        the output of every encoder block but the bottleneck's); see ``models/unet.py``.
+        "bottleneck" (the bottleneck features only), "encoder_decoder" (every decoder level and
+        the output of every encoder block but the bottleneck's) or "head" (the last decoder
+        features entering the 1x1 heads: last-layer MC dropout); see ``models/unet.py``.
     conditioning: how stage k+1 sees stage k: "concat" feeds [x, mu_k, alpha_k, beta_k];
         "attention" feeds [x, mu_k] and gates its encoder features with stage k's normalized
         aleatoric sigma (see :class:`~darkfield_nb.models.ProgressiveGenerator`).

@@ -27,7 +27,17 @@ encoder block ``i < depth`` (so both the skip connection and the next level see 
 "last"              ``drop[depth - 1]`` only
 "bottleneck"        ``drop[0]`` only
 "encoder_decoder"   every ``drop[j]`` and every ``enc_drop[i]``
+"head"              ``head_drop`` only: the last decoder features ``h`` entering the 1x1 heads
 =================== ===========================================
+
+"head" is last-layer Monte Carlo dropout: the whole U-Net is a deterministic prefix and only the
+three 1x1 heads see the dropped features, so T passes cost little more than one. For the mean
+head, with a keep mask ``m_c ~ Bernoulli(1 - p) / (1 - p)`` per channel (channel dropout) or
+per channel and pixel (element dropout), ``mu_t = b + sum_c W_c m_c h_c`` and, in closed form,
+
+    E_t[mu_t] = b + sum_c W_c h_c,      Var_t[mu_t] = p / (1 - p) * sum_c W_c^2 h_c^2,
+
+which is what the Monte Carlo epistemic sigma estimates (``tests/test_models.py`` checks it).
 
 Dropout layers have no parameters, so every placement has the same ``state_dict`` keys. Without
 encoder dropout the encoder is a deterministic prefix that Monte Carlo dropout runs once per
@@ -146,6 +156,7 @@ class UNetStage(nn.Module):
         self.head_mu = nn.Conv2d(widths[0], 1, 1)
         self.head_alpha = nn.Conv2d(widths[0], 1, 1)
         self.head_beta = nn.Conv2d(widths[0], 1, 1)
+        self.head_drop: nn.Module = nn.Identity()
         with torch.no_grad():
             self.head_alpha.bias.fill_(_inverse_softplus(max(0.1 - config.alpha_floor, 1e-3)))
             frac = (2.0 - config.beta_min) / (config.beta_max - config.beta_min)
@@ -161,11 +172,12 @@ class UNetStage(nn.Module):
         for j in range(self.config.depth):
             self.drop[j] = _make_dropout(rate if j in slots else 0.0, kind)
             self.enc_drop[j] = _make_dropout(rate if encoder else 0.0, kind)
+        self.head_drop = _make_dropout(rate if placement == "head" else 0.0, kind)
 
     @property
     def has_dropout(self) -> bool:
         """True when at least one dropout layer with a positive rate sits in this stage."""
-        return any(_active(m) for m in list(self.drop) + list(self.enc_drop))
+        return any(_active(m) for m in [*self.drop, *self.enc_drop, self.head_drop])
 
     @property
     def has_encoder_dropout(self) -> bool:
@@ -195,13 +207,17 @@ class UNetStage(nn.Module):
 
     def decode(self, feats: list[torch.Tensor]) -> StageOutput:
         """Decoder (with dropout) and heads; ``feats`` as returned by :meth:`encode`."""
-        cfg = self.config
         h = feats[-1]
         for j, (drop, upconv, block) in enumerate(
             zip(self.drop, self.upconv, self.up, strict=True)
         ):
             skip = feats[-2 - j]
             h = block(torch.cat([upconv(drop(h)), skip], dim=1))
+        return self.heads(self.head_drop(h))
+
+    def heads(self, h: torch.Tensor) -> StageOutput:
+        """The three 1x1 heads (module docstring) on the last decoder features ``h``."""
+        cfg = self.config
         mu = self.head_mu(h)
         alpha = F.softplus(self.head_alpha(h)) + cfg.alpha_floor
         beta = cfg.beta_min + (cfg.beta_max - cfg.beta_min) * torch.sigmoid(self.head_beta(h))
@@ -219,8 +235,11 @@ def dropout_slots(placement: str, depth: int) -> set[int]:
         return {0}
     if placement in ("decoder", "encoder_decoder"):
         return set(range(depth))
+    if placement == "head":
+        return set()
     raise ValueError(
-        f"dropout_placement={placement!r} must be one of decoder, last, bottleneck, encoder_decoder"
+        f"dropout_placement={placement!r} must be one of decoder, last, bottleneck, "
+        "encoder_decoder, head"
     )
 
 
