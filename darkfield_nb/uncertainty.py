@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,6 +84,19 @@ class MCDropoutResult:
     beta: torch.Tensor
     n_samples: int
     samples: torch.Tensor | None = None
+
+    def image_maps(self, index: int = 0) -> dict[str, np.ndarray]:
+        """The maps of image ``index`` as (H, W) float32 NumPy arrays, keyed ``mu`` (the mean),
+        ``aleatoric``, ``epistemic``, ``total``, ``alpha`` and ``beta``."""
+        maps = {
+            "mu": self.mean,
+            "aleatoric": self.aleatoric,
+            "epistemic": self.epistemic,
+            "total": self.total,
+            "alpha": self.alpha,
+            "beta": self.beta,
+        }
+        return {k: t[index, 0].float().cpu().numpy() for k, t in maps.items()}
 
 
 def _is_dropout(m: nn.Module) -> bool:

@@ -95,9 +95,8 @@ def collect_predictions(
         out["y"].append(item["target"][0].numpy())
         out["x"].append(item["input"][0].numpy())
         out["mask"].append(item["mask"][0].numpy().astype(np.int32))
-        for k in ("mu", "aleatoric", "epistemic", "total", "alpha", "beta"):
-            v = mc.mean if k == "mu" else getattr(mc, k)
-            out[k].append(v[0, 0].float().cpu().numpy())
+        for k, v in mc.image_maps(0).items():
+            out[k].append(v)
     preds = Predictions(ids=np.array(ids), **{k: np.stack(v) for k, v in out.items()})
     if cache is not None:
         Path(cache).parent.mkdir(parents=True, exist_ok=True)

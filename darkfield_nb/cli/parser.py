@@ -48,6 +48,13 @@ def _add_run_options(
     p.add_argument("--quiet", action="store_true", help=quiet_help)
 
 
+def _add_choice(
+    p: argparse.ArgumentParser, flag: str, choices: tuple[str, ...], *, help: str
+) -> None:
+    """An option taking one of ``choices``; its default is the first."""
+    p.add_argument(flag, choices=choices, default=choices[0], help=help)
+
+
 def _add_make_data(sub) -> None:
     p = sub.add_parser("make-data", help="simulate a paired data set from the 3-D chest phantom")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be empty)")
@@ -96,25 +103,25 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     _add_model_options(p, samples_help="MC dropout passes (0: one deterministic pass)")
     p.add_argument("--seed", type=int, default=0, help="dropout mask seed")
-    p.add_argument(
+    _add_choice(
+        p,
         "--format",
-        choices=("tiff", "png16"),
-        default="tiff",
+        ("tiff", "png16"),
         help="tiff: float32 D (default); png16: 16-bit PNG + png16_scale.json",
     )
     p.add_argument("--preview", action="store_true", help="also write preview/<id>.png panels")
-    p.add_argument(
+    _add_choice(
+        p,
         "--resample",
-        choices=("auto", "off"),
-        default="auto",
+        ("auto", "off"),
         help="auto: to the checkpoint's training geometry and back (default)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="images per model call")
     p.add_argument("--workers", type=int, default=None, help="decoding processes")
-    p.add_argument(
+    _add_choice(
+        p,
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default="auto",
+        ("auto", "fp32", "bf16", "fp16"),
         help="auto: fp16 autocast on CUDA, fp32 elsewhere",
     )
     _add_run_options(p)
@@ -135,10 +142,10 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--split", default="val", help="split to fit on (default: val; never test)")
     p.add_argument("--alpha", type=float, default=0.1, help="RCPS: tolerated missed share")
     p.add_argument("--delta", type=float, default=0.1, help="RCPS: allowed failure probability")
-    p.add_argument(
+    _add_choice(
+        p,
         "--scaling",
-        choices=("coverage", "nll"),
-        default="coverage",
+        ("coverage", "nll"),
         help="sigma factor: exact 90 %% coverage (default) or smallest GGD NLL",
     )
     _add_run_options(p, overwrite_help="replace an existing --out")

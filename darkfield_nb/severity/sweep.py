@@ -120,10 +120,9 @@ def predict_case(
     model = model.to(dev).eval()
     xt = torch.from_numpy(x)[None, None].to(dev)
     mc = mc_dropout_predict(model, xt, samples=samples, seed=mc_seed, stage=stage)
-    mu, ale, epi, tot, beta = (
-        t[0, 0].float().cpu().numpy()
-        for t in (mc.mean, mc.aleatoric, mc.epistemic, mc.total, mc.beta)
-    )
+    maps = mc.image_maps(0)
+    del maps["alpha"]  # a case keeps the total sigma and beta, not the mean alpha
+    tot, beta = maps["total"], maps["beta"]
     half = ggd_halfwidth(level, predictive_alpha(tot, beta), beta).astype(np.float32)
     diffuse = getattr(patient.pathology, "diffuse", None)
     return SweepCase(
@@ -136,11 +135,7 @@ def predict_case(
         y_clean=pair.darkfield_clean.astype(np.float32),
         x=x,
         mask=pair.mask,
-        mu=mu,
-        aleatoric=ale,
-        epistemic=epi,
-        total=tot,
-        beta=beta,
+        **maps,
         half=half,
     )
 
