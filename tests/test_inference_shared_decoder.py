@@ -70,6 +70,21 @@ def test_equals_the_whole_decoder_on_stacked_copies(
         assert not torch.allclose(other.mu, got.mu[:6])
 
 
+def test_head_element_dropout_equals_the_whole_decoder_on_stacked_copies():
+    """Placement "head" with element dropout (masks per pixel: not folded into the weights)."""
+    m = _model(dropout_placement="head", dropout_kind="element")
+    x = torch.rand(2, 1, 32, 36)
+    with torch.no_grad():
+        prefix = m.mc_prefix(x, -1)
+        with fixed_masks(m, [0, 1, 2], 2, seed=3):
+            ref = m.mc_suffix(prefix, 3, -1)
+        with fixed_masks(m, [0, 1, 2], 2, seed=3):
+            got = shared_decoder(m, prefix, -1)(3)
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(got.mu[:2], got.mu[2:4])
+
+
 def test_not_used_where_it_does_not_apply():
     enc = _model(dropout_placement="encoder_decoder")  # the encoder drops: no shared skips
     x = torch.rand(1, 1, 32, 32)

@@ -15,6 +15,7 @@ from scipy import stats
 from torch import nn
 
 from darkfield_nb.ggd import ggd_std
+from darkfield_nb.inference.mc import mc_predict_batch
 from darkfield_nb.losses import adversarial_loss, ggd_nll
 from darkfield_nb.models import (
     DiscriminatorConfig,
@@ -290,6 +291,12 @@ def test_head_dropout_mc_variance_matches_its_closed_form(kind):
     assert var_closed.min() > 0
     assert ((var_mc - var_closed).abs() <= 5 * sd + 1e-12).all()
     assert ((mus.mean(0) - mean_closed).abs() <= 5 * (var_closed / n).sqrt() + 1e-6).all()
+    # the batched pipeline's path (channel dropout: masks folded into the head weights)
+    maps = mc_predict_batch(g, x, samples=n, seed=2)
+    var_pipe = maps["epistemic"][0, 0].double() ** 2
+    assert ((var_pipe - var_closed).abs() <= 5 * sd + 1e-12).all()
+    err = (maps["darkfield"][0, 0] - mean_closed).abs()
+    assert (err <= 5 * (var_closed / n).sqrt() + 1e-6).all()
 
 
 def test_invalid_dropout_placement_is_refused():

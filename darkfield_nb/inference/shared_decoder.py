@@ -80,12 +80,30 @@ class SharedDecoder:
             a = block[0]._conv_forward(u, self.weights[i], None)
             a.unflatten(0, (c, b)).add_(self.skip_terms[i].unsqueeze(0))
             h = block[1:](a)
-        if self.first == len(st.drop):  # no dropout in this decoder: one copy per pass
-            h = h.repeat(c, 1, 1, 1)
-        mu, alpha, beta = st.heads(st.head_drop(h))
+        if self.first == len(st.drop) and isinstance(st.head_drop, nn.Dropout2d):
+            mu, alpha, beta = self._channel_masked_heads(c)
+        else:
+            if self.first == len(st.drop):  # no dropout in this decoder: one copy per pass
+                h = h.repeat(c, 1, 1, 1)
+            mu, alpha, beta = st.heads(st.head_drop(h))
         if self.residual:
             mu = (self.prefix.prev_mu.unsqueeze(0) + mu.unflatten(0, (c, b))).flatten(0, 1)
         return StageOutput(*(unpad(t, self.prefix.pads) for t in (mu, alpha, beta)))
+
+    def _channel_masked_heads(self, repeats: int) -> StageOutput:
+        """Placement "head" with channel dropout: pass t multiplies channel c of the last
+        decoder features h by one keep factor m_tc, so each 1x1 head is
+        ``W (m_t * h) + b = (W * m_t) h + b``: the masks go into the head weights and the
+        features are read once for all passes, not copied per pass. The masks are those the
+        dropout layer draws (under ``mc.fixed_masks``: the pass's seeded masks), read by
+        applying it to a (repeats * B, C, 1, 1) tensor of ones."""
+        st, b, h = self.stage, self.b, self.h
+        heads = (st.head_mu, st.head_alpha, st.head_beta)
+        keep = st.head_drop(h.new_ones(repeats * b, h.shape[1], 1, 1)).view(repeats, b, 1, -1)
+        w = torch.cat([m.weight for m in heads]).flatten(1).to(h.dtype)  # (3, C)
+        bias = torch.cat([m.bias for m in heads]).to(h.dtype).view(1, 1, 3, 1, 1)
+        out = torch.einsum("tbkc,bchw->tbkhw", keep * w, h) + bias
+        return st.activate(*(out[:, :, k : k + 1].flatten(0, 1) for k in range(3)))
 
 
 def _plain_conv(block: nn.Module, channels: int) -> bool:

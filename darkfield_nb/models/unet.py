@@ -217,10 +217,14 @@ class UNetStage(nn.Module):
 
     def heads(self, h: torch.Tensor) -> StageOutput:
         """The three 1x1 heads (module docstring) on the last decoder features ``h``."""
+        return self.activate(self.head_mu(h), self.head_alpha(h), self.head_beta(h))
+
+    def activate(self, mu: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> StageOutput:
+        """The heads' outputs from their 1x1 convolutions ``mu``, ``a``, ``b``: alpha =
+        softplus(a) + alpha_floor, beta = beta_min + (beta_max - beta_min) sigmoid(b)."""
         cfg = self.config
-        mu = self.head_mu(h)
-        alpha = F.softplus(self.head_alpha(h)) + cfg.alpha_floor
-        beta = cfg.beta_min + (cfg.beta_max - cfg.beta_min) * torch.sigmoid(self.head_beta(h))
+        alpha = F.softplus(a) + cfg.alpha_floor
+        beta = cfg.beta_min + (cfg.beta_max - cfg.beta_min) * torch.sigmoid(b)
         return StageOutput(mu, alpha, beta)
 
     def forward(self, inp: torch.Tensor, gate: torch.Tensor | None = None) -> StageOutput:
