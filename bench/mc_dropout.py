@@ -1,9 +1,12 @@
 """Cost of Monte Carlo dropout relative to one deterministic forward pass, measured in one run.
 
-For each dropout placement (``dropout_stages`` "last" and "all") of the default 3-stage
-generator, at 256 x 256, batch 1:
+For each dropout placement (``dropout_stages`` "last" and "all"; within a stage
+``dropout_placement`` "decoder", "last" or "head") of the default 3-stage generator, at 256 x 256,
+batch 1:
 
   forward   one deterministic pass (eval mode, no grad)
+  pipeline  inference.mc.mc_predict_batch (what ``predict`` runs: shared decoder skip half;
+            with "head", the masks folded into the 1x1 head weights)
   batched   mc_dropout_predict(samples=T): shared prefix once, the rest batched (the default)
   repeat    the whole network on T stacked copies (batching without prefix sharing)
   loop      T separate passes (the naive way)
@@ -13,7 +16,8 @@ warm-up, which is robust to load from other processes on a shared machine).
 Target: batched <= 8x for the default placement with T = 20.
 
     python bench/mc_dropout.py [--size 256] [--samples 20] [--repeats 3] [--device cpu]
-           [--stages last all] [--threads N] [--clock wall|cpu] [--json out.json]
+           [--stages last all] [--placements decoder head] [--threads N] [--clock wall|cpu]
+           [--json out.json]
 
 Which placement flags devices better (pacemaker, cables) needs trained models and the OOD data:
 compare ``epistemic`` inside device masks with ``darkfield_nb.ood`` once they exist.
@@ -29,6 +33,7 @@ import time
 import torch
 
 from darkfield_nb.hardware import pick_device
+from darkfield_nb.inference.mc import mc_predict_batch
 from darkfield_nb.models import GeneratorConfig, build_generator, count_parameters
 from darkfield_nb.uncertainty import mc_dropout_predict
 
@@ -48,13 +53,23 @@ def _timer(device: torch.device, clock: str):
     return run
 
 
+VARIANTS = ("pipeline", "batched", "repeat", "loop")
+
+
 def bench(
-    placement: str, size: int, samples: int, repeats: int, device: torch.device, clock: str
+    stages: str,
+    placement: str,
+    size: int,
+    samples: int,
+    repeats: int,
+    device: torch.device,
+    clock: str,
 ) -> dict:
-    """Time the four variants round-robin (so that load from other processes hits them alike)
+    """Time the five variants round-robin (so that load from other processes hits them alike)
     and keep each one's fastest time; ratios are to the fastest deterministic forward."""
     torch.manual_seed(0)
-    g = build_generator(GeneratorConfig(dropout_stages=placement)).to(device).eval()
+    cfg = GeneratorConfig(dropout_stages=stages, dropout_placement=placement)
+    g = build_generator(cfg).to(device).eval()
     x = torch.randn(1, 1, size, size, device=device)
 
     def forward():
@@ -62,6 +77,7 @@ def bench(
             g(x)
 
     variants = {"forward": forward}
+    variants["pipeline"] = lambda: mc_predict_batch(g, x, samples=samples, seed=0)
     for strategy in ("batched", "repeat", "loop"):
         variants[strategy] = lambda s=strategy: mc_dropout_predict(
             g, x, samples=samples, seed=0, strategy=s
@@ -73,11 +89,11 @@ def bench(
     for _ in range(repeats):
         for k, fn in variants.items():
             times[k].append(run(fn))
-    row = {"dropout_stages": placement, "parameters": count_parameters(g)}
+    row = {"dropout_stages": stages, "placement": placement, "parameters": count_parameters(g)}
     for k, ts in times.items():
         row[f"{k}_s"] = min(ts)
         row[f"{k}_median_s"] = statistics.median(ts)
-    for k in ("batched", "repeat", "loop"):
+    for k in VARIANTS:
         row[f"{k}_ratio"] = row[f"{k}_s"] / row["forward_s"]
     return row
 
@@ -89,6 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--stages", nargs="+", default=["last", "all"])
+    ap.add_argument("--placements", nargs="+", default=["decoder", "head"])
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument(
         "--clock",
@@ -107,16 +124,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"torch={torch.__version__}"
     )
     rows = [
-        bench(p, args.size, args.samples, args.repeats, device, args.clock) for p in args.stages
+        bench(s, p, args.size, args.samples, args.repeats, device, args.clock)
+        for s in args.stages
+        for p in args.placements
     ]
-    head = f"{'dropout_stages':>14} {'forward s':>10} {'batched':>14} {'repeat':>14} {'loop':>14}"
-    print(head)
+    cols = " ".join(f"{v:>14}" for v in VARIANTS)
+    print(f"{'stages':>6} {'placement':>9} {'forward s':>10} {cols}")
     for r in rows:
-        cells = [
-            f"{r[f'{s}_s']:6.2f}s {r[f'{s}_ratio']:5.1f}x" for s in ("batched", "repeat", "loop")
-        ]
+        cells = [f"{r[f'{v}_s']:6.2f}s {r[f'{v}_ratio']:5.1f}x" for v in VARIANTS]
         print(
-            f"{r['dropout_stages']:>14} {r['forward_s']:10.3f} "
+            f"{r['dropout_stages']:>6} {r['placement']:>9} {r['forward_s']:10.3f} "
             + " ".join(f"{c:>14}" for c in cells)
         )
     print(f"parameters of the generator: {rows[0]['parameters']:,}")
