@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "10_uncertainty_explorer.ipynb"
 SERVER_START_S = 90
 RUN_ALL_S = 150
+KERNEL_START_S = 120
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
@@ -161,22 +162,6 @@ def _headless_readout(percentile: float) -> dict:
     return parse_readout(ex.readout.value.removeprefix("<code>").removesuffix("</code>"))
 
 
-def _cancel_kernel_dialog(page) -> None:
-    """Cancel a "Select Kernel" dialog (its "No Kernel" button: the session keeps the kernel it
-    has). JupyterLab's ``SessionContext.startKernel`` opens one whenever starting the session
-    raised anything in the page; seen once here under CPU load with the kernel started and
-    idle behind it, blocking every click. Printed, so that a CI log shows it happened."""
-    header = page.locator(".jp-Dialog-header", has_text="Select Kernel")
-    dialog = page.locator(".jp-Dialog", has=header).first
-    if dialog.count():
-        print(f"browser test: cancelling a JupyterLab dialog: {dialog.inner_text()!r}")
-        try:
-            dialog.locator(".jp-Dialog-button.jp-mod-reject").click(timeout=10_000)
-            dialog.wait_for(state="detached", timeout=10_000)
-        except sync_api.TimeoutError:
-            pass  # gone by itself, or still there: the next click says so
-
-
 def _run_all_cells(page, attempts: int = 3) -> None:
     """Run > Run All Cells, with the notebook focused; retried while no cell has started (a
     menu command clicked before the notebook panel is current does nothing)."""
@@ -185,7 +170,6 @@ def _run_all_cells(page, attempts: int = 3) -> None:
         ".some(e => /\\[(\\*|\\d+)\\]/.test(e.innerText))"
     )
     for _ in range(attempts):
-        _cancel_kernel_dialog(page)
         page.locator(".jp-Notebook .jp-Cell").first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
@@ -271,9 +255,12 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
         try:
             page.goto(f"{lab['url']}/lab/tree/explorer.ipynb?token={lab['token']}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            # the kernel is connected and idle before we queue the cells
-            page.wait_for_selector(
-                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000
+            # the kernel is connected and idle before we queue the cells. The status bar says
+            # "| Idle" only for a connected kernel; the toolbar's ExecutionIndicator starts at
+            # data-status="idle" before any kernel exists, and Run All clicked then (seen under
+            # CPU load) finds no kernel and opens one "Select Kernel" dialog per code cell
+            page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).first.wait_for(
+                timeout=KERNEL_START_S * 1000
             )
             _run_all_cells(page)
             # the last code cell shows the readout table; then the explorer is in its final state
