@@ -274,7 +274,7 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
 
             # switch to percentile mode as a user does: click the toggle button. The slider
             # must open at the readout's percentile (a kernel whose update listed the value
-            # before the range left it at 0.1 and the readout at percentile 2.4)
+            # before the range left the handle at 2.4 and the readout at percentile 2.40)
             page.locator(".widget-toggle-button", has_text=re.compile(r"^percentile$")).click()
             slider = page.locator(".widget-slider", has=page.locator("text=percentile")).first
             slider.wait_for(timeout=30_000)
