@@ -123,7 +123,7 @@ class ValueLastSlider(w.FloatSlider):
     (ipywidgets 8 ``FloatSliderView`` on noUiSlider) handles the keys in message order: a new
     ``value`` handled before the new ``max``/``min``/``step`` is clamped and snapped to the *old*
     range, and with ``continuous_update`` the browser sends that value back to the kernel as if
-    the user had moved the handle (percentile mode then opened near 0: in CI, handle at 2.4,
+    the user had moved the handle (percentile mode then opened near 0: handle at 2.4,
     readout at percentile 2.40, instead of 90).
     With ``value`` last, the browser sets the new range first, then the value inside it."""
 
