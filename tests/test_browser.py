@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "10_uncertainty_explorer.ipynb"
 SERVER_START_S = 90
 RUN_ALL_S = 150
+KERNEL_START_S = 120
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
@@ -184,9 +185,15 @@ def _readout(page) -> str:
     return page.locator(".dfnb-readout").first.inner_text().strip()
 
 
-def _settled_readout(page, ok, timeout_s: float = 60.0, quiet_s: float = 1.5) -> dict:
+def _slider_values(page) -> list[str]:
+    """aria-valuenow of every slider handle on the page (threshold, opacity)."""
+    return [h.get_attribute("aria-valuenow") or "" for h in page.locator(".noUi-handle").all()]
+
+
+def _settled_readout(page, ok, step: str, timeout_s: float = 60.0, quiet_s: float = 1.5) -> dict:
     """The parsed readout once ``ok(readout)`` holds and the text has not changed for
-    ``quiet_s`` seconds (kernel messages arrive late on a loaded machine)."""
+    ``quiet_s`` seconds (kernel messages arrive late on a loaded machine); ``step`` names the
+    wait in the failure message."""
     from darkfield_nb.widgets import parse_readout
 
     deadline = time.monotonic() + timeout_s
@@ -198,7 +205,40 @@ def _settled_readout(page, ok, timeout_s: float = 60.0, quiet_s: float = 1.5) ->
         elif ok(parse_readout(text)) and time.monotonic() - since >= quiet_s:
             return parse_readout(text)
         time.sleep(0.2)
-    pytest.fail(f"the readout did not settle on the expected state; last: {last!r}")
+    pytest.fail(
+        f"{step}: the readout did not settle on the expected state in {timeout_s:.0f} s; "
+        f"last: {last!r}; slider handles at {_slider_values(page)}"
+    )
+
+
+def _save_failure(page, tmp_path: Path) -> None:
+    """failure.png (the whole page) and failure.txt (the readout, the slider handles, any
+    dialog) in the test's tmp dir and, when DARKFIELD_ARTIFACTS is set, there too. What the
+    page cannot give (it may be closed or hung) is written down instead of raised."""
+    shot, notes = tmp_path / "failure.png", []
+    try:
+        page.screenshot(path=str(shot), full_page=True, timeout=15_000)
+    except Exception as err:
+        notes.append(f"screenshot failed: {err!r}")
+    for name, get in (
+        ("readout", lambda: page.locator(".dfnb-readout").all_inner_texts()),
+        ("slider handles", lambda: _slider_values(page)),
+        ("slider readouts", lambda: page.locator(".widget-readout").all_inner_texts()),
+        ("dialogs", lambda: page.locator(".jp-Dialog").all_inner_texts()),
+    ):
+        try:
+            notes.append(f"{name}: {get()!r}")
+        except Exception as err:
+            notes.append(f"{name}: not read ({err!r})")
+    text = tmp_path / "failure.txt"
+    text.write_text("\n".join(notes) + "\n")
+    saved = [p for p in (shot, text) if p.exists()]
+    artifacts = os.environ.get("DARKFIELD_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        for p in saved:
+            shutil.copy(p, Path(artifacts) / p.name)
+    print(f"browser test failed; saved {[str(p) for p in saved]}:\n" + "\n".join(notes))
 
 
 def test_explorer_in_jupyterlab(lab, tmp_path):
@@ -209,11 +249,18 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        except BaseException:
+            browser.close()
+            raise
+        try:
             page.goto(f"{lab['url']}/lab/tree/explorer.ipynb?token={lab['token']}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            # the kernel is connected and idle before we queue the cells
-            page.wait_for_selector(
-                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000
+            # the kernel is connected and idle before we queue the cells. The status bar says
+            # "| Idle" only for a connected kernel; the toolbar's ExecutionIndicator starts at
+            # data-status="idle" before any kernel exists, and Run All clicked then (seen under
+            # CPU load) finds no kernel and opens one "Select Kernel" dialog per code cell
+            page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).first.wait_for(
+                timeout=KERNEL_START_S * 1000
             )
             _run_all_cells(page)
             # the last code cell shows the readout table; then the explorer is in its final state
@@ -222,14 +269,28 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             canvas = page.locator(".jupyter-matplotlib-figure canvas").first
             canvas.wait_for(timeout=30_000)
             # the explorer opens on total sigma, sigma mode, at the 90th percentile
-            start_state = _settled_readout(page, lambda r: r["kind"] == "total")
+            start_state = _settled_readout(page, lambda r: r["kind"] == "total", "opened")
             assert start_state["percentile"] == pytest.approx(90.0, abs=1.0)
 
-            # switch to percentile mode as a user does: click the toggle button
+            # switch to percentile mode as a user does: click the toggle button. The slider
+            # must open at the readout's percentile (a kernel whose update listed the value
+            # before the range left the handle at 2.4 and the readout at percentile 2.40)
             page.locator(".widget-toggle-button", has_text=re.compile(r"^percentile$")).click()
             slider = page.locator(".widget-slider", has=page.locator("text=percentile")).first
             slider.wait_for(timeout=30_000)
-            _settled_readout(page, lambda r: abs(r["percentile"] - 90.0) < 1.0)
+
+            def live_value() -> float:
+                return float(slider.locator(".noUi-handle").first.get_attribute("aria-valuenow"))
+
+            switched = _settled_readout(
+                page,
+                lambda r: (
+                    abs(r["percentile"] - 90.0) < 1.0 and abs(r["percentile"] - live_value()) < 0.05
+                ),
+                "percentile mode",
+            )
+            assert live_value() == pytest.approx(start_state["percentile"], abs=0.05)
+            assert switched["percentile"] == pytest.approx(live_value(), abs=0.05)
 
             # drag the threshold slider's handle to 30 % of its track
             slider.scroll_into_view_if_needed()
@@ -242,28 +303,23 @@ def test_explorer_in_jupyterlab(lab, tmp_path):
             for frac in (0.6, 0.45, 0.3):
                 page.mouse.move(track["x"] + frac * track["width"], y, steps=5)
             page.mouse.up()
-            value_text = slider.locator(".noUi-handle").first.get_attribute("aria-valuenow")
-            value = float(value_text)
-            assert 20.0 < value < 40.0, value_text
+            value = live_value()
+            assert 20.0 < value < 40.0, value
             assert float(slider.locator(".widget-readout").first.inner_text()) == value
 
             # the kernel answers the last drag event: percentile = 100 #{sigma <= t} / N with
-            # t the value-th percentile of sigma, so within a pixel or two of the slider value.
-            # On a loaded machine a late echo can still move the handle after the drag: compare
-            # with the value the slider shows when the readout settles.
-            def live_value() -> float:
-                return float(slider.locator(".noUi-handle").first.get_attribute("aria-valuenow"))
-
+            # t the value-th percentile of sigma, so within a pixel or two of the slider value;
+            # the handle stays where the user left it
             after = _settled_readout(
-                page, lambda r: abs(r["percentile"] - live_value()) < 0.05, timeout_s=90.0
+                page, lambda r: abs(r["percentile"] - live_value()) < 0.05, "drag", 90.0
             )
-            value = live_value()
+            assert live_value() == value
             out_area = page.locator(".jp-OutputArea-output", has=page.locator(".dfnb-readout"))
             out_area.first.scroll_into_view_if_needed()
             page.wait_for_timeout(3000)  # let ipympl send and paint the new overlay
             out_area.first.screenshot(path=str(shot))
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        except (Exception, pytest.fail.Exception):  # pytest.fail raises a BaseException
+            _save_failure(page, tmp_path)
             raise
         finally:
             browser.close()

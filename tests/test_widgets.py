@@ -219,3 +219,142 @@ def test_summary_equals_the_readout_in_percentile_mode():
         for key, value in table[name].items():
             if isinstance(value, float):
                 assert shown[key] == pytest.approx(value, rel=RTOL), key
+
+
+# ---------------------------------------------------------------- the browser's copy of the slider
+class _BrowserSlider:
+    """The browser's copy of the threshold slider, as ipywidgets 8.1 (jupyterlab_widgets 3.0,
+    FloatSliderView on noUiSlider) handles a kernel message, written from its JavaScript:
+
+    * Backbone's ``model.set(state)`` stores every key of the message, then fires
+      ``change:<key>`` for the changed keys in the message's key order;
+    * ``change:max|min|step`` -> ``noUiSlider.updateOptions({start: model.value, range, step})``;
+      ``change:value`` -> ``noUiSlider.set(model.value)`` on the slider's *current* range/step;
+    * noUiSlider clamps to its range, snaps to its step and fires ``update``; with
+      ``continuous_update`` the view then stores the slider's value in the model and, when it
+      differs, sends it to the kernel (``touch``) as if the user had moved the handle.
+
+    ``echo_update`` messages carry the browser's own last value back and are applied the same
+    way (each browser message here gets its echo before the next one leaves)."""
+
+    def __init__(self, state: dict) -> None:
+        self.model = {k: state[k] for k in ("value", "min", "max", "step")}
+        self.ui = dict(self.model)  # noUiSlider's own range, step and value
+        self.outbox: list[dict] = []
+        self._set_handle(self.model["value"])  # binding 'update' fires it once on render
+
+    def _set_handle(self, v: float) -> None:
+        lo, hi, step = self.ui["min"], self.ui["max"], self.ui["step"]
+        v = min(max(v, lo), hi)
+        self.ui["value"] = min(lo + round((v - lo) / step) * step, hi)
+        if self.model["value"] != self.ui["value"]:  # the 'update' handler
+            self.model["value"] = self.ui["value"]
+            self.outbox.append({"value": self.ui["value"]})
+
+    def receive(self, msg: dict) -> None:
+        state = msg["state"]
+        changed = [k for k in state if k in self.model and state[k] != self.model[k]]
+        self.model.update({k: state[k] for k in changed})
+        for key in changed:
+            if key == "value":
+                if self.ui["value"] != self.model["value"]:
+                    self._set_handle(self.model["value"])
+            else:
+                self.ui.update({k: self.model[k] for k in ("min", "max", "step")})
+                self._set_handle(self.model["value"])
+
+
+class _KeyOrder(set):
+    """A set that iterates with ``first`` first: stands in for the string-hash order of a kernel
+    process (PYTHONHASHSEED), which decides the key order of a ``hold_sync`` message."""
+
+    def __init__(self, first: str) -> None:
+        super().__init__()
+        self.first = first
+
+    def __iter__(self):
+        return iter(sorted(super().__iter__(), key=lambda k: (k != self.first, k)))
+
+
+def _connect(ex, monkeypatch, first: str | None) -> tuple[_BrowserSlider, list[dict]]:
+    sent: list[dict] = []
+    monkeypatch.setattr(ex.slider, "_send", lambda msg, buffers=None: sent.append(msg))
+    if first is not None:
+        ex.slider._states_to_send = _KeyOrder(first)
+        assert type(ex.slider._states_to_send) is _KeyOrder  # traitlets kept it
+    return _BrowserSlider(ex.slider.get_state()), sent
+
+
+def _pump(ex, browser: _BrowserSlider, sent: list[dict]) -> None:
+    """Kernel -> browser messages, then the browser's answers back to the kernel's real
+    ``set_state`` (echo, property lock, observers), until neither side has anything to send."""
+    for _ in range(20):
+        while sent:
+            browser.receive(sent.pop(0))
+        if not browser.outbox:
+            return
+        ex.slider.set_state(browser.outbox.pop(0))
+    raise AssertionError("the kernel and the browser kept answering each other")
+
+
+KEY_ORDERS = ["value", "max", "step", "description", None]  # None: this process's hash order
+SIGMAS = ("aleatoric", "epistemic", "total")
+
+
+def _explorer_in_browser(monkeypatch, first):
+    res, target, mask = _result(b=1)
+    ex = threshold_explorer(res, target=target, masks=mask)
+    browser, sent = _connect(ex, monkeypatch, first)
+    _pump(ex, browser, sent)  # the page renders the slider
+    return ex, browser, sent, {k: getattr(res, k)[0, 0].numpy().astype(np.float64) for k in SIGMAS}
+
+
+def _agree(ex, browser) -> dict:
+    """The kernel's slider holds the browser's value; the readout as parsed."""
+    assert browser.model["value"] == browser.ui["value"] == ex.slider.value
+    return parse_readout(ex.readout.value[6:-7])
+
+
+@pytest.mark.parametrize("first", KEY_ORDERS)
+def test_mode_switch_reaches_the_browser_in_any_key_order(monkeypatch, first):
+    """Sigma -> percentile -> sigma mode as a user clicks it, whatever order the kernel's
+    batched slider message lists its keys in. The readout must describe the value the browser's
+    slider shows. The old explorer failed when ``value`` came first: the browser clamped 90 to
+    the sigma range [0, max sigma] and sent that back as the percentile (CI: percentile 2.40)."""
+    ex, browser, sent, sigmas = _explorer_in_browser(monkeypatch, first)
+    s = sigmas["total"]
+    p = ex.stats.percentile
+    ex.mode.set_state({"index": 1})
+    _pump(ex, browser, sent)
+    got = _agree(ex, browser)
+    assert (browser.ui["min"], browser.ui["max"]) == (0.0, 100.0)
+    assert browser.ui["value"] == pytest.approx(p, abs=0.05)
+    assert got["threshold"] == pytest.approx(np.percentile(s, browser.ui["value"]), rel=RTOL)
+    assert got["percentile"] == pytest.approx(browser.ui["value"], abs=100 / s.size + 0.05)
+
+    flagged = got["flagged"]  # back to sigma mode: the same share flagged, in D units
+    ex.mode.set_state({"index": 0})
+    _pump(ex, browser, sent)
+    got = _agree(ex, browser)
+    assert browser.ui["max"] == pytest.approx(s.max())
+    assert got["flagged"] == pytest.approx(np.mean(s > browser.ui["value"]), rel=RTOL)
+    assert got["flagged"] == pytest.approx(flagged, abs=3 / s.size)
+
+
+@pytest.mark.parametrize("first", KEY_ORDERS)
+def test_kind_switch_reaches_the_browser_in_any_key_order(monkeypatch, first):
+    """Sigma mode, epistemic -> total (a wider range): the slider moves to the kept percentile
+    of the new sigma map. The old explorer, ``value`` first, left it clamped at the old max."""
+    ex, browser, sent, sigmas = _explorer_in_browser(monkeypatch, first)
+    ex.kind.set_state({"index": list(ex.kind.options).index("epistemic")})
+    _pump(ex, browser, sent)
+    _agree(ex, browser)
+    p = ex.stats.percentile
+    ex.kind.set_state({"index": list(ex.kind.options).index("total")})
+    _pump(ex, browser, sent)
+    got = _agree(ex, browser)
+    s = sigmas["total"]
+    assert np.percentile(s, p) > sigmas["epistemic"].max()  # beyond the old range
+    assert browser.ui["value"] == pytest.approx(np.percentile(s, p), abs=s.max() / 1000)
+    assert got["kind"] == "total"
+    assert got["flagged"] == pytest.approx(np.mean(s > browser.ui["value"]), rel=RTOL)

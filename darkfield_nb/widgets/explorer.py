@@ -16,6 +16,7 @@ tests) the figure is shown as a static image in an ``Output`` widget and re-rend
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import ipywidgets as w
@@ -113,6 +114,25 @@ def make_cases(result, target=None, masks=None, names=None) -> list[Case]:
     return cases
 
 
+class ValueLastSlider(w.FloatSlider):
+    """A ``FloatSlider`` whose batched updates reach the browser with ``value`` as the last key.
+
+    ``hold_sync`` sends the changed traits in one message, listed in the iteration order of a
+    Python set of their names: an order fixed by the kernel process's string-hash seed
+    (``PYTHONHASHSEED``), so it differs from one kernel to the next. The browser's slider
+    (ipywidgets 8 ``FloatSliderView`` on noUiSlider) handles the keys in message order: a new
+    ``value`` handled before the new ``max``/``min``/``step`` is clamped and snapped to the *old*
+    range, and with ``continuous_update`` the browser sends that value back to the kernel as if
+    the user had moved the handle (percentile mode then opened near 0: handle at 2.4,
+    readout at percentile 2.40, instead of 90).
+    With ``value`` last, the browser sets the new range first, then the value inside it."""
+
+    def send_state(self, key: str | Iterable[str] | None = None) -> None:
+        if key is not None and not isinstance(key, str):
+            key = sorted(key, key=lambda k: (k == "value", k))
+        super().send_state(key)
+
+
 class ThresholdExplorer:
     """The widget tree and its state; build it with :func:`threshold_explorer`.
 
@@ -133,7 +153,7 @@ class ThresholdExplorer:
             options=kinds, value="total" if "total" in kinds else kinds[0], description="sigma"
         )
         self.mode = w.ToggleButtons(options=list(MODES), value="sigma", description="threshold")
-        self.slider = w.FloatSlider(
+        self.slider = ValueLastSlider(
             description="sigma >",
             readout_format=".4f",
             continuous_update=True,
@@ -280,8 +300,11 @@ class ThresholdExplorer:
     def _set_slider_range(self, percentile: float) -> None:
         """Slider bounds for the current mode and sigma map, value at ``percentile``.
 
-        The changes go to the browser in one message (``hold_sync``): sent one by one, the
-        browser's slider clamps the new value to the old range and echoes that back."""
+        The changes go to the browser in one message (``hold_sync``), the range before the
+        value (:class:`ValueLastSlider`): sent one by one, or with the value first, the
+        browser's slider clamps the new value to the old range and sends that back. The value
+        is put on the slider's step grid, ``min + step * round((v - min) / step)``, where the
+        browser would snap it (and send the snapped value back)."""
         self._busy = True
         try:
             with self.slider.hold_sync():
@@ -290,14 +313,16 @@ class ThresholdExplorer:
                     self.slider.max = 100.0  # widen first so that min <= value <= max holds
                     self.slider.min, self.slider.step = 0.0, 0.1
                     self.slider.readout_format = ".1f"
-                    self.slider.value = percentile
+                    self.slider.value = round(percentile, 1)
                 else:
                     top = float(self.sigma.max()) or 1e-12
+                    step = top / 1000
+                    t = threshold_at_percentile(self.sigma, percentile)
                     self.slider.description = "sigma >"
                     self.slider.max = max(top, self.slider.value)
-                    self.slider.min, self.slider.step = 0.0, top / 1000
+                    self.slider.min, self.slider.step = 0.0, step
                     self.slider.readout_format = ".4g"
-                    self.slider.value = threshold_at_percentile(self.sigma, percentile)
+                    self.slider.value = min(round(t / step) * step, top)
                     self.slider.max = top
         finally:
             self._busy = False
