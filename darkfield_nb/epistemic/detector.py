@@ -49,8 +49,8 @@ from .conversion import DistanceSigma
 from .density import GaussianDensity, MultiLevelDensity, distance_to_sigma
 from .score import OODThreshold
 
-
 MIN_VAL_COMBINED = 5  # fewer validation images: the pooled score alone (with a warning)
+CALIBRATION_OPTIONS = ("level", "power", "quantile", "offset", "gain", "local")
 
 
 @dataclass
@@ -120,6 +120,13 @@ class OODDetector:
         the densities on ``train``, then :meth:`calibrate` on ``val``."""
         self.density.fit(list(train))
         return self.calibrate(val)
+
+    def with_calibration_options(self, other: OODDetector) -> OODDetector:
+        """Take ``other``'s options of the validation step (:data:`CALIBRATION_OPTIONS`: the
+        flagged fraction, the conversion's shape, the lung-field contrast); returns self."""
+        for k in CALIBRATION_OPTIONS:
+            setattr(self, k, getattr(other, k))
+        return self
 
     def calibrate(self, val: Iterable[torch.Tensor]) -> OODDetector:
         """Fit everything that depends on the validation split (the densities stay): the

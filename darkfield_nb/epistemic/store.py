@@ -25,7 +25,7 @@ The threshold promises its 5 % only for images exchangeable with the validation 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,6 @@ from darkfield_nb.checkpoint_entry import open_source, write_checkpoint_entry
 from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device
 
-from .combined import LungContrast
 from .detector import OODDetector
 
 KEY = "ood"
@@ -91,31 +90,23 @@ def fit_ood_detector(
     data_root: str | os.PathLike,
     *,
     device: str | torch.device = "auto",
-    levels: Sequence[int] = (0, 1, 2, 3, 4),
-    level: float = 0.05,
-    stage: int = -1,
     batch_size: int = 8,
     max_train: int | None = None,
-    max_pixels: int = 50_000,
-    pixel_levels: Sequence[int] | None = None,
-    patch: int = 3,
-    power: float = 1.0,
-    quantile: float = 0.75,
-    offset: float = 1.0,
-    gain: float = 3.0,
-    local: LungContrast | None = None,
     densities_from: dict | None = None,
+    **detector_kw,
 ) -> dict:
     """Fit :class:`OODDetector` on ``model`` (densities on the ``train`` split, at most
     ``max_train`` images; the sigma conversion, the per-image score and the threshold on
     ``val``) and return the checkpoint entry described in the module docstring.
-    ``pixel_levels``, ``patch``, ``power``, ``quantile``, ``offset``, ``gain``, ``local``: as
-    :class:`OODDetector`.
+    ``detector_kw``: the options of :class:`OODDetector` (``levels``, ``level``, ``stage``,
+    ``pixel_levels``, ``patch``, ``power``, ``quantile``, ``offset``, ``gain``, ``local``,
+    ``max_pixels``), its defaults where not given.
 
     ``densities_from``: an earlier entry of the same model whose train-split densities are
-    kept (its ``levels``, ``pixel_levels``, ``patch`` and ``stage`` win over the arguments);
-    only the validation step (:meth:`OODDetector.calibrate`) is redone, which saves one
-    forward pass per training image."""
+    kept (its ``levels``, ``pixel_levels``, ``patch`` and ``stage`` win over the options);
+    only the validation step (:meth:`OODDetector.calibrate`) is redone, with the options'
+    ``level`` and conversion and score settings, which saves one forward pass per training
+    image."""
     splits = ("val",) if densities_from is not None else ("train", "val")
     require_splits(data_root, splits, "the out-of-distribution detector")
     device = pick_device(device)
@@ -124,26 +115,13 @@ def fit_ood_detector(
         s: PairedDataset(data_root, split=s, pad_multiple=1, check=False, load_masks=False)
         for s in splits
     }
-    options = dict(power=power, quantile=quantile, offset=offset, gain=gain, local=local)
+    det = OODDetector(model, **detector_kw)
     val = (x.to(device) for x in batches(ds["val"], batch_size))
     if densities_from is not None:
-        det = detector_from_entry(model, densities_from)
-        det.level = level
-        det.power, det.quantile, det.offset, det.gain = power, quantile, offset, gain
-        det.local = local if local is not None else LungContrast()
+        det = detector_from_entry(model, densities_from).with_calibration_options(det)
         det.calibrate(val)
         n_train = int(densities_from["fitted_on"]["n_train"])
     else:
-        det = OODDetector(
-            model,
-            levels,
-            level,
-            stage,
-            pixel_levels=pixel_levels,
-            patch=patch,
-            max_pixels=max_pixels,
-            **options,
-        )
         train = [x.to(device) for x in batches(ds["train"], batch_size, max_train)]
         det.fit(train, val)
         n_train = sum(int(x.shape[0]) for x in train)
