@@ -89,10 +89,11 @@ def load(args):
 
 
 def halves(ds_ood, cases=DEVICES) -> dict[str, str]:
-    """id -> "tune" | "report": alternate positions of each case sorted by id."""
+    """id -> "tune" | "report": alternate positions of each case sorted by id (``cases``
+    None: all images of the split as one group)."""
     out = {}
-    for c in cases:
-        ids = sorted(r["id"] for r in ds_ood.rows if r.get("case", "") == c)
+    for c in cases or (None,):
+        ids = sorted(r["id"] for r in ds_ood.rows if c is None or r.get("case", "") == c)
         out |= {i: "tune" if j % 2 == 0 else "report" for j, i in enumerate(ids)}
     return out
 
@@ -302,7 +303,7 @@ def cmd_score(args) -> dict:
     model, stage, ds = load(args)
     data = collect(args, model, stage, ds)
     dev = [r for r in data["ood"] if r["case"] in DEVICES]
-    half, test_half = halves(ds["ood"]), halves(ds["test"], ("",))
+    half, test_half = halves(ds["ood"]), halves(ds["test"], None)
     st = {
         k: [_statistics(r) for r in v]
         for k, v in (("val", data["val"]), ("test", data["test"]), ("dev", dev))
@@ -454,7 +455,7 @@ def cmd_detector(args) -> dict:
     out = {
         "pixel_auroc": tables,
         "image_auroc": image_table(
-            dev, dev_ids, scores["test"], test_ids, half, halves(ds["test"], ("",))
+            dev, dev_ids, scores["test"], test_ids, half, halves(ds["test"], None)
         ),
         "image_auroc_case": {
             c: image_auroc(scores["ood"][[k == c for k in cases]], scores["test"]) for c in DEVICES
