@@ -7,6 +7,10 @@ must load with :func:`checkpoint.load_checkpoint` (``torch.load(weights_only=Tru
 may hold only tensors, numbers, strings, lists, tuples and dicts), rebuild its generator with
 :func:`checkpoint.generator_from_checkpoint`, and give back the entry (``read_back`` of the
 reloaded checkpoint must equal ``same``).
+
+:func:`open_source` is the opening both ``calibrate_checkpoint`` and ``attach_ood_detector``
+share before they fit anything: load ``src``, refuse ``dst``, rebuild the generator, and pick
+the stage to analyse (the last one trained).
 """
 
 from __future__ import annotations
@@ -29,6 +33,24 @@ def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
         what = "is the source checkpoint" if same else "already exists"
         raise FileExistsError(f"{dst}: {what}; pass --overwrite (overwrite=True) to replace it")
     check_output_file(dst)
+
+
+def open_source(
+    src: Path, dst: Path, overwrite: bool, device: torch.device
+) -> tuple[dict, torch.nn.Module, int]:
+    """Load checkpoint ``src``, check the destination (:func:`check_destination`), rebuild its
+    generator on ``device``; return (raw checkpoint dict, generator, last trained stage).
+
+    The stage is ``stages_trained - 1`` (0-based; ``n_stages - 1`` when the checkpoint does not
+    say). Raises FileNotFoundError / CheckpointError naming ``src`` (missing, unreadable, or
+    weights that do not fit their config) and FileExistsError / WriteError naming ``dst``."""
+    ckpt = checkpoint.load_checkpoint(src)
+    check_destination(src, dst, overwrite)
+    try:
+        model = checkpoint.generator_from_checkpoint(ckpt, device)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise checkpoint.CheckpointError(f"{src}: cannot rebuild the generator ({exc})") from exc
+    return ckpt, model, int(ckpt.get("stages_trained", model.config.n_stages)) - 1
 
 
 def write_checkpoint_entry(

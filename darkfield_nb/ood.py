@@ -14,10 +14,13 @@ device (where the model is usually confident), and every body pixel without a de
 
 Per image, the score is the default detector's (:class:`~darkfield_nb.epistemic.OODDetector`,
 the Mahalanobis density of the last stage's encoder features, chosen in ``bench/RESULTS.md``
-and ``bench/ood_targets.py``): ``score = mean_l d_l(pool(x)) / med_l`` over levels 0-4,
-flagged above the 95th
+and ``bench/ood_targets.py``): the larger of two validation z-scores, of the log pooled
+distance ``mean_l d_l(pool(x)) / med_l`` over levels 0-4 (a global shift: another scanner) and
+of the log contrast ``Q_0.99(u) / Q_0.5(u)`` of the pixel map inside the predicted lung field
+(a local anomaly: a device; :mod:`darkfield_nb.epistemic.combined`), flagged above the 95th
 percentile of the validation images (:class:`OODThreshold`), so 5 % of in-distribution images
-are flagged up to the validation split's sampling error. :func:`image_auroc` says how well the
+are flagged up to the validation split's sampling error. A detector stored before that score
+(entry version 2) keeps scoring by the pooled distance alone. :func:`image_auroc` says how well the
 score separates out-of-distribution images from in-distribution ones.
 
 Maps of :func:`device_table`, each a per-pixel score:
@@ -28,7 +31,8 @@ Maps of :func:`device_table`, each a per-pixel score:
 ``density``         the detector's normalized feature distance ``u(x)`` (by default of the 3 x 3
                     neighbourhoods of the full-resolution level-0 features)
 ``density_total``   sqrt(aleatoric^2 + sigma_epi^2), sigma_epi the detector's epistemic sigma
-                    ``sigma_ref (u / u_ref)^power`` (:class:`~darkfield_nb.epistemic.DistanceSigma`)
+                    ``sigma_ref gain max(u / u_ref - offset, 0)^power``
+                    (:class:`~darkfield_nb.epistemic.DistanceSigma`)
 =================== =========================================================================
 """
 
@@ -185,11 +189,12 @@ def load_real(
 
 
 def image_scores(detector: OODDetector, inputs, device: str | torch.device = "cpu") -> np.ndarray:
-    """Per-image scores of ``inputs`` (an iterable of (B, C, H, W) or (C, H, W) tensors)."""
+    """Per-image scores of ``inputs`` (an iterable of (B, C, H, W) or (C, H, W) tensors),
+    :meth:`OODDetector.score`."""
     out = []
     for x in inputs:
         x = x[None] if x.ndim == 3 else x
-        out.append(detector.density.evaluate(x.to(device))[1])
+        out.append(detector.score(x.to(device)))
     return np.concatenate(out) if out else np.zeros(0)
 
 

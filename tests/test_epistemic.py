@@ -18,6 +18,8 @@ from darkfield_nb.epistemic import (
     DistanceSigma,
     FeatureDensity,
     GaussianDensity,
+    LungContrast,
+    MaxZScore,
     MultiLevelDensity,
     OODDetector,
     OODThreshold,
@@ -305,9 +307,18 @@ def test_detector_calibrates_maps_and_round_trips() -> None:
     train = [_smooth(4) for _ in range(5)]
     val = [_smooth(1) for _ in range(40)]
     det = OODDetector(model, levels=(0, 1, 2)).fit(train, val)
-    val_scores = np.concatenate([det.predict(x).score for x in val])
-    assert det.threshold.threshold == pytest.approx(np.quantile(val_scores, 0.95))
-    assert det.threshold.flag(val_scores).sum() == 2  # 5 % of 40 lie above the 95th pct
+    # the threshold: the 95th percentile of the validation images' leave-one-out scores
+    assert det.threshold.threshold == pytest.approx(np.quantile(det.val_scores, 0.95))
+    assert det.threshold.flag(det.val_scores).sum() == 2  # 5 % of 40 lie above the 95th pct
+    # each validation image's stored score: its z-scores against the other 39 images
+    d, pooled, out = det.density.evaluate(torch.cat(val))
+    lt = np.log(np.stack([pooled, det.local(d, out.mu)], 1))
+    i = 7
+    rest = np.delete(lt, i, 0)
+    if det.image_score.names == ["pooled"]:  # a tiny model predicts no lung: contrast all 1
+        rest, lt = rest[:, :1], lt[:, :1]
+    want = np.max((lt[i] - rest.mean(0)) / rest.std(0, ddof=1))
+    assert det.val_scores[i] == pytest.approx(want, rel=1e-5)  # batched vs single passes
     x = _smooth(2)
     pred = det.predict(x)
     assert pred.epistemic.shape == x.shape and (pred.epistemic >= 0).all()
@@ -316,20 +327,21 @@ def test_detector_calibrates_maps_and_round_trips() -> None:
         pred.aleatoric.numpy() ** 2 + pred.epistemic.numpy() ** 2,
         rtol=1e-5,
     )
-    # the conversion's references, recomputed from the validation maps: u_ref the 90th
-    # percentile of u, sigma_ref the median aleatoric sigma; sigma_epi = s_ref (u / u_ref)^2
+    # the conversion's references, recomputed from the validation maps: u_ref the 75th
+    # percentile of u, sigma_ref the median aleatoric sigma; the default hinge
+    # sigma_epi = 3 s_ref max(u / u_ref - 1, 0)
     preds = [det.predict(v) for v in val]
     u_val = np.concatenate([p.distance.double().numpy().ravel() for p in preds])
     a_val = np.concatenate([p.aleatoric.double().numpy().ravel() for p in preds])
-    u_ref, s_ref = np.quantile(u_val, 0.9), np.median(a_val)
+    u_ref, s_ref = np.quantile(u_val, 0.75), np.median(a_val)
     assert det.conversion.u_ref == pytest.approx(u_ref, rel=1e-5)
     assert det.conversion.sigma_ref == pytest.approx(s_ref, rel=1e-5)
-    ref = s_ref * (pred.distance.double().numpy() / u_ref) ** 2
-    np.testing.assert_allclose(pred.epistemic.numpy(), ref, rtol=1e-4)
-    assert (pred.epistemic > 0).all()  # no dead zone below a threshold
+    ref = 3 * s_ref * np.maximum(pred.distance.double().numpy() / u_ref - 1, 0)
+    np.testing.assert_allclose(pred.epistemic.numpy(), ref, rtol=1e-4, atol=1e-12)
     again = OODDetector.from_state(model, det.state()).predict(x)
     np.testing.assert_allclose(again.distance.numpy(), pred.distance.numpy())
     np.testing.assert_allclose(again.epistemic.numpy(), pred.epistemic.numpy())
+    np.testing.assert_allclose(again.score, pred.score)
     np.testing.assert_array_equal(again.flag, pred.flag)
 
 
@@ -420,15 +432,134 @@ def test_distance_sigma_is_continuous_monotone_and_calibrated() -> None:
         DistanceSigma(0.0, 0.1)
 
 
-def _pairs(root, n: int = 6, size: int = 32):
-    """Toy paired folder: D a smooth function of a random attenuation field."""
+def test_distance_sigma_hinge_closed_form_and_old_dicts() -> None:
+    conv = DistanceSigma(u_ref=2.0, sigma_ref=0.1, power=1.0, offset=1.0, gain=3.0)
+    # zero up to u_ref, then 3 x 0.1 per u_ref: u = 3 -> 0.15, u = 4 -> 0.3
+    np.testing.assert_allclose(conv(np.array([0.0, 2.0, 3.0, 4.0])), [0.0, 0.0, 0.15, 0.3])
+    np.testing.assert_allclose(conv(torch.tensor([1.0, 4.0])).numpy(), [0.0, 0.3])
+    # the first rule, distance_to_sigma(d_ref, sigma_ref), is the hinge with gain 1
+    u = np.linspace(0.0, 9.0, 91)
+    np.testing.assert_allclose(
+        DistanceSigma(2.0, 0.1, 1.0, 0.95, 1.0, 1.0)(u), distance_to_sigma(u, 2.0, 0.1)
+    )
+    # a dict stored before offset / gain existed reads as the power law it was
+    old = DistanceSigma.from_dict({"u_ref": 2.0, "sigma_ref": 0.1, "power": 2.0, "quantile": 0.9})
+    assert old == DistanceSigma(2.0, 0.1, 2.0, 0.9, 0.0, 1.0)
+    np.testing.assert_allclose(old(np.array([1.0, 4.0])), [0.025, 0.4])
+    with pytest.raises(ValueError, match="gain > 0"):
+        DistanceSigma(1.0, 0.1, gain=0.0)
+
+
+# ----------------------------------------------------------------------------- combined score
+def test_max_z_score_against_a_hand_computed_case() -> None:
+    # logs of the validation statistics: pooled 0, 1, 2 (mean 1, sd 1); contrast 0, 0.5, 1
+    # (mean 0.5, sd 0.5)
+    val = {"pooled": np.exp([0.0, 1.0, 2.0]), "lung_contrast": np.exp([0.0, 0.5, 1.0])}
+    score, loo = MaxZScore.calibrate(val)
+    assert score.names == ["pooled", "lung_contrast"]
+    np.testing.assert_allclose(score.mean, [1.0, 0.5])
+    np.testing.assert_allclose(score.std, [1.0, 0.5])
+    # pooled e^3 (z 2) and contrast e^2 (z 3): 3 (the local anomaly wins); e^1, e^0.5: 0
+    new = {"pooled": np.exp([3.0, 1.0]), "lung_contrast": np.exp([2.0, 0.5])}
+    np.testing.assert_allclose(score(new), [3.0, 0.0])
+    # leave-one-out: image 0 against logs (1, 2) and (0.5, 1): z = -1.5 / sqrt(0.5) for
+    # both; image 1 against (0, 2) and (0, 1): 0; image 2 by symmetry +1.5 / sqrt(0.5)
+    np.testing.assert_allclose(loo, [-1.5 / np.sqrt(0.5), 0.0, 1.5 / np.sqrt(0.5)], atol=1e-12)
+    # the score is the min-p combination with Gaussian tails: max z = isf(min_k sf(z_k))
+    rng = np.random.default_rng(3)
+    many = {k: np.exp(rng.normal(size=50)) for k in val}
+    z = score.z(many)
+    np.testing.assert_allclose(stats.norm.isf(stats.norm.sf(z).min(1)), score(many), rtol=1e-9)
+    # round trip; a statistic that never varies is left out; too few images are refused
+    assert MaxZScore.from_dict(score.to_dict()) == score
+    flat, _ = MaxZScore.calibrate({"pooled": val["pooled"], "lung_contrast": np.ones(3)})
+    assert flat.names == ["pooled"]
+    with pytest.raises(ValueError, match=">= 3"):
+        MaxZScore.calibrate({"pooled": np.ones(2) + [0, 1]})
+
+
+def test_combined_threshold_flags_five_percent_of_held_out_in_distribution() -> None:
+    """Leave-one-out validation scores: the 95th-percentile threshold flags 5 % of new
+    in-distribution images up to the sampling error of n_val = 400 (sd ~ 0.011)."""
+    rng = np.random.default_rng(1)
+    cov = [[1.0, 0.4], [0.4, 1.0]]  # correlated log statistics, as pooled and contrast are
+
+    def draw(n):
+        g = rng.multivariate_normal([0.3, 1.1], cov, size=n)
+        return {"pooled": np.exp(g[:, 0]), "lung_contrast": np.exp(0.2 * g[:, 1])}
+
+    rates = []
+    for _ in range(5):
+        score, loo = MaxZScore.calibrate(draw(400))
+        thr = OODThreshold.calibrate(loo, level=0.05)
+        rates.append(thr.flag(score(draw(20000))).mean())
+    assert all(abs(r - 0.05) < 0.035 for r in rates), rates
+    assert abs(np.mean(rates) - 0.05) < 0.015, rates
+
+
+def test_lung_contrast_is_the_quantile_ratio_inside_the_eroded_lung_field() -> None:
+    mu = np.zeros((40, 40))
+    mu[5:35, 5:35] = 0.2  # predicted lung: 30 x 30; eroded by 5 px: [10:30, 10:30]
+    u = np.ones((40, 40))
+    u[10:30, 10:30] = np.arange(1.0, 401.0).reshape(20, 20)
+    u[6, 6] = u[0, 0] = 1e3  # in the lung rim and outside it: both ignored
+    v = np.arange(1.0, 401.0)
+    want = np.quantile(v, 0.99) / np.quantile(v, 0.5)
+    lc = LungContrast()
+    assert lc(u, mu)[0] == pytest.approx(want)
+    # batched tensors; an image with no predicted lung gets 1 (its lowest value)
+    ut = torch.from_numpy(np.stack([u, u]))[:, None]
+    mt = torch.from_numpy(np.stack([mu, np.zeros_like(mu)]))[:, None]
+    np.testing.assert_allclose(lc(ut, mt), [want, 1.0])
+    assert LungContrast.from_dict(lc.to_dict()) == lc
+    with pytest.raises(ValueError, match="differ in shape"):
+        lc(u, mu[:10])
+
+
+def test_state_without_image_score_scores_by_the_pooled_distance() -> None:
+    """A version-2 entry (written before the combined score): the pooled distance, against its
+    stored threshold, exactly as before."""
+    model = _model()
+    torch.manual_seed(10)
+    train, val = [_smooth(2) for _ in range(4)], [_smooth(1) for _ in range(8)]
+    det = OODDetector(model, levels=(0, 1)).fit(train, val)
+    assert det.image_score is not None
+    state = det.state()
+    state.pop("image_score")
+    state["threshold"]["threshold"] = 1.05  # as stored for the pooled score
+    old = OODDetector.from_state(model, state)
+    x = _smooth(3)
+    pooled = det.density.evaluate(x)[1]
+    pred = old.predict(x)
+    np.testing.assert_allclose(pred.score, pooled, rtol=1e-12)
+    np.testing.assert_array_equal(pred.flag, pooled > 1.05)
+    np.testing.assert_allclose(old.score(x), pooled, rtol=1e-12)
+
+
+def test_few_validation_images_fall_back_to_the_pooled_score() -> None:
+    model = _model()
+    torch.manual_seed(11)
+    with pytest.warns(UserWarning, match="pooled distance alone"):
+        det = OODDetector(model, levels=(0, 1)).fit(
+            [_smooth(2) for _ in range(3)], [_smooth(1) for _ in range(3)]
+        )
+    assert det.image_score is None
+    x = _smooth(2)
+    np.testing.assert_allclose(det.predict(x).score, det.density.evaluate(x)[1])
+
+
+def _pairs(root, n: int = 6, size: int = 32, n_val: int = 2):
+    """Toy paired folder: D a smooth function of a random attenuation field; the last
+    ``n_val`` images are the validation split."""
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n):
         field = rng.random((size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
         write_image(root / "attenuation" / f"im{i}.png", (field * 60000 + 1000).astype(np.uint16))
         write_image(root / "darkfield" / f"im{i}.tif", (0.5 * (1 - field) ** 2).astype(np.float32))
-        rows.append({"id": f"im{i}", "patient": f"p{i}", "split": "val" if i >= n - 2 else "train"})
+        rows.append(
+            {"id": f"im{i}", "patient": f"p{i}", "split": "val" if i >= n - n_val else "train"}
+        )
     write_manifest(root / "manifest.csv", rows)
     return root
 
@@ -477,7 +608,7 @@ def test_fit_and_attach_detector_round_trips_with_weights_only(tmp_path) -> None
     prec = raw[KEY]["detector"]["parts"][0]["pixel"]["precision"]
     # level 0: 4 channels x a 3 x 3 patch; level 1 is a score level only (no pixel density)
     assert isinstance(prec, torch.Tensor) and prec.dtype == torch.float64 and prec.shape == (36, 36)
-    assert raw[KEY]["detector"]["parts"][1]["pixel"] is None and raw[KEY]["version"] == 2
+    assert raw[KEY]["detector"]["parts"][1]["pixel"] is None and raw[KEY]["version"] == 3
     # reference: the detector fitted in memory on the same splits
     ds = {s: PairedDataset(data, split=s, pad_multiple=1, check=False) for s in ("train", "val")}
     ref = OODDetector(model, (0, 1)).fit(list(batches(ds["train"])), batches(ds["val"]))
@@ -491,3 +622,30 @@ def test_fit_and_attach_detector_round_trips_with_weights_only(tmp_path) -> None
     with pytest.raises(FileExistsError, match="already exists"):
         attach_ood_detector(src, data, dst, device="cpu", levels=(0, 1))
     assert detector_from_checkpoint(checkpoint.load_checkpoint(src)) is None
+
+
+def test_attach_can_keep_the_densities_and_refit_the_validation_step(tmp_path) -> None:
+    from darkfield_nb import checkpoint
+    from darkfield_nb.epistemic.store import KEY, _same, attach_ood_detector
+
+    torch.set_num_threads(1)
+    data = _pairs(tmp_path / "data", n=14, n_val=6)
+    src = checkpoint.save(tmp_path / "m.pt", _model(), stage=0, epoch=1, stages_trained=1)
+    with pytest.raises(ValueError, match="carries no 'ood' detector"):
+        attach_ood_detector(src, data, tmp_path / "x.pt", device="cpu", keep_densities=True)
+    full, e_full = attach_ood_detector(src, data, tmp_path / "a.pt", device="cpu", levels=(0, 1))
+    assert e_full["detector"]["image_score"]["names"][0] == "pooled"
+    # an older entry (another conversion, no combined score) on the same densities, refitted
+    old = dict(e_full, detector=dict(e_full["detector"], image_score=None))
+    old["detector"]["conversion"] = dict(old["detector"]["conversion"], offset=0.0, gain=1.0)
+    from darkfield_nb.epistemic.store import write_ood_checkpoint
+
+    write_ood_checkpoint(src, tmp_path / "old.pt", old)
+    kept, e_kept = attach_ood_detector(
+        tmp_path / "old.pt", data, tmp_path / "b.pt", device="cpu", keep_densities=True
+    )
+    a = torch.load(full, weights_only=True)[KEY]
+    b = torch.load(kept, weights_only=True)[KEY]
+    # the same densities and the same validation step as a full refit with the defaults
+    assert _same(a["detector"], b["detector"])
+    assert b["fitted_on"]["densities_from"]["n_train"] == 8 and b["fitted_on"]["n_val"] == 6

@@ -8,12 +8,16 @@
   training features;
 * :mod:`.conversion`: distance to an epistemic sigma in dark-field units;
 * :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
+* :mod:`.combined`: the default per-image score, a global (pooled distance) and a local
+  (lung-field contrast of the distance map) statistic combined as the larger validation
+  z-score;
 * :mod:`.detector`: the fitted density, calibrated flag and epistemic sigma map in one object
   (the default out-of-distribution detector);
 * :mod:`.store` (import it by name; it reads data folders and checkpoints): fit the detector
   after training and keep it in a checkpoint under ``"ood"``.
 """
 
+from .combined import LungContrast, MaxZScore
 from .conversion import DistanceSigma
 from .density import (
     FeatureDensity,
@@ -44,6 +48,8 @@ __all__ = [
     "DistanceSigma",
     "FeatureDensity",
     "GaussianDensity",
+    "LungContrast",
+    "MaxZScore",
     "MultiLevelDensity",
     "OODDetector",
     "OODPrediction",

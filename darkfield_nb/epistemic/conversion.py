@@ -4,21 +4,26 @@ The density gives a unitless distance ``u`` (a normalized Mahalanobis distance);
 uncertainty a user sees needs a sigma in D units. :class:`DistanceSigma` is a continuous,
 monotone conversion calibrated on in-distribution validation images:
 
-    sigma_epi(u) = sigma_ref * (u / u_ref) ** power,
+    sigma_epi(u) = sigma_ref * gain * max(u / u_ref - offset, 0) ** power,
 
-    u_ref     = Q_q(u over the validation pixels)         (q = 0.9 by default)
+    u_ref     = Q_q(u over the validation pixels)
     sigma_ref = median aleatoric sigma of the validation pixels,
 
-so a pixel as unusual as the validation ``q``-quantile gets an epistemic sigma equal to the
-typical aleatoric one, pixels below it get a smaller, nonzero one (no dead zone), and the
-``power`` (2 by default: u is a distance, ``u^2`` a squared one) sets how fast sigma grows
-beyond it. ``sigma_total = sqrt(sigma_ale^2 + sigma_epi^2)``.
+``sigma_total = sqrt(sigma_ale^2 + sigma_epi^2)``. Two shapes:
 
-The defaults were chosen in ``bench/ood_targets.py`` on half of the simulated device cases: the
-setting with the best worst-case device AUROC of the total map among those that raise the mean
-total sigma of validation pixels by at most 20 % over the aleatoric one (``inflation``).
-(The older rule ``sigma_ref * max(u / d_ref - 1, 0)``, :func:`.density.distance_to_sigma`,
-left 95 % of in-distribution pixels at zero.)
+* ``offset = 0`` (a power law, ``gain = 1``): a pixel as unusual as the validation
+  ``q``-quantile gets an epistemic sigma equal to the typical aleatoric one, pixels below it a
+  smaller, nonzero one;
+* ``offset = 1`` (a hinge): zero for ``u <= u_ref``, then rising by ``gain * sigma_ref`` per
+  ``u_ref`` (for ``power = 1``), so most in-distribution pixels keep their aleatoric sigma.
+
+The default (chosen in ``bench/ood_targets.py`` on half of the simulated device cases: the best
+worst-case device AUROC of the total map among the settings whose validation ``inflation``,
+mean total / aleatoric sigma, is at most 1.2) is the hinge with ``q = 0.75``, ``gain = 3``,
+``power = 1``. A dict written before ``offset`` / ``gain`` existed reads as the power law
+(offset 0, gain 1), as it was written. (The first rule, ``sigma_ref * max(u / d_ref - 1, 0)``
+with ``d_ref`` the 95th percentile, :func:`.density.distance_to_sigma`, is the hinge with
+``q = 0.95``, ``gain = 1``.)
 """
 
 from __future__ import annotations
@@ -32,22 +37,36 @@ import torch
 
 @dataclass
 class DistanceSigma:
-    """``sigma_epi(u) = sigma_ref * (u / u_ref) ** power`` (module docstring)."""
+    """``sigma_epi(u) = sigma_ref * gain * max(u / u_ref - offset, 0) ** power`` (module
+    docstring)."""
 
     u_ref: float
     sigma_ref: float
     power: float = 2.0
     quantile: float = 0.9
+    offset: float = 0.0
+    gain: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.u_ref > 0 and self.sigma_ref >= 0 and self.power > 0):
+        ok = self.u_ref > 0 and self.sigma_ref >= 0 and self.power > 0 and self.gain > 0
+        if not (ok and self.offset >= 0):
             raise ValueError(
-                f"DistanceSigma: need u_ref > 0, sigma_ref >= 0, power > 0 (got {self.u_ref}, "
-                f"{self.sigma_ref}, {self.power})"
+                f"DistanceSigma: need u_ref > 0, sigma_ref >= 0, power > 0, gain > 0, "
+                f"offset >= 0 (got {self.u_ref}, {self.sigma_ref}, {self.power}, {self.gain}, "
+                f"{self.offset})"
             )
 
     @classmethod
-    def calibrate(cls, u, aleatoric, quantile: float = 0.9, power: float = 2.0) -> DistanceSigma:
+    def calibrate(
+        cls,
+        u,
+        aleatoric,
+        quantile: float = 0.9,
+        power: float = 2.0,
+        *,
+        offset: float = 0.0,
+        gain: float = 1.0,
+    ) -> DistanceSigma:
         """``u_ref`` = the ``quantile`` of the validation distances ``u`` (NumPy's linear
         interpolation), ``sigma_ref`` = the median of the validation aleatoric sigmas."""
         u = np.asarray(u, dtype=np.float64).ravel()
@@ -59,16 +78,16 @@ class DistanceSigma:
             )
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"DistanceSigma.calibrate: quantile={quantile} must be in (0, 1)")
-        return cls(float(np.quantile(u, quantile)), float(np.median(a)), power, quantile)
+        u_ref, s_ref = float(np.quantile(u, quantile)), float(np.median(a))
+        return cls(u_ref, s_ref, float(power), float(quantile), float(offset), float(gain))
 
     def __call__(self, u):
-        """The epistemic sigma of the distances ``u`` (tensor or array; negative u clipped
-        to 0)."""
+        """The epistemic sigma of the distances ``u`` (tensor or array)."""
+        scale = self.sigma_ref * self.gain
         if isinstance(u, torch.Tensor):
-            return self.sigma_ref * (u.clamp_min(0.0) / self.u_ref) ** self.power
-        return self.sigma_ref * (np.maximum(np.asarray(u, dtype=np.float64), 0.0) / self.u_ref) ** (
-            self.power
-        )
+            return scale * (u / self.u_ref - self.offset).clamp_min(0.0) ** self.power
+        r = np.asarray(u, dtype=np.float64) / self.u_ref - self.offset
+        return scale * np.maximum(r, 0.0) ** self.power
 
     def inflation(self, u, aleatoric) -> float:
         """Mean of ``sigma_total / sigma_ale`` over pixels: how much wider the total map is

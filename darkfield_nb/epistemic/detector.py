@@ -8,27 +8,34 @@ Fit (once, after training; no retraining, no extra network):
    pooled vectors, and at the pixel levels (level 0, full resolution, by default) of the
    ``patch x patch`` neighbourhood vectors of the features (3 x 3 by default: 144 channels);
    ``med_l`` the median training distance;
-2. on the validation images: the conversion :class:`~.conversion.DistanceSigma` (``u_ref`` the
-   90th percentile of the per-pixel distance u, ``sigma_ref`` the median aleatoric sigma); the
-   per-image scores and their 95th percentile (the threshold).
+2. on the validation images (:meth:`OODDetector.calibrate`; the densities can be kept and only
+   this step redone): the conversion :class:`~.conversion.DistanceSigma` (the hinge, ``u_ref``
+   the 75th percentile of the per-pixel distance u, ``sigma_ref`` the median aleatoric sigma);
+   the per-image score :class:`~.combined.MaxZScore` (the validation mean and spread of the
+   log pooled distance and of the log lung-field contrast) and the 95th percentile of the
+   validation images' leave-one-out scores (the threshold).
 
 Predict, for an image x:
 
     u(x)          per-pixel normalized Mahalanobis distance (``distance``)
-    sigma_epi     = sigma_ref * (u / u_ref) ** power        (``epistemic``, dark-field units)
+    sigma_epi     = sigma_ref * gain * max(u / u_ref - 1, 0)  (``epistemic``, D units)
     sigma_total   = sqrt(sigma_ale^2 + sigma_epi^2)
-    score         = mean_l d_l(pool(x)) / med_l^pool        (per image, pooled features)
+    pooled        = mean_l d_l(pool(x)) / med_l^pool          (global: pooled features)
+    contrast      = Q_0.99(u) / Q_0.5(u) in the predicted lung (local: :class:`LungContrast`)
+    score         = max of the z-scores of log pooled, log contrast against validation
     flag          = score > threshold
 
 so 5 % of in-distribution images are flagged (up to the sampling error of the validation split).
 Defaults chosen in ``bench/ood_targets.py`` (pixel levels, patch size, conversion) on half of
 the simulated device cases. A state written before these options (no ``patch`` /
 ``conversion``) keeps its old behaviour: every level in the pixel map, no patch, and
-``sigma_epi = sigma_ref * max(u / d_ref - 1, 0)``.
+``sigma_epi = sigma_ref * max(u / d_ref - 1, 0)``; one without ``image_score`` (written before
+the combined score) scores images by the pooled distance alone, against its stored threshold.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -37,9 +44,13 @@ import torch
 
 from darkfield_nb.ggd import ggd_std
 
+from .combined import LungContrast, MaxZScore
 from .conversion import DistanceSigma
 from .density import GaussianDensity, MultiLevelDensity, distance_to_sigma
 from .score import OODThreshold
+
+MIN_VAL_COMBINED = 5  # fewer validation images: the pooled score alone (with a warning)
+CALIBRATION_OPTIONS = ("level", "power", "quantile", "offset", "gain", "local")
 
 
 @dataclass
@@ -62,7 +73,9 @@ class OODDetector:
     ``levels``: encoder levels of the per-image score; ``pixel_levels`` (default: the first
     of ``levels``, level 0 = full resolution) and ``patch`` (neighbourhood size): the pixel
     map; ``power`` and ``quantile``: the :class:`DistanceSigma` conversion; ``level``: the
-    fraction of validation images above the threshold."""
+    fraction of validation images above the threshold; ``offset``, ``gain``: the conversion's
+    shape (:class:`DistanceSigma`); ``local``: the lung-field contrast of the per-image
+    score (:class:`LungContrast`)."""
 
     def __init__(
         self,
@@ -73,8 +86,11 @@ class OODDetector:
         *,
         pixel_levels: Sequence[int] | None = None,
         patch: int = 3,
-        power: float = 2.0,
-        quantile: float = 0.9,
+        power: float = 1.0,
+        quantile: float = 0.75,
+        offset: float = 1.0,
+        gain: float = 3.0,
+        local: LungContrast | None = None,
         **density_kw,
     ) -> None:
         self.model = model
@@ -83,6 +99,8 @@ class OODDetector:
         self.stage = int(stage)
         self.pixel_levels = self.levels[:1] if pixel_levels is None else tuple(pixel_levels)
         self.power, self.quantile = float(power), float(quantile)
+        self.offset, self.gain = float(offset), float(gain)
+        self.local = local if local is not None else LungContrast()
         self.density = MultiLevelDensity(
             model,
             levels=self.levels,
@@ -95,32 +113,80 @@ class OODDetector:
         self.conversion: DistanceSigma | None = None  # None: the old hinge rule
         self.threshold: OODThreshold | None = None
         self.val_scores: np.ndarray | None = None  # per-image scores of the validation images
+        self.image_score: MaxZScore | None = None  # None: the pooled distance alone (legacy)
 
     def fit(self, train: Iterable[torch.Tensor], val: Iterable[torch.Tensor]) -> OODDetector:
-        """``train``, ``val``: iterables of normalized inputs (B, C, H, W) of the two splits."""
+        """``train``, ``val``: iterables of normalized inputs (B, C, H, W) of the two splits:
+        the densities on ``train``, then :meth:`calibrate` on ``val``."""
         self.density.fit(list(train))
-        dist, sig, scores = [], [], []
+        return self.calibrate(val)
+
+    def with_calibration_options(self, other: OODDetector) -> OODDetector:
+        """Take ``other``'s options of the validation step (:data:`CALIBRATION_OPTIONS`: the
+        flagged fraction, the conversion's shape, the lung-field contrast); returns self."""
+        for k in CALIBRATION_OPTIONS:
+            setattr(self, k, getattr(other, k))
+        return self
+
+    def calibrate(self, val: Iterable[torch.Tensor]) -> OODDetector:
+        """Fit everything that depends on the validation split (the densities stay): the
+        distance-to-sigma conversion, the per-image score's references and the threshold."""
+        if not self.density.image_ref:
+            raise RuntimeError("OODDetector.calibrate: the densities are not fitted")
+        dist, sig, stats = [], [], []
         for x in val:
             d, s, out = self.density.evaluate(x)
             dist.append(d.double().flatten().cpu().numpy())
             sig.append(ggd_std(out.alpha, out.beta).double().flatten().cpu().numpy())
-            scores.append(s)
+            stats.append(self._statistics(d, s, out))
         if not dist:
-            raise ValueError("OODDetector.fit: no validation images")
+            raise ValueError("OODDetector.calibrate: no validation images")
         dist, sig = np.concatenate(dist), np.concatenate(sig)
         self.d_ref = float(np.quantile(dist, 0.95))
         self.sigma_ref = float(np.median(sig))
-        self.conversion = DistanceSigma.calibrate(dist, sig, self.quantile, self.power)
-        self.val_scores = np.concatenate(scores)
-        self.threshold = OODThreshold.calibrate(
-            self.val_scores, self.level, "pooled multi-level Mahalanobis"
+        self.conversion = DistanceSigma.calibrate(
+            dist, sig, self.quantile, self.power, offset=self.offset, gain=self.gain
         )
+        stats = {k: np.concatenate([st[k] for st in stats]) for k in stats[0]}
+        n = len(stats["pooled"])
+        if n >= MIN_VAL_COMBINED:
+            self.image_score, self.val_scores = MaxZScore.calibrate(stats, local=self.local)
+            name = "max z of log pooled distance, log lung-field contrast"
+        else:  # too few images for a mean and spread: the pooled distance alone
+            warnings.warn(
+                f"OODDetector.calibrate: {n} validation image(s), fewer than "
+                f"{MIN_VAL_COMBINED}; the per-image score is the pooled distance alone",
+                stacklevel=2,
+            )
+            self.image_score, self.val_scores = None, stats["pooled"]
+            name = "pooled multi-level Mahalanobis"
+        self.threshold = OODThreshold.calibrate(self.val_scores, self.level, name)
         return self
+
+    def _statistics(self, dist: torch.Tensor, pooled: np.ndarray, out) -> dict[str, np.ndarray]:
+        """Per image (B,) each: the pooled distance and the lung-field contrast of ``dist``."""
+        return {
+            "pooled": np.asarray(pooled, dtype=np.float64),
+            "lung_contrast": self.local(dist, out.mu),
+        }
+
+    def _score(self, dist: torch.Tensor, pooled: np.ndarray, out) -> np.ndarray:
+        if self.image_score is None:
+            return np.asarray(pooled, dtype=np.float64)
+        return self.image_score(self._statistics(dist, pooled, out))
+
+    def score(self, x: torch.Tensor) -> np.ndarray:
+        """The per-image score (B,) of normalized inputs ``x`` (B, C, H, W); one pass."""
+        if self.threshold is None:
+            raise RuntimeError("OODDetector: call fit(train, val) first")
+        dist, pooled, out = self.density.evaluate(x)
+        return self._score(dist, pooled, out)
 
     def predict(self, x: torch.Tensor) -> OODPrediction:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
-        dist, score, out = self.density.evaluate(x)  # one forward pass
+        dist, pooled, out = self.density.evaluate(x)  # one forward pass
+        score = self._score(dist, pooled, out)
         mean, ale = out.mu, ggd_std(out.alpha, out.beta)
         epi = self.epistemic_sigma(dist).to(ale.dtype)
         return OODPrediction(
@@ -157,6 +223,7 @@ class OODDetector:
             "d_ref": self.d_ref,
             "sigma_ref": self.sigma_ref,
             "threshold": self.threshold.to_dict(),
+            "image_score": None if self.image_score is None else self.image_score.to_dict(),
             "pixel_ref": list(self.density.pixel_ref),
             "image_ref": list(self.density.image_ref),
             "parts": parts,
@@ -181,7 +248,12 @@ class OODDetector:
         conv = state.get("conversion")
         det.conversion = None if conv is None else DistanceSigma.from_dict(conv)
         if det.conversion is not None:
-            det.power, det.quantile = det.conversion.power, det.conversion.quantile
+            c = det.conversion
+            det.power, det.quantile, det.offset, det.gain = c.power, c.quantile, c.offset, c.gain
+        score = state.get("image_score")  # absent: written before the combined score
+        det.image_score = None if score is None else MaxZScore.from_dict(score)
+        if det.image_score is not None:
+            det.local = det.image_score.local
         det.density.pixel_ref = list(state["pixel_ref"])
         det.density.image_ref = list(state["image_ref"])
         for part, saved in zip(det.density.parts, state["parts"], strict=True):

@@ -6,13 +6,17 @@ The entry survives ``torch.load(weights_only=True)``: the detector's NumPy array
 precisions of every level) become float64 tensors, everything else is plain numbers, strings,
 lists and dicts::
 
-    version      2 (1: written before pixel_levels / patch / conversion; read as before)
+    version      3 (2: written before the combined per-image score, 1: before pixel_levels /
+                 patch / conversion; both read and scored as they were written)
     detector     OODDetector.state(), arrays as tensors: levels, level (0.05: 5 % of
                  in-distribution images flagged), stage, pixel_levels, patch, conversion
-                 {u_ref, sigma_ref, power, quantile}, d_ref, sigma_ref, threshold
-                 {threshold, level, n_calibration, score}, val_scores, pixel_ref, image_ref,
-                 parts [{pixel: {mean, precision, shrinkage} or None, image: {...}} per level]
-    fitted_on    {data, n_train, n_val, stage}
+                 {u_ref, sigma_ref, power, quantile, offset, gain}, d_ref, sigma_ref,
+                 threshold {threshold, level, n_calibration, score}, image_score {kind,
+                 names, mean, std, local {mu_threshold, erosion, q_hi, q_lo, min_pixels}},
+                 val_scores, pixel_ref, image_ref, parts [{pixel: {mean, precision,
+                 shrinkage} or None, image: {...}} per level]
+    fitted_on    {data, n_train, n_val, stage, densities_from (only when the densities were
+                 kept from an earlier entry: its fitted_on)}
     score        one sentence: what the per-image score is and what the flag promises
 
 The threshold promises its 5 % only for images exchangeable with the validation images.
@@ -21,25 +25,27 @@ The threshold promises its 5 % only for images exchangeable with the validation 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from darkfield_nb import checkpoint
-from darkfield_nb.checkpoint_entry import check_destination, write_checkpoint_entry
+from darkfield_nb.checkpoint_entry import open_source, write_checkpoint_entry
 from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device
 
 from .detector import OODDetector
 
 KEY = "ood"
-VERSION = 2
+VERSION = 3
 SCORE_TEXT = (
-    "per-image score: mean over encoder levels of the Mahalanobis distance of the pooled "
-    "features to the training features, each divided by its training median; flag: score above "
-    "the 95th percentile of the validation images (5 % of in-distribution images flagged)"
+    "per-image score: the larger of two z-scores against the validation images, of the log "
+    "pooled distance (mean over encoder levels of the Mahalanobis distance of the pooled "
+    "features, each divided by its training median) and of the log contrast Q99/Q50 of the "
+    "pixel distance map inside the predicted lung field; flag: score above the 95th percentile "
+    "of the validation images' leave-one-out scores (5 % of in-distribution images flagged)"
 )
 
 
@@ -84,52 +90,53 @@ def fit_ood_detector(
     data_root: str | os.PathLike,
     *,
     device: str | torch.device = "auto",
-    levels: Sequence[int] = (0, 1, 2, 3, 4),
-    level: float = 0.05,
-    stage: int = -1,
     batch_size: int = 8,
     max_train: int | None = None,
-    max_pixels: int = 50_000,
-    pixel_levels: Sequence[int] | None = None,
-    patch: int = 3,
-    power: float = 2.0,
-    quantile: float = 0.9,
+    densities_from: dict | None = None,
+    **detector_kw,
 ) -> dict:
     """Fit :class:`OODDetector` on ``model`` (densities on the ``train`` split, at most
-    ``max_train`` images; the sigma conversion and the threshold on ``val``) and return the
-    checkpoint entry described in the module docstring. ``pixel_levels``, ``patch``,
-    ``power``, ``quantile``: as :class:`OODDetector`."""
-    require_splits(data_root, ("train", "val"), "the out-of-distribution detector")
+    ``max_train`` images; the sigma conversion, the per-image score and the threshold on
+    ``val``) and return the checkpoint entry described in the module docstring.
+    ``detector_kw``: the options of :class:`OODDetector` (``levels``, ``level``, ``stage``,
+    ``pixel_levels``, ``patch``, ``power``, ``quantile``, ``offset``, ``gain``, ``local``,
+    ``max_pixels``), its defaults where not given.
+
+    ``densities_from``: an earlier entry of the same model whose train-split densities are
+    kept (its ``levels``, ``pixel_levels``, ``patch`` and ``stage`` win over the options);
+    only the validation step (:meth:`OODDetector.calibrate`) is redone, with the options'
+    ``level`` and conversion and score settings, which saves one forward pass per training
+    image."""
+    splits = ("val",) if densities_from is not None else ("train", "val")
+    require_splits(data_root, splits, "the out-of-distribution detector")
     device = pick_device(device)
     model = model.to(device).eval()
     ds = {
         s: PairedDataset(data_root, split=s, pad_multiple=1, check=False, load_masks=False)
-        for s in ("train", "val")
+        for s in splits
     }
-    det = OODDetector(
-        model,
-        levels,
-        level,
-        stage,
-        pixel_levels=pixel_levels,
-        patch=patch,
-        power=power,
-        quantile=quantile,
-        max_pixels=max_pixels,
-    )
-    train = [x.to(device) for x in batches(ds["train"], batch_size, max_train)]
+    det = OODDetector(model, **detector_kw)
     val = (x.to(device) for x in batches(ds["val"], batch_size))
-    det.fit(train, val)
-    n_train = sum(int(x.shape[0]) for x in train)
+    if densities_from is not None:
+        det = detector_from_entry(model, densities_from).with_calibration_options(det)
+        det.calibrate(val)
+        n_train = int(densities_from["fitted_on"]["n_train"])
+    else:
+        train = [x.to(device) for x in batches(ds["train"], batch_size, max_train)]
+        det.fit(train, val)
+        n_train = sum(int(x.shape[0]) for x in train)
+    fitted_on = {
+        "data": str(data_root),
+        "n_train": n_train,
+        "n_val": len(ds["val"]),
+        "stage": det.stage,
+    }
+    if densities_from is not None:
+        fitted_on["densities_from"] = dict(densities_from["fitted_on"])
     return {
         "version": VERSION,
         "detector": _to_tensors(det.state()),
-        "fitted_on": {
-            "data": str(data_root),
-            "n_train": n_train,
-            "n_val": len(ds["val"]),
-            "stage": det.stage,
-        },
+        "fitted_on": fitted_on,
         "score": SCORE_TEXT,
     }
 
@@ -210,14 +217,20 @@ def attach_ood_detector(
     *,
     overwrite: bool = False,
     device: str | torch.device = "auto",
+    keep_densities: bool = False,
     **fit_kw,
 ) -> tuple[Path, dict]:
     """Fit on ``data_root`` (:func:`fit_ood_detector`; the stage is the last one trained unless
-    given) and write ``dst``. Returns (dst, entry). Checks the output before fitting."""
+    given) and write ``dst``. Returns (dst, entry). Checks the output before fitting.
+    ``keep_densities``: keep the train-split densities of the detector ``src`` carries and
+    refit only its validation step (ValueError naming ``src`` when it carries none)."""
     src, dst = Path(src), Path(dst)
-    ckpt = checkpoint.load_checkpoint(src)
-    check_destination(src, dst, overwrite)
-    model = checkpoint.generator_from_checkpoint(ckpt, pick_device(device))
-    fit_kw.setdefault("stage", int(ckpt.get("stages_trained", model.config.n_stages)) - 1)
+    ckpt, model, last = open_source(src, dst, overwrite, pick_device(device))
+    fit_kw.setdefault("stage", last)
+    if keep_densities:
+        old = ood_of(ckpt)
+        if old is None:
+            raise ValueError(f"{src}: keep_densities=True, but it carries no 'ood' detector")
+        fit_kw["densities_from"] = old
     entry = fit_ood_detector(model, data_root, device=device, **fit_kw)
     return write_ood_checkpoint(src, dst, entry, overwrite=overwrite), entry

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from darkfield_nb import checkpoint
-from darkfield_nb.checkpoint_entry import check_destination
+from darkfield_nb.checkpoint_entry import open_source
 from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device
 
@@ -149,14 +148,9 @@ def calibrate_checkpoint(
             f"{data_root}: refusing to calibrate on the 'test' split; fit on 'val' and keep "
             "'test' for evaluate"
         )
-    ckpt = checkpoint.load_checkpoint(src)
-    check_destination(src, dst, overwrite)
     require_splits(data_root, (fit_kw.get("split", "val"),), "calibration")
     device = pick_device(device)
-    try:
-        model = checkpoint.generator_from_checkpoint(ckpt, device)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise checkpoint.CheckpointError(f"{src}: cannot rebuild the generator ({exc})") from exc
-    fit_kw.setdefault("stage", int(ckpt["stages_trained"]) - 1)
+    _, model, last = open_source(src, dst, overwrite, device)
+    fit_kw.setdefault("stage", last)
     recal = fit_recalibration(model, data_root, device=device, **fit_kw)
     return write_calibrated_checkpoint(src, dst, recal, overwrite=overwrite), recal
