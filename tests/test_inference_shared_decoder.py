@@ -70,19 +70,22 @@ def test_equals_the_whole_decoder_on_stacked_copies(
         assert not torch.allclose(other.mu, got.mu[:6])
 
 
-def test_head_element_dropout_equals_the_whole_decoder_on_stacked_copies():
-    """Placement "head" with element dropout (masks per pixel: not folded into the weights)."""
-    m = _model(dropout_placement="head", dropout_kind="element")
+@pytest.mark.parametrize("placement,kind", [("head", "element"), ("head_reg", "channel")])
+def test_head_dropout_equals_the_whole_decoder_on_stacked_copies(placement, kind):
+    """Placement "head" with element dropout (masks per pixel: not folded into the weights), and
+    "head_reg" (its train-time decoder dropout is off in the passes, as in mc_suffix)."""
+    m = _model(dropout_placement=placement, dropout_kind=kind)
     x = torch.rand(2, 1, 32, 36)
     with torch.no_grad():
         prefix = m.mc_prefix(x, -1)
-        with fixed_masks(m, [0, 1, 2], 2, seed=3):
-            ref = m.mc_suffix(prefix, 3, -1)
-        with fixed_masks(m, [0, 1, 2], 2, seed=3):
-            got = shared_decoder(m, prefix, -1)(3)
+        with fixed_masks(m, [0, 1, 2, 3, 4, 5], 2, seed=3):
+            ref = m.mc_suffix(prefix, 6, -1)
+        with fixed_masks(m, [0, 1, 2, 3, 4, 5], 2, seed=3):
+            got = shared_decoder(m, prefix, -1)(6)
     for a, b in zip(ref, got, strict=True):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-5)
-    assert not torch.allclose(got.mu[:2], got.mu[2:4])
+    # 4 channels at p = 0.3: two passes can share a mask, six passes all alike cannot (p < 1e-4)
+    assert any(not torch.allclose(got.mu[:2], got.mu[2 * t : 2 * t + 2]) for t in range(1, 6))
 
 
 def test_not_used_where_it_does_not_apply():

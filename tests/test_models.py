@@ -26,6 +26,7 @@ from darkfield_nb.models import (
     build_generator,
     count_parameters,
 )
+from darkfield_nb.models.unet import TrainOnlyDropout
 from darkfield_nb.uncertainty import mc_dropout_predict
 
 SMALL = dict(base_width=4, depth=2)
@@ -214,7 +215,9 @@ def test_residual_stage_starts_exactly_at_the_previous_mean():
     assert not torch.equal(o[1].mu, o[0].mu)
 
 
-@pytest.mark.parametrize("placement", ["decoder", "last", "bottleneck", "encoder_decoder", "head"])
+@pytest.mark.parametrize(
+    "placement", ["decoder", "last", "bottleneck", "encoder_decoder", "head", "head_reg"]
+)
 def test_dropout_placement_option_puts_dropout_where_it_says(placement):
     """GeneratorConfig.dropout_placement: decoder slot j acts before up-convolution j (0 the
     bottleneck), encoder slot i on encoder block i's output; state-dict keys never change."""
@@ -223,14 +226,19 @@ def test_dropout_placement_option_puts_dropout_where_it_says(placement):
     ref = ProgressiveGenerator(GeneratorConfig(dropout=0.0, **SMALL))
     assert list(g.state_dict()) == list(ref.state_dict())
     depth = cfg.depth
-    want = {"last": {depth - 1}, "bottleneck": {0}, "head": set()}.get(placement, set(range(depth)))
+    want = {"last": {depth - 1}, "bottleneck": {0}, "head": set(), "head_reg": set()}.get(
+        placement, set(range(depth))
+    )
     stage = g.stages[-1]
     got = {j for j, m in enumerate(stage.drop) if isinstance(m, nn.Dropout2d)}
     assert got == want and all(stage.drop[j].p == 0.25 for j in got)
     enc = [isinstance(m, nn.Dropout2d) for m in stage.enc_drop]
     assert enc == [placement == "encoder_decoder"] * depth
     assert stage.has_encoder_dropout == (placement == "encoder_decoder")
-    assert isinstance(stage.head_drop, nn.Dropout2d) == (placement == "head")
+    assert isinstance(stage.head_drop, nn.Dropout2d) == (placement in ("head", "head_reg"))
+    # head_reg: train-time dropout at every decoder level, not a torch dropout (never sampled)
+    reg = [j for j, m in enumerate(stage.drop) if isinstance(m, TrainOnlyDropout)]
+    assert reg == (list(range(depth)) if placement == "head_reg" else [])
     assert stage.has_dropout
     assert not any(isinstance(m, nn.Dropout2d) for s in g.stages[:-1] for m in s.modules())
     # the bottleneck slot drops the deepest features: its input has the bottleneck's width
@@ -258,14 +266,16 @@ def test_encoder_dropout_batched_mc_matches_repeat_and_samples_encoder():
     assert not torch.equal(f1[0], f2[0])
 
 
-@pytest.mark.parametrize("kind", ["channel", "element"])
-def test_head_dropout_mc_variance_matches_its_closed_form(kind):
+@pytest.mark.parametrize(
+    "kind,placement", [("channel", "head"), ("element", "head"), ("channel", "head_reg")]
+)
+def test_head_dropout_mc_variance_matches_its_closed_form(kind, placement):
     """Placement "head": mu_t = b + sum_c W_c m_c h_c with keep masks m_c ~ Bernoulli(1-p)/(1-p),
     so Var_t[mu_t] = p/(1-p) sum_c W_c^2 h_c^2 (unet docstring), h the deterministic last decoder
     features. The MC epistemic variance of 4000 passes must match it within sampling error,
     pixel by pixel, and the MC mean must match b + sum_c W_c h_c."""
     p = 0.3
-    cfg = GeneratorConfig(dropout=p, dropout_placement="head", dropout_kind=kind, **SMALL)
+    cfg = GeneratorConfig(dropout=p, dropout_placement=placement, dropout_kind=kind, **SMALL)
     torch.manual_seed(0)
     g = ProgressiveGenerator(cfg).eval()
     stage = g.stages[-1]
@@ -291,6 +301,13 @@ def test_head_dropout_mc_variance_matches_its_closed_form(kind):
     assert var_closed.min() > 0
     assert ((var_mc - var_closed).abs() <= 5 * sd + 1e-12).all()
     assert ((mus.mean(0) - mean_closed).abs() <= 5 * (var_closed / n).sqrt() + 1e-6).all()
+    # the scale and shape heads see the features undropped: the same in every pass
+    stage.head_drop.train()
+    with torch.no_grad():
+        two = g.mc_suffix(prefix, 2, -1)
+    stage.head_drop.eval()
+    assert not torch.equal(two.mu[0], two.mu[1])
+    assert torch.equal(two.alpha[0], two.alpha[1]) and torch.equal(two.beta[0], two.beta[1])
     # the batched pipeline's path (channel dropout: masks folded into the head weights)
     maps = mc_predict_batch(g, x, samples=n, seed=2)
     var_pipe = maps["epistemic"][0, 0].double() ** 2

@@ -13,7 +13,7 @@ computed once per image and added to every pass. That removes the skip half of e
 first convolution from the passes, about a third of the decoder's multiply-adds (the first
 convolution maps 2w -> w channels, the second w -> w). Decoder levels before the first active
 dropout layer (placements "last" and "bottleneck" have some) are deterministic too and run once;
-with placement "head" the whole decoder runs once and only the 1x1 heads see the T passes.
+with placement "head" the whole decoder runs once and only the 1x1 mean head sees the T passes.
 The result equals ``ProgressiveGenerator.mc_suffix`` up to float rounding (the sum is split in
 two); ``tests/test_inference_shared_decoder.py`` compares them on every placement, norm,
 padding, upsampling and conditioning.
@@ -85,25 +85,26 @@ class SharedDecoder:
         else:
             if self.first == len(st.drop):  # no dropout in this decoder: one copy per pass
                 h = h.repeat(c, 1, 1, 1)
-            mu, alpha, beta = st.heads(st.head_drop(h))
+            mu, alpha, beta = st.heads(h, st.head_drop(h))
         if self.residual:
             mu = (self.prefix.prev_mu.unsqueeze(0) + mu.unflatten(0, (c, b))).flatten(0, 1)
         return StageOutput(*(unpad(t, self.prefix.pads) for t in (mu, alpha, beta)))
 
     def _channel_masked_heads(self, repeats: int) -> StageOutput:
         """Placement "head" with channel dropout: pass t multiplies channel c of the last
-        decoder features h by one keep factor m_tc, so each 1x1 head is
-        ``W (m_t * h) + b = (W * m_t) h + b``: the masks go into the head weights and the
-        features are read once for all passes, not copied per pass. The masks are those the
-        dropout layer draws (under ``mc.fixed_masks``: the pass's seeded masks), read by
-        applying it to a (repeats * B, C, 1, 1) tensor of ones."""
+        decoder features h by one keep factor m_tc before the mean head, so
+        ``mu_t = W (m_t * h) + b = (W * m_t) h + b``: the masks go into the head's weights and
+        the features are read once for all passes, not copied per pass; the scale and shape
+        heads see h itself and run once. The masks are those the dropout layer draws (under
+        ``mc.fixed_masks``: the pass's seeded masks), read by applying it to a
+        (repeats * B, C, 1, 1) tensor of ones."""
         st, b, h = self.stage, self.b, self.h
-        heads = (st.head_mu, st.head_alpha, st.head_beta)
-        keep = st.head_drop(h.new_ones(repeats * b, h.shape[1], 1, 1)).view(repeats, b, 1, -1)
-        w = torch.cat([m.weight for m in heads]).flatten(1).to(h.dtype)  # (3, C)
-        bias = torch.cat([m.bias for m in heads]).to(h.dtype).view(1, 1, 3, 1, 1)
-        out = torch.einsum("tbkc,bchw->tbkhw", keep * w, h) + bias
-        return st.activate(*(out[:, :, k : k + 1].flatten(0, 1) for k in range(3)))
+        keep = st.head_drop(h.new_ones(repeats * b, h.shape[1], 1, 1)).view(repeats, b, -1)
+        w = st.head_mu.weight.flatten(1).to(h.dtype)  # (1, C)
+        mu = torch.einsum("tbc,bchw->tbhw", keep * w, h) + st.head_mu.bias.to(h.dtype)
+        once = st.heads(h)
+        alpha, beta = (t.repeat(repeats, 1, 1, 1) for t in (once.alpha, once.beta))
+        return StageOutput(mu.flatten(0, 1).unsqueeze(1), alpha, beta)
 
 
 def _plain_conv(block: nn.Module, channels: int) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 NORMS = ("instance", "batch", "group", "none")
 CONDITIONINGS = ("concat", "attention")
 DROPOUT_KINDS = ("channel", "element")
-DROPOUT_PLACEMENTS = ("decoder", "last", "bottleneck", "encoder_decoder", "head")
+DROPOUT_PLACEMENTS = ("decoder", "last", "bottleneck", "encoder_decoder", "head", "head_reg")
 DISC_NORMS = ("spectral", "instance", "batch", "none")
 UPSAMPLES = ("resize", "transpose")
 PADDING_MODES = ("zeros", "reflect", "replicate")
@@ -48,8 +48,9 @@ class GeneratorConfig:
     dropout_placement: where in a dropout stage: "decoder" (every decoder level, the default and
         the behaviour of models saved before the option), "last" (the last decoder level only),
         "bottleneck" (the bottleneck features only), "encoder_decoder" (every decoder level and
-        the output of every encoder block but the bottleneck's) or "head" (the last decoder
-        features entering the 1x1 heads: last-layer MC dropout); see ``models/unet.py``.
+        the output of every encoder block but the bottleneck's), "head" (the last decoder
+        features entering the 1x1 mean head: last-layer MC dropout) or "head_reg" ("head" plus
+        train-time-only dropout at every decoder level); see ``models/unet.py``.
     conditioning: how stage k+1 sees stage k: "concat" feeds [x, mu_k, alpha_k, beta_k];
         "attention" feeds [x, mu_k] and gates its encoder features with stage k's normalized
         aleatoric sigma (see :class:`~darkfield_nb.models.ProgressiveGenerator`).

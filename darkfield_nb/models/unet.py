@@ -27,17 +27,24 @@ encoder block ``i < depth`` (so both the skip connection and the next level see 
 "last"              ``drop[depth - 1]`` only
 "bottleneck"        ``drop[0]`` only
 "encoder_decoder"   every ``drop[j]`` and every ``enc_drop[i]``
-"head"              ``head_drop`` only: the last decoder features ``h`` entering the 1x1 heads
+"head"              ``head_drop`` only: the last decoder features ``h`` entering the mean head
+"head_reg"          as "head", plus train-time dropout at every decoder level
+                    (:class:`TrainOnlyDropout`: a regularizer, never sampled)
 =================== ===========================================
 
-"head" is last-layer Monte Carlo dropout: the whole U-Net is a deterministic prefix and only the
-three 1x1 heads see the dropped features, so T passes cost little more than one. For the mean
-head, with a keep mask ``m_c ~ Bernoulli(1 - p) / (1 - p)`` per channel (channel dropout) or
-per channel and pixel (element dropout), ``mu_t = b + sum_c W_c m_c h_c`` and, in closed form,
+"head" is last-layer Monte Carlo dropout on the mean: the whole U-Net is a deterministic prefix
+and only the 1x1 mean head sees dropped features (the scale and shape heads see ``h`` as it is),
+so T passes cost little more than one. With a keep mask ``m_c ~ Bernoulli(1 - p) / (1 - p)``
+per channel (channel dropout) or per channel and pixel (element dropout),
+``mu_t = b + sum_c W_c m_c h_c`` and, in closed form,
 
     E_t[mu_t] = b + sum_c W_c h_c,      Var_t[mu_t] = p / (1 - p) * sum_c W_c^2 h_c^2,
 
 which is what the Monte Carlo epistemic sigma estimates (``tests/test_models.py`` checks it).
+"head_reg" trains like "decoder" (whose dropout regularizes the scale and shape heads: on the
+shipped recipe "head" alone gave a worse test NLL and sigma-error ranking, ``bench/RESULTS.md``)
+but Monte Carlo sampling, like any inference, leaves the decoder's train-time dropout off and
+samples the mean head only: the passes cost what "head" costs.
 
 Dropout layers have no parameters, so every placement has the same ``state_dict`` keys. Without
 encoder dropout the encoder is a deterministic prefix that Monte Carlo dropout runs once per
@@ -172,7 +179,10 @@ class UNetStage(nn.Module):
         for j in range(self.config.depth):
             self.drop[j] = _make_dropout(rate if j in slots else 0.0, kind)
             self.enc_drop[j] = _make_dropout(rate if encoder else 0.0, kind)
-        self.head_drop = _make_dropout(rate if placement == "head" else 0.0, kind)
+        self.head_drop = _make_dropout(rate if placement in ("head", "head_reg") else 0.0, kind)
+        if placement == "head_reg" and rate > 0:
+            for j in range(self.config.depth):
+                self.drop[j] = TrainOnlyDropout(rate, kind)
 
     @property
     def has_dropout(self) -> bool:
@@ -213,11 +223,13 @@ class UNetStage(nn.Module):
         ):
             skip = feats[-2 - j]
             h = block(torch.cat([upconv(drop(h)), skip], dim=1))
-        return self.heads(self.head_drop(h))
+        return self.heads(h, self.head_drop(h))
 
-    def heads(self, h: torch.Tensor) -> StageOutput:
-        """The three 1x1 heads (module docstring) on the last decoder features ``h``."""
-        return self.activate(self.head_mu(h), self.head_alpha(h), self.head_beta(h))
+    def heads(self, h: torch.Tensor, h_mean: torch.Tensor | None = None) -> StageOutput:
+        """The three 1x1 heads (module docstring) on the last decoder features ``h``; the mean
+        head reads ``h_mean`` instead when given (the features after ``head_drop``)."""
+        mu = self.head_mu(h if h_mean is None else h_mean)
+        return self.activate(mu, self.head_alpha(h), self.head_beta(h))
 
     def activate(self, mu: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> StageOutput:
         """The heads' outputs from their 1x1 convolutions ``mu``, ``a``, ``b``: alpha =
@@ -239,12 +251,32 @@ def dropout_slots(placement: str, depth: int) -> set[int]:
         return {0}
     if placement in ("decoder", "encoder_decoder"):
         return set(range(depth))
-    if placement == "head":
+    if placement in ("head", "head_reg"):
         return set()
     raise ValueError(
         f"dropout_placement={placement!r} must be one of decoder, last, bottleneck, "
-        "encoder_decoder, head"
+        "encoder_decoder, head, head_reg"
     )
+
+
+class TrainOnlyDropout(nn.Module):
+    """Dropout while training, identity otherwise, and never a Monte Carlo layer: it is not a
+    ``torch.nn`` dropout module, so MC dropout (which switches those on and masks them) leaves
+    it off. ``kind`` "channel" drops whole feature maps (``F.dropout2d``), "element" values."""
+
+    def __init__(self, p: float, kind: str) -> None:
+        super().__init__()
+        self.p, self.kind = float(p), kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.kind == "channel":
+            return F.dropout2d(x, self.p, True)
+        return F.dropout(x, self.p, True)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, kind={self.kind}"
 
 
 def _active(m: nn.Module) -> bool:
