@@ -15,8 +15,9 @@ one run; memory at scale; kill/resume at scale; lung D across image sizes.
         on the same sample images: max / mean |difference| against the first.
     python bench/batch_synthesis.py readme [--n 36] [--old-commit 98e3ad2]
         the README's first command (``darkfield-nb predict data_samples/attenuation --out
-        DIR``) with the code of ``--old-commit`` (``git archive``) and with this tree, one
-        after the other, on the first ``--n`` sample images; wall time of each command.
+        DIR``) with the code and shipped model of ``--old-commit`` (``git archive``, ``git
+        show``) and with this tree and its shipped model, one after the other, on the first
+        ``--n`` sample images; wall time of each command.
     python bench/batch_synthesis.py rss [--counts 200 1000] [--size 64] [--samples 2]
         peak RSS of ``darkfield-nb predict`` (shipped model, ``--resample off``) on folders of
         that many small images, each in a fresh process (the largest process's peak,
@@ -191,7 +192,17 @@ def cmd_readme(args) -> None:
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive, check=True)
         env = dict(os.environ)
-        ckpt = REPO / "data_samples" / "pretrained.pt"
+        # each command with the model it shipped with, as a user ran it: the old code cannot
+        # load a checkpoint whose settings it does not know (v3's dropout placement)
+        old_ckpt = tmp / "old_pretrained.pt"
+        old_ckpt.write_bytes(
+            subprocess.run(
+                ["git", "-C", str(REPO), "show", f"{args.old_commit}:data_samples/pretrained.pt"],
+                check=True,
+                capture_output=True,
+            ).stdout
+        )
+        ckpts = {"old": old_ckpt, "new": REPO / "data_samples" / "pretrained.pt"}
         total = {"old": 0.0, "new": 0.0}
         paths = sorted(src.glob("*.png"))[: args.n]
         for k, chunk in enumerate(_rounds(paths, args.round)):
@@ -202,7 +213,7 @@ def cmd_readme(args) -> None:
             for label, tree in (("old", old_tree), ("new", REPO)):
                 env["PYTHONPATH"] = str(tree)
                 cmd = [sys.executable, "-m", "darkfield_nb.cli", "predict", str(folder)]
-                cmd += ["--out", str(tmp / f"runs_{label}{k}"), "--checkpoint", str(ckpt)]
+                cmd += ["--out", str(tmp / f"runs_{label}{k}"), "--checkpoint", str(ckpts[label])]
                 cmd += ["--quiet"]
                 t = time.perf_counter()
                 # cwd=tmp: ``python -m`` puts the working directory first on sys.path

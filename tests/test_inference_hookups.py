@@ -25,7 +25,6 @@ from darkfield_nb.inference.outputs import MAPS
 from darkfield_nb.io import read_image, write_image
 from darkfield_nb.labels import LUNG, PACEMAKER
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
-from darkfield_nb.ood import score_radiograph
 from darkfield_nb.synthesis import synthesize
 
 SIZE = 32
@@ -180,11 +179,13 @@ def test_predict_and_synthesize_score_the_model_input(setup, tmp_path):
     rows = _summary(tmp_path / "ood")
     loaded = load_model(setup["ood"])
     # reference: the detector rebuilt on a fresh generator, scoring the image the model sees
+    # (the model input as it is: score_radiograph would normalize the resampled input again)
     ref_det = detector_from_checkpoint(checkpoint.load_checkpoint(setup["ood"]))
     flags = []
     for p in sorted(src.glob("*.png")):
-        x = decode(p, loaded.geometry, resample=True)["x"].numpy()
-        want = score_radiograph(ref_det, x)
+        x = decode(p, loaded.geometry, resample=True)["x"]
+        s = float(ref_det.score(x[None, None])[0])
+        want = {"ood_score": s, "ood_flag": bool(ref_det.threshold.flag(s))}
         row = rows[p.stem]
         assert float(row["ood_score"]) == pytest.approx(want["ood_score"], rel=1e-5)
         assert row["ood_flag"] == str(want["ood_flag"])
@@ -246,3 +247,27 @@ def test_evaluate_json_reports_calibration_and_ood(setup, tmp_path, capsys):
     assert "has no 'ood' split" in capsys.readouterr().out
     result = json.loads(out2.read_text())
     assert "ood" not in result and "calibration" not in result
+
+
+def test_shared_ood_reuses_the_prefix_only_where_it_holds_the_detector_features(setup):
+    """``hookups.shared_ood`` (predict's path: the MC prefix's encoder features, no second
+    forward pass) equals the detector's own score; it declines (None) without a prefix and for
+    attention gating, whose encoder features are not the ones the detector was fitted on."""
+    from darkfield_nb.inference.hookups import shared_ood
+    from darkfield_nb.inference.mc import mc_predict_batch
+
+    loaded = load_model(setup["ood"])
+    model, det = loaded.model, loaded.detector
+    src = sorted((setup["data"] / "attenuation").glob("*.png"))
+    x = torch.stack([decode(p, loaded.geometry, resample=True)["x"] for p in src[-4:]])[:, None]
+    seen: list = []
+    mc_predict_batch(model, x, samples=3, on_prefix=seen.append)
+    got = shared_ood(det, seen[0], x, model)
+    want = det.score(x)
+    assert [g["ood_flag"] for g in got] == [bool(det.threshold.flag(float(w))) for w in want]
+    np.testing.assert_allclose([g["ood_score"] for g in got], want, rtol=1e-5)
+    assert shared_ood(det, None, x, model) is None
+    gated = ProgressiveGenerator(
+        GeneratorConfig(n_stages=2, base_width=4, depth=2, dropout=0.2, conditioning="attention")
+    ).eval()
+    assert shared_ood(det, gated.mc_prefix(x), x, gated) is None

@@ -295,6 +295,13 @@ class MultiLevelDensity:
         if not self.image_ref:
             raise RuntimeError("MultiLevelDensity: call fit(training images) first")
         feats, out = encoder_outputs(self.model, x, self.levels, self.stage)
+        return self.evaluate_features(feats, out, x)
+
+    def evaluate_features(self, feats: list[torch.Tensor], out, x: torch.Tensor):
+        """:meth:`evaluate` from encoder outputs already computed (``feats``: one per level of
+        ``self.levels``, padded coordinates; ``out``: anything with the stage's mean ``mu``), so
+        that a caller that ran the network (Monte Carlo dropout's deterministic prefix) does not
+        run it again."""
         dists = [
             p.image_distance_from(f) / ri
             for p, f, ri in zip(self.parts, feats, self.image_ref, strict=True)

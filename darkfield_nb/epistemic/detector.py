@@ -38,6 +38,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -65,6 +66,12 @@ class OODPrediction:
     distance: torch.Tensor
     score: np.ndarray
     flag: np.ndarray
+
+
+class _Mean(NamedTuple):
+    """A stage output of which only the mean is known (what the per-image score reads)."""
+
+    mu: torch.Tensor
 
 
 class OODDetector:
@@ -180,6 +187,15 @@ class OODDetector:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         dist, pooled, out = self.density.evaluate(x)
+        return self._score(dist, pooled, out)
+
+    def score_features(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
+        """:meth:`score` from the stage's encoder outputs ``feats`` (one per level, padded
+        coordinates, as ``ProgressiveGenerator.mc_prefix`` holds them) and its mean ``mu``
+        (B, 1, H, W): no forward pass of its own."""
+        if self.threshold is None:
+            raise RuntimeError("OODDetector: call fit(train, val) first")
+        dist, pooled, out = self.density.evaluate_features(feats, _Mean(mu), x)
         return self._score(dist, pooled, out)
 
     def predict(self, x: torch.Tensor) -> OODPrediction:

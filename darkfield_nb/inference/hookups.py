@@ -60,19 +60,43 @@ def recalibration_message(recal: dict, checkpoint: str | Path) -> str:
     )
 
 
-def ood_of_input(detector, x: np.ndarray | torch.Tensor, device) -> dict[str, float | bool]:
-    """``{"ood_score", "ood_flag"}`` of one model input (H, W): ``ood.score_radiograph``."""
-    from darkfield_nb.ood import score_radiograph
+def shared_ood(detector, prefix, x: torch.Tensor, model) -> list[dict] | None:
+    """``{"ood_score", "ood_flag"}`` per image of batch ``x`` from the Monte Carlo prefix's
+    encoder features and the MC mean (``OODDetector.score_features``: the detector's own
+    forward pass is not run again), or None where they are not the detector's features (no
+    prefix: a single deterministic pass; another stage; encoder dropout; attention gating,
+    which scales the features the detector was fitted on). The lung field of the score comes
+    from one deterministic pass of the stage's decoder on the prefix (eval mode), as in
+    ``score``."""
+    if prefix is None or prefix.inp is not None or prefix.gate is not None:
+        return None
+    n = model.config.n_stages
+    levels = detector.density.levels
+    if prefix.stage != detector.stage % n or max(levels) >= len(prefix.feats):
+        return None
+    feats = [prefix.feats[lv].float() for lv in levels]
+    with torch.no_grad():
+        mu = model.mc_suffix(prefix, 1, prefix.stage).mu  # eval mode: the deterministic mean
+        scores = detector.score_features(feats, mu.float(), x.float())
+    flag = detector.threshold.flag
+    return [{"ood_score": float(s), "ood_flag": bool(flag(float(s)))} for s in scores]
 
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-    return score_radiograph(detector, np.asarray(x, dtype=np.float32), device)
+
+def ood_of_input(detector, x: np.ndarray | torch.Tensor, device) -> dict[str, float | bool]:
+    """``{"ood_score", "ood_flag"}`` of one model input (H, W), scored as the model sees it
+    (``OODDetector.score``; not normalized again: after resampling, a second
+    ``normalize_input`` would shift it, and the detector was fitted on inputs normalized once)."""
+    t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x)
+    with torch.no_grad():
+        s = float(detector.score(t.detach().float()[None, None].to(device))[0])
+    return {"ood_score": s, "ood_flag": bool(detector.threshold.flag(s))}
 
 
 __all__ = [
     "SIGMA_MAPS",
     "apply_sigma_factor",
     "ood_of_input",
+    "shared_ood",
     "recalibration_digest",
     "recalibration_factor",
     "recalibration_message",

@@ -103,21 +103,24 @@ def mc_predict_batch(
     stage: int = -1,
     chunk: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    on_prefix=None,
 ) -> dict[str, torch.Tensor]:
     """MC dropout maps (module docstring) of x (B, 1, H, W) with a ProgressiveGenerator:
     ``{"darkfield", "aleatoric", "epistemic", "total"}``, each (B, 1, H, W) float32.
 
     ``chunk``: passes per call (default: as many as fit ``PIXEL_BUDGET``); ``amp_dtype``:
     autocast dtype for the network (None: float32); statistics are accumulated in float64.
+    ``on_prefix``: called with the deterministic prefix (``MCPrefix``) once it is computed
+    (not when the model runs a single deterministic pass), e.g. to reuse its encoder features.
     """
     if samples < 0:
         raise ValueError(f"samples={samples} must be >= 0 (0: one deterministic pass)")
     k = _stage_index(model, stage)
     with layout_preserving_norms(model):
-        return _predict(model, x, samples, seed, k, chunk, amp_dtype)
+        return _predict(model, x, samples, seed, k, chunk, amp_dtype, on_prefix)
 
 
-def _predict(model, x, samples, seed, k, chunk, amp_dtype) -> dict[str, torch.Tensor]:
+def _predict(model, x, samples, seed, k, chunk, amp_dtype, on_prefix) -> dict[str, torch.Tensor]:
     b, _, h, w = x.shape
     amp = torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     active = model.first_dropout_stage(k) is not None and bool(_dropouts(model))
@@ -142,6 +145,8 @@ def _predict(model, x, samples, seed, k, chunk, amp_dtype) -> dict[str, torch.Te
     with amp:
         prefix = model.mc_prefix(x, k)
         decoder = shared_decoder(model, prefix, k)
+    if on_prefix is not None:
+        on_prefix(prefix)
     done = 0
     while done < samples:
         c = min(chunk, samples - done)

@@ -44,6 +44,7 @@ from darkfield_nb.inference.hookups import (
     ood_of_input,
     recalibration_digest,
     recalibration_factor,
+    shared_ood,
 )
 from darkfield_nb.inference.inputs import resolve_inputs
 from darkfield_nb.inference.mc import PIXEL_BUDGET, mc_predict_batch
@@ -357,13 +358,25 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                 x = torch.stack([it["x"] for it in items])[:, None].to(dev, non_blocking=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                maps = mc_predict_batch(model, x, cfg.samples, cfg.seed, stage, amp_dtype=amp_dtype)
+                seen: list = []
+                maps = mc_predict_batch(
+                    model,
+                    x,
+                    cfg.samples,
+                    cfg.seed,
+                    stage,
+                    amp_dtype=amp_dtype,
+                    on_prefix=seen.append,
+                )
+                if detector is not None:  # the score of the image the model sees
+                    shared = shared_ood(detector, seen[0] if seen else None, x, model)
+                    for i, it in enumerate(items):
+                        if it["path"] not in pending:
+                            continue
+                        it["ood"] = shared[i] if shared else ood_of_input(detector, it["x"], dev)
                 maps = apply_sigma_factor(
                     {k: v[:, 0].cpu().numpy() for k, v in maps.items()}, factor
                 )
-                if detector is not None:  # the score of the image the model sees
-                    for it in todo:
-                        it["ood"] = ood_of_input(detector, it["x"], dev)
                 seconds = (time.perf_counter() - t) / len(items)
                 for i, it in enumerate(items):
                     if it["path"] not in pending:
