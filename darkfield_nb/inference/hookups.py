@@ -68,7 +68,9 @@ def shared_ood(detector, prefix, x: torch.Tensor, model) -> list[dict] | None:
     which scales the features the detector was fitted on). The lung field of the score comes
     from one deterministic pass of the stage's decoder on the prefix (eval mode), as in
     ``score``."""
-    if prefix is None or prefix.inp is not None or prefix.gate is not None:
+    if prefix is None or prefix.inp is not None:
+        return None
+    if prefix.stage > 0 and model.config.conditioning != "concat":  # gated encoder features
         return None
     n = model.config.n_stages
     levels = detector.density.levels
