@@ -62,12 +62,12 @@ def recalibration_message(recal: dict, checkpoint: str | Path) -> str:
 
 def shared_ood(detector, prefix, x: torch.Tensor, model) -> list[dict] | None:
     """``{"ood_score", "ood_flag"}`` per image of batch ``x`` from the Monte Carlo prefix's
-    encoder features and the MC mean (``OODDetector.score_features``: the detector's own
-    forward pass is not run again), or None where they are not the detector's features (no
-    prefix: a single deterministic pass; another stage; encoder dropout; attention gating,
-    which scales the features the detector was fitted on). The lung field of the score comes
-    from one deterministic pass of the stage's decoder on the prefix (eval mode), as in
-    ``score``."""
+    encoder features (``OODDetector.score_features``: the detector's own forward pass through
+    the earlier stages and the encoder is not run again), or None where they are not the
+    detector's features (no prefix: a single deterministic pass; another stage; encoder
+    dropout; attention gating, which scales the features the detector was fitted on). The
+    lung field of the score comes from one deterministic pass of the stage's decoder on the
+    prefix (eval mode), as in ``score``."""
     if prefix is None or prefix.inp is not None:
         return None
     if prefix.stage > 0 and model.config.conditioning != "concat":  # gated encoder features
@@ -88,9 +88,9 @@ def ood_of_input(detector, x: np.ndarray | torch.Tensor, device) -> dict[str, fl
     """``{"ood_score", "ood_flag"}`` of one model input (H, W), scored as the model sees it
     (``OODDetector.score``; not normalized again: after resampling, a second
     ``normalize_input`` would shift it, and the detector was fitted on inputs normalized once)."""
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x)
+    t = torch.as_tensor(x, dtype=torch.float32).detach()
     with torch.no_grad():
-        s = float(detector.score(t.detach().float()[None, None].to(device))[0])
+        s = float(detector.score(t[None, None].to(device))[0])
     return {"ood_score": s, "ood_flag": bool(detector.threshold.flag(s))}
 
 
