@@ -271,3 +271,30 @@ def test_shared_ood_reuses_the_prefix_only_where_it_holds_the_detector_features(
         GeneratorConfig(n_stages=2, base_width=4, depth=2, dropout=0.2, conditioning="attention")
     ).eval()
     assert shared_ood(det, gated.mc_prefix(x), x, gated) is None
+
+
+def test_shared_ood_takes_the_deterministic_mean_from_the_caller(setup, monkeypatch):
+    """With ``mean`` (the stage's eval-mode mean, which ``mc_predict_batch`` hands over for
+    mean-head dropout) ``shared_ood`` runs no decoder pass and still equals the detector's own
+    score."""
+    from darkfield_nb.inference.hookups import shared_ood
+    from darkfield_nb.inference.mc import mc_predict_batch
+
+    loaded = load_model(setup["ood"])
+    model, det = loaded.model, loaded.detector
+    src = sorted((setup["data"] / "attenuation").glob("*.png"))
+    x = torch.stack([decode(p, loaded.geometry, resample=True)["x"] for p in src[-4:]])[:, None]
+    seen: list = []
+    mc_predict_batch(model, x, samples=2, on_prefix=seen.append)
+    with torch.no_grad():
+        mu = model.eval()(x)[-1].mu
+    want = det.score(x)
+
+    def no_decoder_pass(*args, **kwargs):
+        raise AssertionError("shared_ood ran a decoder pass although it was given the mean")
+
+    monkeypatch.setattr(model, "mc_suffix", no_decoder_pass)
+    got = shared_ood(det, seen[0], x, model, mu)
+    np.testing.assert_allclose([g["ood_score"] for g in got], want, rtol=1e-5)
+    with pytest.raises(AssertionError, match="decoder pass"):
+        shared_ood(det, seen[0], x, model)  # without the mean it needs one

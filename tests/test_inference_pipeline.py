@@ -79,6 +79,53 @@ def test_mc_statistics_equal_a_plain_loop_of_full_forward_passes(model):
     assert (got["epistemic"] > 0).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("placement,kind", [("head_reg", "channel"), ("head", "element")])
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_mean_head_dropout_statistics_equal_a_plain_loop(placement, kind, chunk):
+    """Dropout only at the mean head: the passes share alpha and beta (one variance, computed
+    once) and the stage's eval-mode output comes with them (``on_deterministic``); both
+    against the whole network run pass by pass and once in eval mode."""
+    torch.manual_seed(1)
+    cfg = GeneratorConfig(
+        n_stages=2,
+        base_width=4,
+        depth=2,
+        dropout=0.3,
+        dropout_placement=placement,
+        dropout_kind=kind,
+    )
+    m = ProgressiveGenerator(cfg)
+    for stage in m.stages:
+        torch.nn.init.normal_(stage.head_mu.weight, std=0.1)
+    m.eval()
+    x = torch.rand(2, 1, 36, 42)
+    seen: list = []
+    got = mc_predict_batch(m, x, samples=6, seed=4, chunk=chunk, on_deterministic=seen.append)
+    mus, variances = [], []
+    for t in range(6):
+        with fixed_masks(m, [t], 2, 4), torch.no_grad():
+            out = m(x)[-1]
+        mus.append(out.mu.double().numpy())
+        variances.append(ggd_variance(out.alpha.double(), out.beta.double()).numpy())
+    mus, variances = np.stack(mus), np.stack(variances)
+    np.testing.assert_allclose(got["darkfield"].numpy(), mus.mean(0), atol=1e-5)
+    np.testing.assert_allclose(got["epistemic"].numpy(), mus.std(0), atol=1e-5)
+    np.testing.assert_allclose(got["aleatoric"].numpy(), np.sqrt(variances.mean(0)), atol=1e-5)
+    assert (got["epistemic"] > 0).float().mean() > 0.9
+    assert len(seen) == 1
+    with torch.no_grad():
+        ref = m(x)[-1]  # eval mode: no dropout
+    for a, b in zip(seen[0], ref, strict=True):
+        assert a.shape == b.shape == (2, 1, 36, 42)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_no_deterministic_output_where_the_decoder_drops(model):
+    seen: list = []
+    mc_predict_batch(model, torch.rand(1, 1, 32, 32), samples=2, on_deterministic=seen.append)
+    assert seen == []  # dropout inside the decoder: the eval pass would cost a decoder pass
+
+
 def test_an_image_gets_the_same_maps_alone_or_in_a_batch(model):
     x = torch.rand(4, 1, 32, 32)
     batch = mc_predict_batch(model, x, samples=5, seed=1)

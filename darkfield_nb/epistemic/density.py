@@ -79,6 +79,25 @@ class GaussianDensity:
         d2 = ((xc @ self.precision) * xc).sum(1)  # a BLAS product; einsum here is ~10x slower
         return np.sqrt(np.maximum(d2, 0.0))
 
+    def whitened_distance(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`distance` of the rows of a tensor ``x`` (n, p), in float32 on x's device:
+
+            d(x) = ||(x - m) L||_2,   P = L L^T  (Cholesky factor of the precision),
+
+        equal to ``sqrt((x - m)^T P (x - m))``. Whitened, the square is a sum of squares, so
+        float32 keeps about 1e-6 relative accuracy (the quadratic form itself cancels: 1e-5 on
+        the shipped detector's 144-channel patches) at half the float64 time; the per-pixel
+        maps of a 256 px image are 65,536 rows."""
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"GaussianDensity.whitened_distance: rows of {self.mean.shape[0]} features "
+                f"expected, got shape {tuple(x.shape)}"
+            )
+        chol = np.linalg.cholesky(self.precision)  # 144 x 144: well under a millisecond
+        as32 = {"dtype": torch.float32, "device": x.device}
+        z = (x.float() - torch.as_tensor(self.mean, **as32)) @ torch.as_tensor(chol, **as32)
+        return torch.linalg.vector_norm(z, dim=1)
+
 
 def encoder_outputs(model, x: torch.Tensor, levels, stage: int = -1):
     """One eval-mode forward of stages ``0 .. stage``: the outputs of the encoder blocks
@@ -157,10 +176,9 @@ class FeatureDensity:
     def pixel_map_from(self, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """:meth:`pixel_map` from this level's features ``f`` of input ``x``."""
         self._check()
-        f = f.detach().double().cpu()
         b, c, h, w = f.shape
-        d = self.pixel.distance(f.permute(0, 2, 3, 1).reshape(-1, c).numpy())
-        d = torch.from_numpy(d).reshape(b, 1, h, w)
+        d = self.pixel.whitened_distance(f.detach().permute(0, 2, 3, 1).reshape(-1, c))
+        d = d.reshape(b, 1, h, w)
         xp, pads = pad_to_multiple(x, self.model.config.stride)
         up = F.interpolate(d, size=xp.shape[-2:], mode="bilinear", align_corners=False)
         return unpad(up, pads).to(dtype=x.dtype, device=x.device)
@@ -307,7 +325,7 @@ class MultiLevelDensity:
             for p, f, ri in zip(self.parts, feats, self.image_ref, strict=True)
         ]
         maps = [
-            self.parts[k].pixel_map_from(patch_features(feats[k].double(), self.patch), x) / rp
+            self.parts[k].pixel_map_from(patch_features(feats[k].float(), self.patch), x) / rp
             for (k, _), rp in zip(self._pixel_parts(), self.pixel_ref, strict=True)
         ]
         return torch.stack(maps).mean(0), np.mean(dists, axis=0), out

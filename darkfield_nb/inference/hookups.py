@@ -60,14 +60,17 @@ def recalibration_message(recal: dict, checkpoint: str | Path) -> str:
     )
 
 
-def shared_ood(detector, prefix, x: torch.Tensor, model) -> list[dict] | None:
+def shared_ood(
+    detector, prefix, x: torch.Tensor, model, mean: torch.Tensor | None = None
+) -> list[dict] | None:
     """``{"ood_score", "ood_flag"}`` per image of batch ``x`` from the Monte Carlo prefix's
     encoder features (``OODDetector.score_features``: the detector's own forward pass through
     the earlier stages and the encoder is not run again), or None where they are not the
     detector's features (no prefix: a single deterministic pass; another stage; encoder
     dropout; attention gating, which scales the features the detector was fitted on). The
-    lung field of the score comes from one deterministic pass of the stage's decoder on the
-    prefix (eval mode), as in ``score``."""
+    lung field of the score comes from the stage's deterministic (eval-mode) mean, as in
+    ``score``: ``mean`` (B, 1, H, W) where the caller has it (``mc_predict_batch``'s
+    ``on_deterministic``), else one deterministic pass of the stage's decoder on the prefix."""
     if prefix is None or prefix.inp is not None:
         return None
     if prefix.stage > 0 and model.config.conditioning != "concat":  # gated encoder features
@@ -78,7 +81,7 @@ def shared_ood(detector, prefix, x: torch.Tensor, model) -> list[dict] | None:
         return None
     feats = [prefix.feats[lv].float() for lv in levels]
     with torch.no_grad():
-        mu = model.mc_suffix(prefix, 1, prefix.stage).mu  # eval mode: the deterministic mean
+        mu = model.mc_suffix(prefix, 1, prefix.stage).mu if mean is None else mean
         scores = detector.score_features(feats, mu.float(), x.float())
     flag = detector.threshold.flag
     return [{"ood_score": float(s), "ood_flag": bool(flag(float(s)))} for s in scores]

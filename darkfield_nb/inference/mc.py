@@ -104,6 +104,7 @@ def mc_predict_batch(
     chunk: int | None = None,
     amp_dtype: torch.dtype | None = None,
     on_prefix=None,
+    on_deterministic=None,
 ) -> dict[str, torch.Tensor]:
     """MC dropout maps (module docstring) of x (B, 1, H, W) with a ProgressiveGenerator:
     ``{"darkfield", "aleatoric", "epistemic", "total"}``, each (B, 1, H, W) float32.
@@ -112,15 +113,22 @@ def mc_predict_batch(
     autocast dtype for the network (None: float32); statistics are accumulated in float64.
     ``on_prefix``: called with the deterministic prefix (``MCPrefix``) once it is computed
     (not when the model runs a single deterministic pass), e.g. to reuse its encoder features.
+    ``on_deterministic``: called with the stage's eval-mode output (``StageOutput``, cropped)
+    where the passes compute it anyway (dropout only at the mean head:
+    ``SharedDecoder.deterministic``), e.g. for the lung field of the OOD score; with such a
+    model the aleatoric variance is computed once, since alpha and beta do not change between
+    passes.
     """
     if samples < 0:
         raise ValueError(f"samples={samples} must be >= 0 (0: one deterministic pass)")
     k = _stage_index(model, stage)
     with layout_preserving_norms(model):
-        return _predict(model, x, samples, seed, k, chunk, amp_dtype, on_prefix)
+        return _predict(model, x, samples, seed, k, chunk, amp_dtype, on_prefix, on_deterministic)
 
 
-def _predict(model, x, samples, seed, k, chunk, amp_dtype, on_prefix) -> dict[str, torch.Tensor]:
+def _predict(
+    model, x, samples, seed, k, chunk, amp_dtype, on_prefix, on_deterministic
+) -> dict[str, torch.Tensor]:
     b, _, h, w = x.shape
     amp = torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     active = model.first_dropout_stage(k) is not None and bool(_dropouts(model))
@@ -136,37 +144,48 @@ def _predict(model, x, samples, seed, k, chunk, amp_dtype, on_prefix) -> dict[st
         ale = ggd_variance(out.alpha.double(), out.beta.double()).sqrt().float()
         zero = torch.zeros_like(mu)
         return {"darkfield": mu, "aleatoric": ale, "epistemic": zero, "total": ale.clone()}
+    with amp:
+        prefix = model.mc_prefix(x, k)
+        decoder = shared_decoder(model, prefix, k)
+        det = decoder.deterministic() if decoder is not None else None
+    if on_prefix is not None:
+        on_prefix(prefix)
+    if on_deterministic is not None and det is not None:
+        on_deterministic(det)
     if chunk is None:
         budget = PIXEL_BUDGET.get(x.device.type, 2**20)
+        if det is not None:  # a pass copies one channel (the mean head's), not C features
+            budget *= decoder.h.shape[1]
         chunk = max(1, min(samples, budget // max(1, b * h * w)))
     chunk = max(1, min(int(chunk), samples))
     n = 0
     mean = m2 = ale = None
-    with amp:
-        prefix = model.mc_prefix(x, k)
-        decoder = shared_decoder(model, prefix, k)
-    if on_prefix is not None:
-        on_prefix(prefix)
+    if det is not None:  # alpha and beta are the same in every pass: one variance
+        ale = ggd_variance(det.alpha.double(), det.beta.double())
     done = 0
     while done < samples:
         c = min(chunk, samples - done)
         with fixed_masks(model, list(range(done, done + c)), b, seed), amp:
-            out = decoder(c) if decoder is not None else model.mc_suffix(prefix, c, k)
-        mu = out.mu.double().reshape(c, b, 1, h, w)
-        var = ggd_variance(out.alpha.double(), out.beta.double()).reshape(c, b, 1, h, w)
+            if det is not None:
+                mu = decoder.pass_means(c)
+            else:
+                out = decoder(c) if decoder is not None else model.mc_suffix(prefix, c, k)
+                mu = out.mu
+                var = ggd_variance(out.alpha.double(), out.beta.double()).reshape(c, b, 1, h, w)
+                ale = var.sum(0) if ale is None else ale + var.sum(0)
+        mu = mu.double().reshape(c, b, 1, h, w)
         c_mean = mu.mean(0)
         c_m2 = ((mu - c_mean) ** 2).sum(0)
         if n == 0:
-            mean, m2, ale = c_mean, c_m2, var.sum(0)
+            mean, m2 = c_mean, c_m2
         else:  # Chan et al.'s parallel update of mean and sum of squared deviations
             tot = n + c
             delta = c_mean - mean
             mean = mean + delta * (c / tot)
             m2 = m2 + c_m2 + delta**2 * (n * c / tot)
-            ale = ale + var.sum(0)
         n += c
         done += c
-    ale_var = ale / n
+    ale_var = ale if det is not None else ale / n
     epi_var = m2 / n
     return {
         "darkfield": mean.float(),

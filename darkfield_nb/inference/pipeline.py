@@ -359,6 +359,7 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 seen: list = []
+                det: list = []
                 maps = mc_predict_batch(
                     model,
                     x,
@@ -367,9 +368,11 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                     stage,
                     amp_dtype=amp_dtype,
                     on_prefix=seen.append,
+                    on_deterministic=det.append,
                 )
                 if detector is not None:  # the score of the image the model sees
-                    shared = shared_ood(detector, seen[0] if seen else None, x, model)
+                    mean = det[0].mu if det else None
+                    shared = shared_ood(detector, seen[0] if seen else None, x, model, mean)
                     for i, it in enumerate(items):
                         if it["path"] not in pending:
                             continue

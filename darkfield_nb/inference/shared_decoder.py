@@ -68,6 +68,40 @@ class SharedDecoder:
             w_u, w_s = conv.weight[:, :cu].contiguous(), conv.weight[:, cu:].contiguous()
             self.skip_terms.append(conv._conv_forward(feats[-2 - j], w_s, conv.bias))
             self.weights.append(w_u)
+        self._once: StageOutput | None = None  # the heads on ``h`` (constant_scale only)
+
+    @property
+    def constant_scale(self) -> bool:
+        """True when no pass-dependent dropout lies before the heads (placements "head",
+        "head_reg"): then the scale and shape heads read the same ``h`` in every pass, so
+        alpha and beta are the same for all passes, and only the mean head sees the masks."""
+        return self.first == len(self.stage.drop)
+
+    def _heads_once(self) -> StageOutput:
+        """The three heads on the deterministic features ``h``, uncropped, without the
+        residual; computed once (constant_scale only)."""
+        if self._once is None:
+            self._once = self.stage.heads(self.h)
+        return self._once
+
+    def _residual_crop(self, mu: torch.Tensor, c: int) -> torch.Tensor:
+        """``c`` stacked passes of the padded mean, the previous stage's mean added (residual
+        stages), cropped to the input."""
+        if self.residual:
+            b = self.b
+            mu = (self.prefix.prev_mu.unsqueeze(0) + mu.unflatten(0, (c, b))).flatten(0, 1)
+        return unpad(mu, self.prefix.pads)
+
+    def deterministic(self) -> StageOutput | None:
+        """The stage's eval-mode output (no dropout; cropped, residual added), B rows, where
+        it comes for free: with ``constant_scale`` it is the heads on ``h``, which the passes
+        compute anyway. None otherwise (dropout inside the decoder: the deterministic pass
+        would be a decoder pass of its own)."""
+        if not self.constant_scale:
+            return None
+        once = self._heads_once()
+        pads = self.prefix.pads
+        return StageOutput(self._residual_crop(once.mu, 1), *(unpad(t, pads) for t in once[1:]))
 
     def __call__(self, repeats: int) -> StageOutput:
         st, b, c = self.stage, self.b, int(repeats)
@@ -80,31 +114,43 @@ class SharedDecoder:
             a = block[0]._conv_forward(u, self.weights[i], None)
             a.unflatten(0, (c, b)).add_(self.skip_terms[i].unsqueeze(0))
             h = block[1:](a)
-        if self.first == len(st.drop) and isinstance(st.head_drop, nn.Dropout2d):
-            mu, alpha, beta = self._channel_masked_heads(c)
+        if self.constant_scale:
+            once = self._heads_once()
+            mu = self._mean_head(c)
+            alpha, beta = (t.repeat(c, 1, 1, 1) for t in (once.alpha, once.beta))
         else:
-            if self.first == len(st.drop):  # no dropout in this decoder: one copy per pass
-                h = h.repeat(c, 1, 1, 1)
             mu, alpha, beta = st.heads(h, st.head_drop(h))
-        if self.residual:
-            mu = (self.prefix.prev_mu.unsqueeze(0) + mu.unflatten(0, (c, b))).flatten(0, 1)
-        return StageOutput(*(unpad(t, self.prefix.pads) for t in (mu, alpha, beta)))
+        pads = self.prefix.pads
+        return StageOutput(self._residual_crop(mu, c), unpad(alpha, pads), unpad(beta, pads))
 
-    def _channel_masked_heads(self, repeats: int) -> StageOutput:
+    def pass_means(self, repeats: int) -> torch.Tensor:
+        """``self(repeats).mu`` without the scale and shape maps (``constant_scale`` only:
+        they are the same in every pass, :meth:`deterministic` has them): the cropped means of
+        ``repeats`` passes, (repeats * B, 1, H, W), residual added."""
+        if not self.constant_scale:
+            raise RuntimeError("SharedDecoder.pass_means: dropout lies inside the decoder")
+        return self._residual_crop(self._mean_head(repeats), repeats)
+
+    def _mean_head(self, repeats: int) -> torch.Tensor:
+        """The mean head's padded output for ``repeats`` passes (constant_scale)."""
+        st = self.stage
+        if isinstance(st.head_drop, nn.Dropout2d):
+            return self._channel_masked_mean(repeats)
+        h = self.h.repeat(repeats, 1, 1, 1)  # element dropout: one copy of h per pass
+        return st.head_mu(st.head_drop(h))
+
+    def _channel_masked_mean(self, repeats: int) -> torch.Tensor:
         """Placement "head" with channel dropout: pass t multiplies channel c of the last
         decoder features h by one keep factor m_tc before the mean head, so
         ``mu_t = W (m_t * h) + b = (W * m_t) h + b``: the masks go into the head's weights and
-        the features are read once for all passes, not copied per pass; the scale and shape
-        heads see h itself and run once. The masks are those the dropout layer draws (under
-        ``mc.fixed_masks``: the pass's seeded masks), read by applying it to a
-        (repeats * B, C, 1, 1) tensor of ones."""
+        the features are read once for all passes, not copied per pass. The masks are those
+        the dropout layer draws (under ``mc.fixed_masks``: the pass's seeded masks), read by
+        applying it to a (repeats * B, C, 1, 1) tensor of ones."""
         st, b, h = self.stage, self.b, self.h
         keep = st.head_drop(h.new_ones(repeats * b, h.shape[1], 1, 1)).view(repeats, b, -1)
         w = st.head_mu.weight.flatten(1).to(h.dtype)  # (1, C)
         mu = torch.einsum("tbc,bchw->tbhw", keep * w, h) + st.head_mu.bias.to(h.dtype)
-        once = st.heads(h)
-        alpha, beta = (t.repeat(repeats, 1, 1, 1) for t in (once.alpha, once.beta))
-        return StageOutput(mu.flatten(0, 1).unsqueeze(1), alpha, beta)
+        return mu.flatten(0, 1).unsqueeze(1)
 
 
 def _plain_conv(block: nn.Module, channels: int) -> bool:
