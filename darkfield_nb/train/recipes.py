@@ -106,11 +106,17 @@ def wide512(
     the whole chest at once) with the UP-GAN loss schedule, the resize-convolution decoder
     with replicate padding, bf16 autocast and NHWC layout on CUDA. ``epochs`` per stage are
     set by the caller from a measured step time (``bench/gpu_train512.py``); warm-up (L1 only)
-    is a quarter of each stage."""
+    is a quarter of each stage. Dropout as in :func:`pretrained` (``"head_reg"``: Monte Carlo
+    dropout at the mean head of the last stage; the GPU model of session 16, trained before
+    that choice, had dropout in every decoder level)."""
     warmup = tuple(max(1, e // 4) for e in epochs)
     return TrainConfig(
         model=GeneratorConfig(
-            n_stages=3, base_width=base_width, dropout=0.1, dropout_stages="last"
+            n_stages=3,
+            base_width=base_width,
+            dropout=0.1,
+            dropout_stages="last",
+            dropout_placement="head_reg",
         ),
         stages=upgan_stages(epochs=epochs, warmup_epochs=warmup, batch_size=batch_size),
         **_WIDE512_RUN,
@@ -123,11 +129,15 @@ def wide512_single_stage(
     """The single-stage baseline of :func:`wide512`: one U-Net of base width 33 (9.18 M
     parameters against 9.14 M for three width-19 stages) with the first stage's loss weights;
     ``epochs`` is set by the caller (equal GPU time to the three-stage run in
-    ``bench/gpu_train512.py``)."""
+    ``bench/gpu_train512.py``); dropout ``"head_reg"`` like :func:`wide512`."""
     lr, l1, ggd = UPGAN_SCHEDULE[0]
     return TrainConfig(
         model=GeneratorConfig(
-            n_stages=1, base_width=base_width, dropout=0.1, dropout_stages="last"
+            n_stages=1,
+            base_width=base_width,
+            dropout=0.1,
+            dropout_stages="last",
+            dropout_placement="head_reg",
         ),
         stages=[
             StageSchedule(
