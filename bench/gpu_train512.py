@@ -151,6 +151,12 @@ def main() -> None:
     ap.add_argument("--bench-n", type=int, default=1000)
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal at 64 px")
     ap.add_argument(
+        "--placement",
+        default="head_reg",
+        help="dropout placement of both models (default head_reg, the shipped recipe's; the "
+        "session-16 GPU model used decoder)",
+    )
+    ap.add_argument(
         "--steps",
         default="data,three,single,evaluate,bench",
         help="comma-separated subset of data,three,single,table,evaluate,bench",
@@ -221,13 +227,17 @@ def main() -> None:
             ips, epochs = None, tuple(int(e) for e in args.three_epochs.split(","))
         else:
             ips = probe(
-                data, recipes.wide512(base_width=width3), args.work / "probe3", args.device, 6
+                data,
+                recipes.wide512(base_width=width3, dropout_placement=args.placement),
+                args.work / "probe3",
+                args.device,
+                6,
             )
             epochs = tuple(
                 max(1, int(args.train_seconds * share * rate / ntr * 0.85))
                 for share, rate in zip(STAGE_SHARE, ips, strict=True)
             )
-        cfg = recipes.wide512(epochs=epochs, base_width=width3)
+        cfg = recipes.wide512(epochs=epochs, base_width=width3, dropout_placement=args.placement)
         done = train_and_export(data, args.work / "run3", cfg, args.device, args.out, "wide512")
         return {"probe_images_per_s": ips, "epochs": epochs, **done}
 
@@ -243,13 +253,15 @@ def main() -> None:
         else:
             ips = probe(
                 data,
-                recipes.wide512_single_stage(base_width=width1),
+                recipes.wide512_single_stage(base_width=width1, dropout_placement=args.placement),
                 args.work / "probe1",
                 args.device,
                 6,
             )[0]
             epochs = max(1, int(budget * ips / ntr * 0.85))
-        cfg = recipes.wide512_single_stage(epochs=epochs, base_width=width1)
+        cfg = recipes.wide512_single_stage(
+            epochs=epochs, base_width=width1, dropout_placement=args.placement
+        )
         done = train_and_export(data, args.work / "run1", cfg, args.device, args.out, "single512")
         return {"probe_images_per_s": ips, "budget_s": budget, "epochs": epochs, **done}
 

@@ -49,7 +49,7 @@ def load_model(
         )
     ckpt = checkpoint.load_checkpoint(path)
     try:
-        model = checkpoint.generator_from_checkpoint(ckpt, device)
+        model = checkpoint.generator_from_checkpoint(ckpt, device, checked=True)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise checkpoint.CheckpointError(f"{path}: cannot rebuild the generator ({exc})") from exc
     if int(ckpt["stages_trained"]) < 1:

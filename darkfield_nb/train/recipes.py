@@ -100,15 +100,17 @@ def wide512(
     epochs: tuple[int, int, int] = (12, 10, 10),
     base_width: int = 19,
     batch_size: int = 16,
+    dropout_placement: str = "decoder",
 ) -> TrainConfig:
     """The GPU recipe: three stages of base width 19 (9.14 M parameters, 18.3 MB in float16)
     trained on whole 512 x 512 images (no crops: the model sees the air around the body and
     the whole chest at once) with the UP-GAN loss schedule, the resize-convolution decoder
     with replicate padding, bf16 autocast and NHWC layout on CUDA. ``epochs`` per stage are
     set by the caller from a measured step time (``bench/gpu_train512.py``); warm-up (L1 only)
-    is a quarter of each stage. Dropout as in :func:`pretrained` (``"head_reg"``: Monte Carlo
-    dropout at the mean head of the last stage; the GPU model of session 16, trained before
-    that choice, had dropout in every decoder level)."""
+    is a quarter of each stage. ``dropout_placement``: the default ``"decoder"`` is what the
+    shipped GPU model (``data_samples/gpu512``, session 16) was trained with;
+    ``bench/gpu_train512.py`` trains the next one with ``"head_reg"``, the placement of
+    :func:`pretrained` (Monte Carlo dropout at the last stage's mean head)."""
     warmup = tuple(max(1, e // 4) for e in epochs)
     return TrainConfig(
         model=GeneratorConfig(
@@ -116,7 +118,7 @@ def wide512(
             base_width=base_width,
             dropout=0.1,
             dropout_stages="last",
-            dropout_placement="head_reg",
+            dropout_placement=dropout_placement,
         ),
         stages=upgan_stages(epochs=epochs, warmup_epochs=warmup, batch_size=batch_size),
         **_WIDE512_RUN,
@@ -124,12 +126,12 @@ def wide512(
 
 
 def wide512_single_stage(
-    epochs: int = 32, base_width: int = 33, batch_size: int = 16
+    epochs: int = 32, base_width: int = 33, batch_size: int = 16, dropout_placement: str = "decoder"
 ) -> TrainConfig:
     """The single-stage baseline of :func:`wide512`: one U-Net of base width 33 (9.18 M
     parameters against 9.14 M for three width-19 stages) with the first stage's loss weights;
     ``epochs`` is set by the caller (equal GPU time to the three-stage run in
-    ``bench/gpu_train512.py``); dropout ``"head_reg"`` like :func:`wide512`."""
+    ``bench/gpu_train512.py``); ``dropout_placement`` as in :func:`wide512`."""
     lr, l1, ggd = UPGAN_SCHEDULE[0]
     return TrainConfig(
         model=GeneratorConfig(
@@ -137,7 +139,7 @@ def wide512_single_stage(
             base_width=base_width,
             dropout=0.1,
             dropout_stages="last",
-            dropout_placement="head_reg",
+            dropout_placement=dropout_placement,
         ),
         stages=[
             StageSchedule(
