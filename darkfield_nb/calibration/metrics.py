@@ -28,7 +28,7 @@ computed by hand.
 from __future__ import annotations
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from ._arrays import ArrayLike, as_numpy, pixels
 
@@ -320,6 +320,8 @@ def interval_width(
     kind = _check_dist(sigma, alpha, beta, "interval_width")
     if kind == "gaussian":
         (s_,) = pixels(sigma, mask=mask, name="interval_width")
+        from scipy import stats  # here: scipy.stats costs 0.3 s at every predict's start-up
+
         return float(2 * stats.norm.ppf(0.5 + p / 2) * s_.mean())
     a_, b_ = pixels(alpha, beta, mask=mask, name="interval_width")
     return float(2 * np.mean(ggd_halfwidth(p, a_, b_)))
@@ -343,6 +345,8 @@ def spearman(
         s_, e_ = s_[take], e_[take]
     if np.ptp(s_) == 0 or np.ptp(e_) == 0:
         return float("nan")
+    from scipy import stats  # here: scipy.stats costs 0.3 s at every predict's start-up
+
     return float(stats.spearmanr(s_, np.abs(e_)).statistic)
 
 

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from ._arrays import ArrayLike, as_numpy
 
@@ -56,6 +56,8 @@ def hoeffding_pvalue(r_hat: ArrayLike, n: int, risk: ArrayLike) -> np.ndarray:
 def bentkus_pvalue(r_hat: ArrayLike, n: int, risk: ArrayLike) -> np.ndarray:
     """e P(Binom(n, R) <= ceil(n R_hat)): Bentkus's tail bound (at most 1)."""
     k = np.ceil(n * as_numpy(r_hat) - 1e-9)  # guard n R_hat = integer + rounding error
+    from scipy import stats  # here: scipy.stats costs 0.3 s at every predict's start-up
+
     return np.minimum(math.e * stats.binom.cdf(k, n, as_numpy(risk)), 1.0)
 
 
