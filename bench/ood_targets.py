@@ -4,6 +4,7 @@ conversion flag the simulated devices, chosen on half of the device cases, repor
     python bench/ood_targets.py select   [--json out.json]   # variants of the pixel map / sigma
     python bench/ood_targets.py score    [--json out.json]   # per-image score, sigma conversion
     python bench/ood_targets.py detector [--json out.json]   # the default detector, end to end
+    python bench/ood_targets.py transform [--json out.json]  # spatial transforms of the map
 
 Data: a paired folder with ``train`` / ``val`` / ``test`` / ``ood`` splits and label masks
 (default ``/work/runs/phantom256v2``), the model ``data_samples/pretrained.pt`` (its last
@@ -39,6 +40,19 @@ defaults), its maps, per-image scores (device cases against ``test``, all and by
 threshold the 95th percentile of ``val``), the flagged fractions, the real radiographs against
 the test median, and the cost of the detector's pass as a ratio to one deterministic pass
 (``ood.time_costs``, fastest of ``--rounds``).
+
+``transform`` (session 18): on the cached maps of ``score`` (``--cache``; no network pass), the
+pixel map ``u`` through spatially varying transforms (a per-image monotone rescaling leaves a
+per-image pixel AUROC unchanged): gaussian smoothing, local background removal ``u - G_S(u)``
+and ``u / G_S(u)``, white top-hats ``u - opening_k(u)`` (alone, added to ``u``, after a 3 x 3
+dilation), ``u`` over a local opening, a Hessian ridge filter, ``u`` over its validation median
+at the same input or predicted value; per transform the pixel AUROC tables (with the cost per
+image), the pixel map with the best worst-case tune AUROC; the total map of ``u`` and of that
+map (hinge conversions, best worst-case tune AUROC at validation inflation <= ``--max-inflation``);
+per-image scores: the pooled distance max-z-combined with a local statistic (Q99/Q50,
+Q99.9/Q50, top-k mean / Q50, Q99.9, top-k mean) of ``u`` or a top-hat of it over the predicted
+lung field ``erode(mu > 0.15, 5)`` or that field dilated by 10 / 20 px inside the body; chosen by
+the rule of ``score``.
 """
 
 from __future__ import annotations
@@ -482,9 +496,213 @@ def cmd_detector(args) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- transform
+def _tophat(u, k):
+    """White top-hat, ``u - opening(u)`` with a ``k x k`` square: peaks narrower than k."""
+    return u - ndimage.grey_opening(u, size=(k, k), mode="nearest")
+
+
+def _gauss(u, s):
+    return ndimage.gaussian_filter(u, s, mode="nearest")
+
+
+def _ridge(u, s):
+    """Bright-line strength: ``s^2 max(-lambda_min(Hessian of G_s * u), 0)``."""
+    uxx = ndimage.gaussian_filter(u, s, order=(0, 2), mode="nearest")
+    uyy = ndimage.gaussian_filter(u, s, order=(2, 0), mode="nearest")
+    uxy = ndimage.gaussian_filter(u, s, order=(1, 1), mode="nearest")
+    half_tr = (uxx + uyy) / 2
+    lmin = half_tr - np.sqrt(np.maximum(half_tr**2 - (uxx * uyy - uxy**2), 0.0))
+    return s**2 * np.maximum(-lmin, 0.0)
+
+
+def transforms(val) -> dict:
+    """Spatially varying transforms of the pixel map ``u`` (a per-image monotone rescaling
+    leaves a per-image pixel AUROC unchanged): name -> f(record) -> map."""
+    t = {"u": lambda r: r["u"]}
+    t |= {f"G{s}": lambda r, s=s: _gauss(r["u"], s) for s in (0.7, 1.0, 1.5)}
+    for big in (4, 8, 16, 32):
+        t[f"u-G{big}"] = lambda r, b=big: r["u"] - _gauss(r["u"], b)
+        t[f"u/G{big}"] = lambda r, b=big: r["u"] / _gauss(r["u"], b)
+        t[f"G1-G{big}"] = lambda r, b=big: _gauss(r["u"], 1.0) - _gauss(r["u"], b)
+    t |= {f"tophat{k}": lambda r, k=k: _tophat(r["u"], k) for k in (5, 9, 15, 25, 31, 41, 61)}
+    for k in (9, 15, 25, 41):
+        for a in (0.5, 1.0):
+            t[f"u+{a}tophat{k}"] = lambda r, k=k, a=a: r["u"] + a * _tophat(r["u"], k)
+        t[f"tophat{k}(dil3 u)"] = lambda r, k=k: _tophat(
+            ndimage.grey_dilation(r["u"], size=(3, 3), mode="nearest"), k
+        )
+        t[f"u/open{k}"] = lambda r, k=k: (
+            r["u"] / np.maximum(ndimage.grey_opening(r["u"], size=(k, k), mode="nearest"), 0.1)
+        )
+    t |= {f"ridge{s}": lambda r, s=s: _ridge(r["u"], s) for s in (1.0, 1.5, 2.0)}
+    for key in ("x", "mu"):  # u over its validation median at the pixel's input / prediction
+        v = np.concatenate([r[key].ravel() for r in val])
+        uv = np.concatenate([r["u"].ravel() for r in val])
+        edges = np.quantile(v, np.linspace(0, 1, 21))
+        b = np.clip(np.searchsorted(edges, v) - 1, 0, 19)
+        med = np.array([np.median(uv[b == i]) for i in range(20)])
+        mid = (edges[1:] + edges[:-1]) / 2
+        t[f"u/med(u|{key})"] = lambda r, k=key, m=mid, d=med: r["u"] / np.interp(r[k], m, d)
+    return t
+
+
+def _regions(r) -> dict[str, np.ndarray]:
+    """The predicted lung field ``R = erode(mu > 0.15, 5)`` (LungContrast's default) and R
+    dilated by 10 / 20 px inside the body (mediastinum and hila, where clips sit)."""
+    lung = ndimage.binary_erosion(r["mu"] > 0.15, iterations=5)
+    out = {"R": lung}
+    out |= {f"R+{d}": ndimage.binary_dilation(lung, iterations=d) & r["fg"] for d in (10, 20)}
+    return out
+
+
+def _local(a: np.ndarray, region: np.ndarray, stat: str) -> float:
+    """A local statistic of map ``a`` over ``region``: ``Q99/Q50``, ``Q99.9/Q50``, ``top10/Q50``,
+    ``top30/Q50`` (mean of the k largest), ``Q99.9``, ``top10``; 1 for < 64 pixels."""
+    v = a[region]
+    if v.size < 64:
+        return 1.0
+    q50 = max(float(np.quantile(v, 0.5)), 1e-3)
+    num, _, den = stat.partition("/")
+    hi = (
+        np.partition(v, -int(num[3:]))[-int(num[3:]) :].mean()
+        if num.startswith("top")
+        else (np.quantile(v, float(num[1:]) / 100))
+    )
+    return float(hi / q50) if den else float(hi)
+
+
+def _avg_halves(t: dict) -> dict:
+    """Adds ``all``: the mean of the halves (3 images each, so the mean over all 6)."""
+    t["all"] = {c: {r: (t["tune"][c][r] + t["report"][c][r]) / 2 for r in REFS} for c in DEVICES}
+    return t
+
+
+def cmd_transform(args) -> dict:
+    """Pixel-map transforms on the cached maps of ``score`` (no network pass); every choice
+    on the tune half, the report half and all images printed beside it."""
+    model, stage, ds = load(args)
+    data = collect(args, model, stage, ds)
+    dev = [r for r in data["ood"] if r["case"] in DEVICES]
+    half, test_half = halves(ds["ood"]), halves(ds["test"], None)
+    sp = {"val": data["val"], "test": data["test"], "dev": dev, "real": data["real"]}
+    tf = transforms(data["val"])
+    pix = {}
+    for name, f in tf.items():
+        t0 = time.perf_counter()
+        maps = [f(r) for r in dev]
+        ms = (time.perf_counter() - t0) / len(dev) * 1e3
+        t = _avg_halves(case_table(maps, dev, half))
+        pix[name] = {"table": t, "ms": ms}
+        print(
+            f"{name:20s} {ms:5.1f} ms | worst tune {worst(t):.3f} report {worst(t, 'report'):.3f}"
+            f" all {worst(t, 'all'):.3f} | report {fmt(t, 'report')} || all {fmt(t, 'all')}",
+            flush=True,
+        )
+    pick = max(pix, key=lambda k: worst(pix[k]["table"]))
+    print(f"pixel map chosen on the tune half (worst case): {pick}")
+    total = {}
+    for name in dict.fromkeys(["u", pick]):
+        maps = {k: [tf[name](r) for r in v] for k, v in sp.items()}
+        uv = np.concatenate([m.ravel() for m in maps["val"]])
+        av = np.concatenate([r["ale"].ravel() for r in data["val"]])
+        best = None
+        for q in (0.5, 0.75, 0.9, 0.95):
+            for g in (1.0, 2.0, 3.0, 5.0, 10.0):
+                conv = DistanceSigma.calibrate(uv, av, q, 1.0, offset=1.0, gain=g)
+                infl = conv.inflation(uv, av)
+                if infl > args.max_inflation:
+                    continue
+                tot = [
+                    np.sqrt(r["ale"] ** 2 + conv(m) ** 2)
+                    for r, m in zip(dev, maps["dev"], strict=True)
+                ]
+                t = _avg_halves(case_table(tot, dev, half))
+                if best is None or worst(t) > worst(best["table"]):
+                    best = {"quantile": q, "gain": g, "inflation": infl, "table": t}
+        total[name] = best
+        t = best["table"]
+        print(
+            f"total of {name}: hinge q {best['quantile']} gain {best['gain']} inflation "
+            f"{best['inflation']:.3f}: worst tune {worst(t):.3f} report {worst(t, 'report'):.3f}"
+            f" all {worst(t, 'all'):.3f} | report {fmt(t, 'report')} || all {fmt(t, 'all')}"
+        )
+    for v in sp.values():
+        for r in v:
+            r["regions"] = _regions(r)
+    se = float(np.sqrt(0.05 * 0.95 / len(data["test"])))
+    rows = []
+    local_maps = ("u", "tophat9", "tophat15", "u+1.0tophat15")
+    stats = ("Q99/Q50", "Q99.9/Q50", "top10/Q50", "top30/Q50", "Q99.9", "top10")
+    for mname in local_maps:
+        maps = {k: [tf[mname](r) for r in v] for k, v in sp.items()}
+        for reg in ("R", "R+10", "R+20"):
+            for stat in stats:
+                st = {
+                    k: {
+                        "pooled": np.array([r["pooled"] for r in sp[k]]),
+                        "local": np.array(
+                            [
+                                _local(m, r["regions"][reg], stat)
+                                for m, r in zip(maps[k], sp[k], strict=True)
+                            ]
+                        ),
+                    }
+                    for k in sp
+                }
+                score, loo = MaxZScore.calibrate(st["val"])
+                sc = {k: score(st[k]) for k in ("test", "dev", "real")} | {"val": loo}
+                t = image_table(
+                    sc["dev"],
+                    [r["id"] for r in dev],
+                    sc["test"],
+                    [r["id"] for r in data["test"]],
+                    half,
+                    test_half,
+                )
+                case = {
+                    c: image_auroc(
+                        [s for s, r in zip(sc["dev"], dev, strict=True) if r["case"] == c],
+                        sc["test"],
+                    )
+                    for c in DEVICES
+                }
+                thr = np.quantile(loo, 0.95)
+                row = {"map": mname, "region": reg, "stat": stat, "auroc": t, "case": case}
+                row["real_above"] = int(np.sum(sc["real"] > np.median(sc["test"])))
+                row["flagged_test"] = float(np.mean(sc["test"] > thr))
+                row["ok"] = (
+                    row["real_above"] == len(sp["real"]) and row["flagged_test"] <= 0.05 + 2 * se
+                )
+                rows.append(row)
+                print(
+                    f"{mname:14s} {reg:5s} {stat:10s} tune {t['tune']:.3f} report {t['report']:.3f}"
+                    f" all {t['all']:.3f} | {' / '.join(f'{case[c]:.2f}' for c in DEVICES)} | "
+                    f"real > median {row['real_above']}/4, flagged test {row['flagged_test']:.3f}"
+                    f"{'' if row['ok'] else ' (fails the rule)'}",
+                    flush=True,
+                )
+    today = next(r for r in rows if (r["map"], r["region"], r["stat"]) == ("u", "R", "Q99/Q50"))
+    chosen = max((r for r in rows if r["ok"]), key=lambda r: r["auroc"]["tune"])
+    for label, r in (("today", today), ("chosen on the tune half", chosen)):
+        a = r["auroc"]
+        print(
+            f"per image, {label}: {r['map']} {r['region']} {r['stat']}: tune {a['tune']:.3f}"
+            f" report {a['report']:.3f} all {a['all']:.3f}"
+        )
+    return {
+        "pixel": pix,
+        "pixel_chosen": pick,
+        "total": total,
+        "image": rows,
+        "image_today": today,
+        "image_chosen": chosen,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", choices=("select", "score", "detector"))
+    ap.add_argument("step", choices=("select", "score", "detector", "transform"))
     ap.add_argument("--data", default="/work/runs/phantom256v2")
     ap.add_argument("--checkpoint", default="data_samples/pretrained.pt")
     ap.add_argument("--cache", default=".cache/ood_targets/score.pkl", help="score step's maps")
@@ -497,7 +715,8 @@ def main() -> None:
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"select": cmd_select, "score": cmd_score, "detector": cmd_detector}[args.step](args)
+    steps = {"select": cmd_select, "score": cmd_score, "detector": cmd_detector}
+    out = (steps | {"transform": cmd_transform})[args.step](args)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
         print("wrote", args.json)
