@@ -5,6 +5,7 @@ conversion flag the simulated devices, chosen on half of the device cases, repor
     python bench/ood_targets.py score    [--json out.json]   # per-image score, sigma conversion
     python bench/ood_targets.py detector [--json out.json]   # the default detector, end to end
     python bench/ood_targets.py transform [--json out.json]  # spatial transforms of the map
+    python bench/ood_targets.py levels   (3 times: fit, score, evaluate)  # other pixel densities
 
 Data: a paired folder with ``train`` / ``val`` / ``test`` / ``ood`` splits and label masks
 (default ``/work/runs/phantom256v2``), the model ``data_samples/pretrained.pt`` (its last
@@ -601,6 +602,21 @@ def cmd_transform(args) -> dict:
         )
     pick = max(pix, key=lambda k: worst(pix[k]["table"]))
     print(f"pixel map chosen on the tune half (worst case): {pick}")
+    where = []  # which device pixels u misses: those where the input shows nothing
+    for r in dev:
+        shown = np.abs(r["x"] - ndimage.median_filter(r["x"], 7)) > 0.02
+        row = {"id": r["id"], "case": r["case"], "part": half[r["id"]]}
+        row["shown"] = float((r["dev"] & shown).sum() / r["dev"].sum())
+        row["in_body"] = float((r["dev"] & r["fg"]).sum() / r["dev"].sum())
+        for k, m in (("all", r["dev"]), ("shown", r["dev"] & shown), ("not", r["dev"] & ~shown)):
+            row[k + "_auroc"] = pixel_auroc(r["u"], m, r["lung"]) if m.any() else float("nan")
+        where.append(row)
+        print(
+            f"  {row['id']} {row['case']:9s} {row['part']:6s}: device pixels in the body "
+            f"{row['in_body']:.2f}, shown in the input (|x - median7(x)| > 0.02) "
+            f"{row['shown']:.2f}; u against lung: all {row['all_auroc']:.3f}, shown "
+            f"{row['shown_auroc']:.3f}, not shown {row['not_auroc']:.3f}"
+        )
     total = {}
     for name in dict.fromkeys(["u", pick]):
         maps = {k: [tf[name](r) for r in v] for k, v in sp.items()}
@@ -700,12 +716,173 @@ def cmd_transform(args) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- levels
+LEVEL_MAPS = {
+    "L1": (1, 1, 1),
+    "L2": (2, 1, 1),
+    "P1": (1, 3, 1),
+    "P0d2": (0, 3, 2),
+    "P0d3": (0, 3, 3),
+}
+
+
+def _patch(f: torch.Tensor, k: int, dilation: int) -> torch.Tensor:
+    """``patch_features`` with a dilated ``k x k`` neighbourhood (replicate padding)."""
+    if k == 1:
+        return f
+    b, c, h, w = f.shape
+    p = dilation * (k // 2)
+    cols = F.unfold(F.pad(f, (p,) * 4, mode="replicate"), k, dilation=dilation)
+    return cols.reshape(b, c * k * k, h, w)
+
+
+def cmd_levels(args) -> dict:
+    """Other pixel densities than the shipped level-0 3 x 3 patch (:data:`LEVEL_MAPS`: name ->
+    (level, patch, dilation)), fitted like ``MultiLevelDensity`` (ceil(50000 / n_train) random
+    vectors per training image, distance over its training median, bilinear upsampling), alone
+    and as the max / mean with ``u``. Resumable, each step well under 5 minutes on 2 cores:
+    the first run fits and writes ``<levels-cache>.dens.pkl``, the second scores val / test /
+    ood / real into ``<levels-cache>``, the third evaluates (pixel tables, total map, per-image
+    score with the lung-field Q99/Q50 of the map)."""
+    model, stage, ds = load(args)
+    cache = Path(args.levels_cache)
+    dens_path = cache.with_suffix(".dens.pkl")
+    levels = sorted({lv for lv, _, _ in LEVEL_MAPS.values()})
+
+    def feats(x):
+        f, _ = encoder_outputs(model, x, levels, stage)
+        f = dict(zip(levels, f, strict=True))
+        return {k: _patch(f[lv].double(), p, d) for k, (lv, p, d) in LEVEL_MAPS.items()}
+
+    if not dens_path.exists():
+        t0, rng = time.perf_counter(), np.random.default_rng(0)
+        per = -(-50_000 // len(ds["train"]))
+        vecs = {k: [] for k in LEVEL_MAPS}
+        for i in range(len(ds["train"])):
+            for k, t in feats(ds["train"][i]["input"][None]).items():
+                v = t[0].reshape(t.shape[1], -1).T.numpy()
+                vecs[k].append(v[rng.choice(v.shape[0], min(per, v.shape[0]), replace=False)])
+        fitted = {}
+        for k, v in vecs.items():
+            v = np.concatenate(v)
+            g = GaussianDensity.fit(v)
+            fitted[k] = (g, float(np.median(g.distance(v))))
+        dens_path.parent.mkdir(parents=True, exist_ok=True)
+        dens_path.write_bytes(pickle.dumps(fitted))
+        print(f"fitted in {time.perf_counter() - t0:.0f} s; run again to score")
+        return {"fitted": {k: med for k, (_, med) in fitted.items()}}
+    fitted = pickle.loads(dens_path.read_bytes())
+    part = cache.with_suffix(".part.pkl")
+    if not cache.exists():
+        t0 = time.perf_counter()
+
+        def maps(x):
+            out = {}
+            for k, t in feats(x).items():
+                g, med = fitted[k]
+                c, h, w = t.shape[1:]
+                d = g.distance(t[0].reshape(c, -1).T.numpy()).reshape(h, w) / med
+                out[k] = _up(d, x.shape[-1]).astype(np.float32)
+            return out
+
+        got = pickle.loads(part.read_bytes()) if part.exists() else {}
+        for s in ("val", "test", "ood", "real"):  # one split at a time, kept in ``part``
+            if s in got:
+                continue
+            if s == "real":
+                got[s] = [maps(x) for _, x in load_real(args.real, 256)]
+            else:
+                got[s] = [maps(ds[s][i]["input"][None]) for i in range(len(ds[s]))]
+            part.write_bytes(pickle.dumps(got))
+            print(f"scored {s} at {time.perf_counter() - t0:.0f} s", flush=True)
+            if time.perf_counter() - t0 > 150 and s != "real":
+                print("run again to score the rest")
+                return {}
+        cache.write_bytes(pickle.dumps(got))
+        part.unlink()
+        print("run again to evaluate")
+        return {}
+    got = pickle.loads(cache.read_bytes())
+    data = collect(args, model, stage, ds)
+    for s in ("val", "test", "ood", "real"):
+        for r, e in zip(data[s], got[s], strict=True):
+            r |= {k: v.astype(np.float64) for k, v in e.items()}
+    dev = [r for r in data["ood"] if r["case"] in DEVICES]
+    half, test_half = halves(ds["ood"]), halves(ds["test"], None)
+    sp = {"val": data["val"], "test": data["test"], "dev": dev, "real": data["real"]}
+    lung = LungContrast()
+    cands = {"u": lambda r: r["u"]}
+    for k in LEVEL_MAPS:
+        cands[k] = lambda r, k=k: r[k]
+        cands[f"max(u,{k})"] = lambda r, k=k: np.maximum(r["u"], r[k])
+        cands[f"mean(u,{k})"] = lambda r, k=k: (r["u"] + r[k]) / 2
+    out = {}
+    for name, f in cands.items():
+        m = {k: [f(r) for r in v] for k, v in sp.items()}
+        pix = _avg_halves(case_table(m["dev"], dev, half))
+        uv = np.concatenate([a.ravel() for a in m["val"]])
+        av = np.concatenate([r["ale"].ravel() for r in data["val"]])
+        tot = None
+        for q in (0.5, 0.75, 0.9, 0.95):
+            for g in (1.0, 2.0, 3.0, 5.0, 10.0):
+                conv = DistanceSigma.calibrate(uv, av, q, 1.0, offset=1.0, gain=g)
+                if conv.inflation(uv, av) > args.max_inflation:
+                    continue
+                maps_t = [
+                    np.sqrt(r["ale"] ** 2 + conv(a) ** 2)
+                    for r, a in zip(dev, m["dev"], strict=True)
+                ]
+                t = _avg_halves(case_table(maps_t, dev, half))
+                if tot is None or worst(t) > worst(tot):
+                    tot = t
+        st = {
+            k: {
+                "pooled": np.array([r["pooled"] for r in sp[k]]),
+                "lung_contrast": np.array(
+                    [lung(a, r["mu"])[0] for a, r in zip(m[k], sp[k], strict=True)]
+                ),
+            }
+            for k in sp
+        }
+        score, loo = MaxZScore.calibrate(st["val"], local=lung)
+        sc = {k: score(st[k]) for k in ("test", "dev", "real")}
+        img = image_table(
+            sc["dev"],
+            [r["id"] for r in dev],
+            sc["test"],
+            [r["id"] for r in data["test"]],
+            half,
+            test_half,
+        )
+        real = int(np.sum(sc["real"] > np.median(sc["test"])))
+        flagged = float(np.mean(sc["test"] > np.quantile(loo, 0.95)))
+        out[name] = {
+            "pixel": pix,
+            "total": tot,
+            "image": img,
+            "real_above": real,
+            "flagged_test": flagged,
+        }
+        print(
+            f"{name:14s} pixel worst tune {worst(pix):.3f} report {worst(pix, 'report'):.3f} all "
+            f"{worst(pix, 'all'):.3f} | total worst tune {worst(tot):.3f} report "
+            f"{worst(tot, 'report'):.3f} all {worst(tot, 'all'):.3f} | per image tune "
+            f"{img['tune']:.3f} report {img['report']:.3f} all {img['all']:.3f}, real > median "
+            f"{real}/4, flagged test {flagged:.3f}",
+            flush=True,
+        )
+    pick = max(out, key=lambda k: worst(out[k]["pixel"]))
+    print(f"pixel map chosen on the tune half (worst case): {pick}")
+    return {"maps": out, "chosen": pick}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", choices=("select", "score", "detector", "transform"))
+    ap.add_argument("step", choices=("select", "score", "detector", "transform", "levels"))
     ap.add_argument("--data", default="/work/runs/phantom256v2")
     ap.add_argument("--checkpoint", default="data_samples/pretrained.pt")
     ap.add_argument("--cache", default=".cache/ood_targets/score.pkl", help="score step's maps")
+    ap.add_argument("--levels-cache", default=".cache/ood_targets/levels.pkl", help="levels' maps")
     ap.add_argument("--refit", action="store_true", help="detector: refit instead of stored")
     ap.add_argument("--real", default="/work/shared/real_cxr")
     ap.add_argument("--per-image", type=int, default=400, help="training pixel vectors per image")
@@ -716,7 +893,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps = {"select": cmd_select, "score": cmd_score, "detector": cmd_detector}
-    out = (steps | {"transform": cmd_transform})[args.step](args)
+    out = (steps | {"transform": cmd_transform, "levels": cmd_levels})[args.step](args)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
         print("wrote", args.json)
