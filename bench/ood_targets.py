@@ -9,7 +9,7 @@ conversion flag the simulated devices, chosen on half of the device cases, repor
 
 Data: a paired folder with ``train`` / ``val`` / ``test`` / ``ood`` splits and label masks
 (default ``/work/runs/phantom256v2``), the model ``data_samples/pretrained.pt`` (its last
-trained stage; v2, shipped with its detector), the real radiographs of ``--real``.
+trained stage; v3 since session 17, shipped with its detector), the real radiographs of ``--real``.
 
 Halves: within each device case (pacemaker, cables, clips) the images sorted by id; the even
 positions are the *tune* half (every choice below is made on it), the odd ones the *report*
@@ -53,7 +53,11 @@ map (hinge conversions, best worst-case tune AUROC at validation inflation <= ``
 per-image scores: the pooled distance max-z-combined with a local statistic (Q99/Q50,
 Q99.9/Q50, top-k mean / Q50, Q99.9, top-k mean) of ``u`` or a top-hat of it over the predicted
 lung field ``erode(mu > 0.15, 5)`` or that field dilated by 10 / 20 px inside the body; chosen by
-the rule of ``score``.
+the rule of ``score``; and which device pixels ``u`` misses (shown in the input or not).
+
+``levels`` (session 18): other cheap pixel densities (level-1 and level-2 features, 3 x 3
+patches of level 1, dilated 3 x 3 patches of level 0), fitted like the shipped one, alone and
+as the max / mean with ``u``; run three times (fit, score, evaluate; each step a few minutes).
 """
 
 from __future__ import annotations
