@@ -51,7 +51,8 @@ at the same input or predicted value; per transform the pixel AUROC tables (with
 image), the pixel map with the best worst-case tune AUROC; the total map of ``u`` and of that
 map (hinge conversions, best worst-case tune AUROC at validation inflation <= ``--max-inflation``);
 per-image scores: the pooled distance max-z-combined with a local statistic (Q99/Q50,
-Q99.9/Q50, top-k mean / Q50, Q99.9, top-k mean) of ``u`` or a top-hat of it over the predicted
+Q99.9/Q50, top-k mean / Q50, Q99.9, top-k mean, the largest connected component above the
+validation 99th / 99.9th percentile) of ``u`` or a top-hat of it over the predicted
 lung field ``erode(mu > 0.15, 5)`` or that field dilated by 10 / 20 px inside the body; chosen by
 the rule of ``score``; and which device pixels ``u`` misses (shown in the input or not).
 
@@ -577,6 +578,13 @@ def _local(a: np.ndarray, region: np.ndarray, stat: str) -> float:
     return float(hi / q50) if den else float(hi)
 
 
+def _largest_component(a: np.ndarray, region: np.ndarray, threshold: float) -> float:
+    """1 + the pixel count of the largest 4-connected component of ``(a > threshold) & region``
+    (1 when there is none, so that its log is finite)."""
+    lab, n = ndimage.label((a > threshold) & region)
+    return 1.0 + (float(np.bincount(lab.ravel())[1:].max()) if n else 0.0)
+
+
 def _avg_halves(t: dict) -> dict:
     """Adds ``all``: the mean of the halves (3 images each, so the mean over all 6)."""
     t["all"] = {c: {r: (t["tune"][c][r] + t["report"][c][r]) / 2 for r in REFS} for c in DEVICES}
@@ -653,20 +661,28 @@ def cmd_transform(args) -> dict:
     se = float(np.sqrt(0.05 * 0.95 / len(data["test"])))
     rows = []
     local_maps = ("u", "tophat9", "tophat15", "u+1.0tophat15")
-    stats = ("Q99/Q50", "Q99.9/Q50", "top10/Q50", "top30/Q50", "Q99.9", "top10")
+    stats = ("Q99/Q50", "Q99.9/Q50", "top10/Q50", "top30/Q50", "Q99.9", "top10", "cc99", "cc99.9")
     for mname in local_maps:
         maps = {k: [tf[mname](r) for r in v] for k, v in sp.items()}
         for reg in ("R", "R+10", "R+20"):
+            val_px = np.concatenate(
+                [m[r["regions"][reg]] for m, r in zip(maps["val"], sp["val"], strict=True)]
+            )
             for stat in stats:
+                if stat.startswith("cc"):  # largest component above a validation quantile
+                    thr = float(np.quantile(val_px, float(stat[2:]) / 100))
+
+                    def f(m, r, thr=thr, reg=reg):
+                        return _largest_component(m, r["regions"][reg], thr)
+                else:
+
+                    def f(m, r, stat=stat, reg=reg):
+                        return _local(m, r["regions"][reg], stat)
+
                 st = {
                     k: {
                         "pooled": np.array([r["pooled"] for r in sp[k]]),
-                        "local": np.array(
-                            [
-                                _local(m, r["regions"][reg], stat)
-                                for m, r in zip(maps[k], sp[k], strict=True)
-                            ]
-                        ),
+                        "local": np.array([f(m, r) for m, r in zip(maps[k], sp[k], strict=True)]),
                     }
                     for k in sp
                 }

@@ -97,3 +97,15 @@ def test_case_table_matches_scikit_learn(bench):
             keep = it["dev"] | it[ref]
             want = roc_auc_score(it["dev"][keep], m[keep])
             assert t[half[it["id"]]][it["case"]][ref] == pytest.approx(want)
+
+
+def test_largest_component_by_hand(bench):
+    a = np.zeros((12, 12))
+    a[1:4, 1:4] = 5.0  # 9 pixels
+    a[6, 2:9] = 5.0  # 7 pixels in a row
+    a[9, 9] = a[10, 10] = 5.0  # diagonal neighbours: two 4-connected components of 1
+    region = np.ones((12, 12), bool)
+    assert bench._largest_component(a, region, 1.0) == 10.0  # 1 + 9
+    region[:5] = False  # drops the 3 x 3 block
+    assert bench._largest_component(a, region, 1.0) == 8.0
+    assert bench._largest_component(a, region, 5.0) == 1.0  # nothing strictly above
