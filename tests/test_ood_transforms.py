@@ -1,4 +1,4 @@
-"""bench/ood_targets.py's pixel-map transforms and local statistics (session 18), which the
+"""bench/ood_transforms.py's pixel-map transforms and local statistics (session 18), which the
 numbers in bench/RESULTS.md rest on: the top-hat against scipy.ndimage.white_tophat and a
 hand case, the ridge filter against scikit-image's Hessian eigenvalues and a line profile, the
 local statistics against NumPy by hand, the case tables' AUROC against scikit-learn."""
@@ -14,7 +14,7 @@ from scipy import ndimage
 from skimage.feature import hessian_matrix, hessian_matrix_eigvals
 from sklearn.metrics import roc_auc_score
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "ood_targets.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "ood_transforms.py"
 
 
 @pytest.fixture(scope="module")
