@@ -14,7 +14,10 @@ statistics are those of ``mc_dropout_predict`` (docstring of ``darkfield_nb.unce
 The deterministic prefix (earlier stages and the dropout stage's encoder) runs once
 (``ProgressiveGenerator.mc_prefix``); the passes run ``chunk`` at a time on the stacked batch,
 through ``shared_decoder.SharedDecoder`` (the skip half of every decoder convolution computed
-once, not per pass) where it applies, else ``mc_suffix``. Instance norms keep the input's
+once, not per pass) where it applies, else ``mc_suffix``. With dropout only at the mean head
+(placements "head", "head_reg") alpha and beta are the same in every pass, so the aleatoric
+term is ``Var_GGD(alpha, beta)`` of the one deterministic output, computed once, and the passes
+produce only the mean head's map (one channel each, not C). Instance norms keep the input's
 memory layout (``fast_norm``), so a channels_last model is not copied to and fro.
 ``samples=0``: one deterministic pass with dropout off (eval mode): mean = that pass's mu,
 epistemic = 0, total = aleatoric. A model without active dropout also runs
