@@ -108,6 +108,13 @@ def image_table(dev_scores, dev_ids, test_scores, test_ids, half, test_half) -> 
     return out
 
 
+def scores_table(sc: dict, dev: list[dict], test: list[dict], half, test_half) -> dict:
+    """:func:`image_table` of per-split scores ``sc`` (``"dev"``, ``"test"``) of the device
+    records ``dev`` and the test records ``test`` (each with an ``"id"``)."""
+    ids = [r["id"] for r in dev], [r["id"] for r in test]
+    return image_table(sc["dev"], ids[0], sc["test"], ids[1], half, test_half)
+
+
 def refs(x: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     dev = (mask & DEVICE_BITS) > 0
     return {
@@ -328,14 +335,7 @@ def cmd_score(args) -> dict:
         else:
             score, loo = MaxZScore.calibrate(stats["val"])
             sc = {sp: score(stats[sp]) for sp in ("test", "dev", "real")} | {"val": loo}
-        t = image_table(
-            sc["dev"],
-            [r["id"] for r in dev],
-            sc["test"],
-            [r["id"] for r in data["test"]],
-            half,
-            test_half,
-        )
+        t = scores_table(sc, dev, data["test"], half, test_half)
         thr = np.quantile(sc["val"], 0.95)
         med = np.median(sc["test"])
         row = {
@@ -482,19 +482,26 @@ def cmd_detector(args) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("step", choices=("select", "score", "detector"))
+def common_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options this script shares with ``bench/ood_transforms.py``: data, model, caches,
+    real radiographs, density fit, inflation limit, threads, JSON output."""
     ap.add_argument("--data", default="/work/runs/phantom256v2")
     ap.add_argument("--checkpoint", default="data_samples/pretrained.pt")
     ap.add_argument("--cache", default=".cache/ood_targets/score.pkl", help="score step's maps")
-    ap.add_argument("--refit", action="store_true", help="detector: refit instead of stored")
     ap.add_argument("--real", default="/work/shared/real_cxr")
     ap.add_argument("--per-image", type=int, default=400, help="training pixel vectors per image")
     ap.add_argument("--max-inflation", type=float, default=1.2)
-    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
+    return ap
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("step", choices=("select", "score", "detector"))
+    common_arguments(ap)
+    ap.add_argument("--refit", action="store_true", help="detector: refit instead of stored")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     steps = {"select": cmd_select, "score": cmd_score, "detector": cmd_detector}

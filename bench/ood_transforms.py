@@ -47,10 +47,11 @@ from ood_targets import (  # noqa: E402
     _up,
     case_table,
     collect,
+    common_arguments,
     fmt,
     halves,
-    image_table,
     load,
+    scores_table,
     worst,
 )
 
@@ -154,6 +155,28 @@ def _avg_halves(t: dict) -> dict:
     return t
 
 
+def best_hinge(val_maps, dev_maps, val, dev, half, max_inflation: float) -> dict:
+    """The hinge conversion (``DistanceSigma``, power 1, offset 1) of a pixel map with the best
+    worst-case tune AUROC of the total map ``sqrt(ale^2 + sigma_epi^2)`` among those whose
+    validation inflation is at most ``max_inflation``: quantile, gain, inflation, table (None
+    when every conversion inflates more)."""
+    uv = np.concatenate([m.ravel() for m in val_maps])
+    av = np.concatenate([r["ale"].ravel() for r in val])
+    best = None
+    for q in (0.5, 0.75, 0.9, 0.95):
+        for g in (1.0, 2.0, 3.0, 5.0, 10.0):
+            conv = DistanceSigma.calibrate(uv, av, q, 1.0, offset=1.0, gain=g)
+            infl = conv.inflation(uv, av)
+            if infl > max_inflation:
+                continue
+            pairs = zip(dev, dev_maps, strict=True)
+            tot = [np.sqrt(r["ale"] ** 2 + conv(m) ** 2) for r, m in pairs]
+            t = _avg_halves(case_table(tot, dev, half))
+            if best is None or worst(t) > worst(best["table"]):
+                best = {"quantile": q, "gain": g, "inflation": infl, "table": t}
+    return best
+
+
 def cmd_transform(args) -> dict:
     """Pixel-map transforms on the cached maps of ``score`` (no network pass); every choice
     on the tune half, the report half and all images printed beside it."""
@@ -195,22 +218,7 @@ def cmd_transform(args) -> dict:
     total = {}
     for name in dict.fromkeys(["u", pick]):
         maps = {k: [tf[name](r) for r in v] for k, v in sp.items()}
-        uv = np.concatenate([m.ravel() for m in maps["val"]])
-        av = np.concatenate([r["ale"].ravel() for r in data["val"]])
-        best = None
-        for q in (0.5, 0.75, 0.9, 0.95):
-            for g in (1.0, 2.0, 3.0, 5.0, 10.0):
-                conv = DistanceSigma.calibrate(uv, av, q, 1.0, offset=1.0, gain=g)
-                infl = conv.inflation(uv, av)
-                if infl > args.max_inflation:
-                    continue
-                tot = [
-                    np.sqrt(r["ale"] ** 2 + conv(m) ** 2)
-                    for r, m in zip(dev, maps["dev"], strict=True)
-                ]
-                t = _avg_halves(case_table(tot, dev, half))
-                if best is None or worst(t) > worst(best["table"]):
-                    best = {"quantile": q, "gain": g, "inflation": infl, "table": t}
+        best = best_hinge(maps["val"], maps["dev"], data["val"], dev, half, args.max_inflation)
         total[name] = best
         t = best["table"]
         print(
@@ -251,14 +259,7 @@ def cmd_transform(args) -> dict:
                 }
                 score, loo = MaxZScore.calibrate(st["val"])
                 sc = {k: score(st[k]) for k in ("test", "dev", "real")} | {"val": loo}
-                t = image_table(
-                    sc["dev"],
-                    [r["id"] for r in dev],
-                    sc["test"],
-                    [r["id"] for r in data["test"]],
-                    half,
-                    test_half,
-                )
+                t = scores_table(sc, dev, data["test"], half, test_half)
                 case = {
                     c: image_auroc(
                         [s for s, r in zip(sc["dev"], dev, strict=True) if r["case"] == c],
@@ -403,21 +404,8 @@ def cmd_levels(args) -> dict:
     for name, f in cands.items():
         m = {k: [f(r) for r in v] for k, v in sp.items()}
         pix = _avg_halves(case_table(m["dev"], dev, half))
-        uv = np.concatenate([a.ravel() for a in m["val"]])
-        av = np.concatenate([r["ale"].ravel() for r in data["val"]])
-        tot = None
-        for q in (0.5, 0.75, 0.9, 0.95):
-            for g in (1.0, 2.0, 3.0, 5.0, 10.0):
-                conv = DistanceSigma.calibrate(uv, av, q, 1.0, offset=1.0, gain=g)
-                if conv.inflation(uv, av) > args.max_inflation:
-                    continue
-                maps_t = [
-                    np.sqrt(r["ale"] ** 2 + conv(a) ** 2)
-                    for r, a in zip(dev, m["dev"], strict=True)
-                ]
-                t = _avg_halves(case_table(maps_t, dev, half))
-                if tot is None or worst(t) > worst(tot):
-                    tot = t
+        hinge = best_hinge(m["val"], m["dev"], data["val"], dev, half, args.max_inflation)
+        tot = None if hinge is None else hinge["table"]
         st = {
             k: {
                 "pooled": np.array([r["pooled"] for r in sp[k]]),
@@ -429,14 +417,7 @@ def cmd_levels(args) -> dict:
         }
         score, loo = MaxZScore.calibrate(st["val"], local=lung)
         sc = {k: score(st[k]) for k in ("test", "dev", "real")}
-        img = image_table(
-            sc["dev"],
-            [r["id"] for r in dev],
-            sc["test"],
-            [r["id"] for r in data["test"]],
-            half,
-            test_half,
-        )
+        img = scores_table(sc, dev, data["test"], half, test_half)
         real = int(np.sum(sc["real"] > np.median(sc["test"])))
         flagged = float(np.mean(sc["test"] > np.quantile(loo, 0.95)))
         out[name] = {
@@ -462,15 +443,8 @@ def cmd_levels(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("step", choices=("transform", "levels"))
-    ap.add_argument("--data", default="/work/runs/phantom256v2")
-    ap.add_argument("--checkpoint", default="data_samples/pretrained.pt")
-    ap.add_argument("--cache", default=".cache/ood_targets/score.pkl", help="score step's maps")
+    common_arguments(ap)
     ap.add_argument("--levels-cache", default=".cache/ood_targets/levels.pkl", help="levels' maps")
-    ap.add_argument("--real", default="/work/shared/real_cxr")
-    ap.add_argument("--per-image", type=int, default=400, help="training pixel vectors per image")
-    ap.add_argument("--max-inflation", type=float, default=1.2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = {"transform": cmd_transform, "levels": cmd_levels}[args.step](args)

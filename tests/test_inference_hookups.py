@@ -249,20 +249,27 @@ def test_evaluate_json_reports_calibration_and_ood(setup, tmp_path, capsys):
     assert "ood" not in result and "calibration" not in result
 
 
+def _with_prefix(setup, samples: int):
+    """The OOD checkpoint's model and detector, four of its sample images as model inputs, and
+    the Monte Carlo prefix ``mc_predict_batch`` computed for them."""
+    from darkfield_nb.inference.mc import mc_predict_batch
+
+    loaded = load_model(setup["ood"])
+    src = sorted((setup["data"] / "attenuation").glob("*.png"))
+    x = torch.stack([decode(p, loaded.geometry, resample=True)["x"] for p in src[-4:]])[:, None]
+    seen: list = []
+    mc_predict_batch(loaded.model, x, samples=samples, on_prefix=seen.append)
+    return loaded.model, loaded.detector, x, seen[0]
+
+
 def test_shared_ood_reuses_the_prefix_only_where_it_holds_the_detector_features(setup):
     """``hookups.shared_ood`` (predict's path: the MC prefix's encoder features, no second
     forward pass) equals the detector's own score; it declines (None) without a prefix and for
     attention gating, whose encoder features are not the ones the detector was fitted on."""
     from darkfield_nb.inference.hookups import shared_ood
-    from darkfield_nb.inference.mc import mc_predict_batch
 
-    loaded = load_model(setup["ood"])
-    model, det = loaded.model, loaded.detector
-    src = sorted((setup["data"] / "attenuation").glob("*.png"))
-    x = torch.stack([decode(p, loaded.geometry, resample=True)["x"] for p in src[-4:]])[:, None]
-    seen: list = []
-    mc_predict_batch(model, x, samples=3, on_prefix=seen.append)
-    got = shared_ood(det, seen[0], x, model)
+    model, det, x, prefix = _with_prefix(setup, samples=3)
+    got = shared_ood(det, prefix, x, model)
     want = det.score(x)
     assert [g["ood_flag"] for g in got] == [bool(det.threshold.flag(float(w))) for w in want]
     np.testing.assert_allclose([g["ood_score"] for g in got], want, rtol=1e-5)
@@ -278,14 +285,8 @@ def test_shared_ood_takes_the_deterministic_mean_from_the_caller(setup, monkeypa
     mean-head dropout) ``shared_ood`` runs no decoder pass and still equals the detector's own
     score."""
     from darkfield_nb.inference.hookups import shared_ood
-    from darkfield_nb.inference.mc import mc_predict_batch
 
-    loaded = load_model(setup["ood"])
-    model, det = loaded.model, loaded.detector
-    src = sorted((setup["data"] / "attenuation").glob("*.png"))
-    x = torch.stack([decode(p, loaded.geometry, resample=True)["x"] for p in src[-4:]])[:, None]
-    seen: list = []
-    mc_predict_batch(model, x, samples=2, on_prefix=seen.append)
+    model, det, x, prefix = _with_prefix(setup, samples=2)
     with torch.no_grad():
         mu = model.eval()(x)[-1].mu
     want = det.score(x)
@@ -294,7 +295,7 @@ def test_shared_ood_takes_the_deterministic_mean_from_the_caller(setup, monkeypa
         raise AssertionError("shared_ood ran a decoder pass although it was given the mean")
 
     monkeypatch.setattr(model, "mc_suffix", no_decoder_pass)
-    got = shared_ood(det, seen[0], x, model, mu)
+    got = shared_ood(det, prefix, x, model, mu)
     np.testing.assert_allclose([g["ood_score"] for g in got], want, rtol=1e-5)
     with pytest.raises(AssertionError, match="decoder pass"):
-        shared_ood(det, seen[0], x, model)  # without the mean it needs one
+        shared_ood(det, prefix, x, model)  # without the mean it needs one

@@ -60,16 +60,22 @@ def _summary(out: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ statistics
-def test_mc_statistics_equal_a_plain_loop_of_full_forward_passes(model):
-    x = torch.rand(3, 1, 40, 44)
-    got = mc_predict_batch(model, x, samples=7, seed=5, chunk=3)
+def _plain_loop(model, x: torch.Tensor, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: the whole network, one pass at a time with pass t's masks; the means
+    and GGD variances of the passes, (T, B, 1, H, W) each, in float64."""
     mus, variances = [], []
-    for t in range(7):  # reference: the whole network, one pass at a time, numpy statistics
-        with fixed_masks(model, [t], 3, 5), torch.no_grad():
+    for t in range(samples):
+        with fixed_masks(model, [t], x.shape[0], seed), torch.no_grad():
             out = model(x)[-1]
         mus.append(out.mu.double().numpy())
         variances.append(ggd_variance(out.alpha.double(), out.beta.double()).numpy())
-    mus, variances = np.stack(mus), np.stack(variances)
+    return np.stack(mus), np.stack(variances)
+
+
+def test_mc_statistics_equal_a_plain_loop_of_full_forward_passes(model):
+    x = torch.rand(3, 1, 40, 44)
+    got = mc_predict_batch(model, x, samples=7, seed=5, chunk=3)
+    mus, variances = _plain_loop(model, x, 7, 5)
     np.testing.assert_allclose(got["darkfield"].numpy(), mus.mean(0), atol=1e-5)
     np.testing.assert_allclose(got["epistemic"].numpy(), mus.std(0), atol=1e-5)
     np.testing.assert_allclose(got["aleatoric"].numpy(), np.sqrt(variances.mean(0)), atol=1e-5)
@@ -101,13 +107,7 @@ def test_mean_head_dropout_statistics_equal_a_plain_loop(placement, kind, chunk)
     x = torch.rand(2, 1, 36, 42)
     seen: list = []
     got = mc_predict_batch(m, x, samples=6, seed=4, chunk=chunk, on_deterministic=seen.append)
-    mus, variances = [], []
-    for t in range(6):
-        with fixed_masks(m, [t], 2, 4), torch.no_grad():
-            out = m(x)[-1]
-        mus.append(out.mu.double().numpy())
-        variances.append(ggd_variance(out.alpha.double(), out.beta.double()).numpy())
-    mus, variances = np.stack(mus), np.stack(variances)
+    mus, variances = _plain_loop(m, x, 6, 4)
     np.testing.assert_allclose(got["darkfield"].numpy(), mus.mean(0), atol=1e-5)
     np.testing.assert_allclose(got["epistemic"].numpy(), mus.std(0), atol=1e-5)
     np.testing.assert_allclose(got["aleatoric"].numpy(), np.sqrt(variances.mean(0)), atol=1e-5)
