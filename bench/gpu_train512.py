@@ -13,7 +13,10 @@ the H100 (session 16) the 6-step probe measured 19 / 44 / 42 images/s against 12
 the real epochs (start-up costs), so 170 s bought 1 / 2 / 3 epochs that took 69 s: there, an
 epoch of 700 images at 512 px took 5.4 / 7.2 / 8.5 s, and ``--three-epochs 12,10,10`` would
 take about 3.5 minutes. Next run, e.g.: ``--steps data,three,evaluate,bench --three-epochs
-12,10,10``.
+12,10,10``: both models now train with ``--placement head_reg`` (the shipped recipe's Monte
+Carlo dropout at the mean head; session 16's GPU model had decoder dropout, whose 20 passes cost
+5.7x one pass on the CPU against 1.3x), so the ``bench`` step also re-measures issue 13's GPU
+throughput (200 images/s at 512 px, T = 20) with the cheaper passes.
 """
 
 from __future__ import annotations
