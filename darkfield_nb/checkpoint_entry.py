@@ -46,10 +46,7 @@ def open_source(
     weights that do not fit their config) and FileExistsError / WriteError naming ``dst``."""
     ckpt = checkpoint.load_checkpoint(src)
     check_destination(src, dst, overwrite)
-    try:
-        model = checkpoint.generator_from_checkpoint(ckpt, device)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise checkpoint.CheckpointError(f"{src}: cannot rebuild the generator ({exc})") from exc
+    model = checkpoint.generator_from_checkpoint(ckpt, device, source=src, checked=True)
     return ckpt, model, int(ckpt.get("stages_trained", model.config.n_stages)) - 1
 
 
@@ -83,7 +80,7 @@ def write_checkpoint_entry(
     with atomic_path(dst) as tmp:
         torch.save(ckpt, tmp)
         back = checkpoint.load_checkpoint(tmp)
-        checkpoint.generator_from_checkpoint(back)
+        checkpoint.generator_from_checkpoint(back, checked=True)  # load_checkpoint checked it
         if not same(value, read_back(back)):
             raise ValueError(f"{dst}: the {key!r} entry did not survive a reload")
     return dst

@@ -33,8 +33,7 @@ def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, 
     """Store the generator of checkpoint ``source`` as ``out_dir/pretrained.pt`` in float16
     with its checksum, and ``info`` (recipes, metrics) plus the training history as JSON.
     The training geometry and the entries in :data:`CARRIED_ENTRIES` travel with it."""
-    ckpt = checkpoint.load_checkpoint(source)
-    model = checkpoint.generator_from_checkpoint(ckpt)
+    ckpt, model = checkpoint.load_with_generator(source)
     out_dir = Path(out_dir)
     path = checkpoint.save(
         out_dir / PRETRAINED_NAME,

@@ -46,7 +46,14 @@ from .geometry import (
     dataset_geometry,
     make_geometry,
 )
-from .read import check_contents, float32_state, generator_from_checkpoint, load, load_checkpoint
+from .read import (
+    check_contents,
+    float32_state,
+    generator_from_checkpoint,
+    load,
+    load_checkpoint,
+    load_with_generator,
+)
 from .write import (
     restore_training_state,
     rng_state,
@@ -70,6 +77,7 @@ __all__ = [
     "generator_from_checkpoint",
     "load",
     "load_checkpoint",
+    "load_with_generator",
     "make_geometry",
     "restore_training_state",
     "rng_state",

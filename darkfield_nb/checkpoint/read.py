@@ -247,6 +247,16 @@ def generator_from_checkpoint(
     return model.to(device).eval()
 
 
+def load_with_generator(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[dict, nn.Module]:
+    """The raw checkpoint dict of ``path`` (:func:`load_checkpoint`, which checks it) and its
+    generator (:func:`generator_from_checkpoint`, float32, eval mode, not checked again).
+    Errors: CheckpointError / FileNotFoundError naming the file."""
+    ckpt = load_checkpoint(path)
+    return ckpt, generator_from_checkpoint(ckpt, device, source=path, checked=True)
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Load the generator stored in a checkpoint: a float32 ProgressiveGenerator in eval mode.
 
@@ -254,4 +264,4 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     Errors as in :func:`load_checkpoint` (a state dict that does not fit the stored config,
     non-finite weights, ...: CheckpointError naming the file).
     """
-    return generator_from_checkpoint(load_checkpoint(path), device, source=path, checked=True)
+    return load_with_generator(path, device)[1]

@@ -47,11 +47,7 @@ def load_model(
             f"{path}: checkpoint not found (train one with `darkfield-nb train`, or pass "
             "--checkpoint)"
         )
-    ckpt = checkpoint.load_checkpoint(path)
-    try:
-        model = checkpoint.generator_from_checkpoint(ckpt, device, checked=True)
-    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-        raise checkpoint.CheckpointError(f"{path}: cannot rebuild the generator ({exc})") from exc
+    ckpt, model = checkpoint.load_with_generator(path, device)
     if int(ckpt["stages_trained"]) < 1:
         raise checkpoint.CheckpointError(
             f"{path}: no stage of this generator is trained yet (stages_trained=0); predict "

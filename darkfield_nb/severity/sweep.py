@@ -81,8 +81,7 @@ def load_model(
     path = Path(checkpoint) if checkpoint else pretrained_checkpoint()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    ck = ckpt_io.load_checkpoint(path)
-    model = ckpt_io.generator_from_checkpoint(ck, pick_device(device))
+    ck, model = ckpt_io.load_with_generator(path, pick_device(device))
     return model, int(ck["stages_trained"]) - 1, path
 
 

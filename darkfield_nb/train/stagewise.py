@@ -41,8 +41,8 @@ def train_or_load_stage(
     out_dir = Path(out_dir)
     done = out_dir / stage_checkpoint_name(stage)
     if done.exists() and not retrain:
-        ckpt = checkpoint.load_checkpoint(done)
-        return checkpoint.generator_from_checkpoint(ckpt), list(ckpt["history"])
+        ckpt, model = checkpoint.load_with_generator(done)
+        return model, list(ckpt["history"])
     if stage == 0:
         torch.manual_seed(cfg.seed)
         model, history = build_generator(cfg.model), []
@@ -54,8 +54,8 @@ def train_or_load_stage(
                 f"{previous}: stage {stage} builds on stage {stage - 1}, whose checkpoint is "
                 f"missing; run the notebook (or train_or_load_stage) for stage {stage - 1} first"
             )
-        ckpt = checkpoint.load_checkpoint(previous)
-        model, history = checkpoint.generator_from_checkpoint(ckpt), list(ckpt["history"])
+        ckpt, model = checkpoint.load_with_generator(previous)
+        history = list(ckpt["history"])
         run_cfg = TrainConfig.from_dict(ckpt["train_config"])
     train_ds, val_ds = make_datasets(data_root, run_cfg)
     history = train_stage(
