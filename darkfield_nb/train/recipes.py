@@ -24,11 +24,38 @@ PRETRAINED_DATA = {"patients": 269, "ood": 24, "size": 256, "seed": 1}
 #: checkerboard and its bottom-edge sigma band.
 V1_DECODER = {"upsample": "transpose", "padding_mode": "zeros"}
 
+#: Run settings shared by the CPU recipes: 128 x 128 random crops, cached, a PatchGAN of width
+#: 32 (the width-64 pix2pix discriminator cost twice the generator on a 2-core CPU).
+_CPU_RUN = dict(
+    discriminator=DiscriminatorConfig(width=32),
+    crop_size=128,
+    cache_data=True,
+    seed=0,
+)
+
+
+def _mc_dropout_generator(
+    n_stages: int,
+    base_width: int,
+    dropout_placement: str = "decoder",
+    conditioning: str = "concat",
+) -> GeneratorConfig:
+    """The generator of the recipes: ``n_stages`` U-Nets of ``base_width``, channel dropout
+    p = 0.1 in the last stage only, at ``dropout_placement`` (``GeneratorConfig``)."""
+    return GeneratorConfig(
+        n_stages=n_stages,
+        base_width=base_width,
+        dropout=0.1,
+        dropout_stages="last",
+        dropout_placement=dropout_placement,
+        conditioning=conditioning,
+    )
+
 
 def pretrained(base_width: int = 16, conditioning: str = "concat") -> TrainConfig:
     """Three stages, UP-GAN-like weights (L1 1 -> 0.5 -> 0.1, GGD 1e-4 -> 1e-3 -> 1e-2),
-    12 / 10 / 10 epochs of 128x128 random crops, batch 8, and a PatchGAN of width 32 (sized
-    for a 2-core CPU: the width-64 pix2pix discriminator cost twice the generator).
+    12 / 10 / 10 epochs of 128x128 random crops, batch 8, and a PatchGAN of width 32
+    (``_CPU_RUN``).
 
     Dropout (p = 0.1, channel) in the last stage: ``dropout_placement="head_reg"``, i.e. Monte
     Carlo dropout on the features entering the mean head only (last-layer MC dropout) plus
@@ -37,19 +64,9 @@ def pretrained(base_width: int = 16, conditioning: str = "concat") -> TrainConfi
     passes instead of about 5 (``bench/RESULTS.md``, "MC dropout at the mean head"); MC dropout
     inside the decoder flagged no device better (``bench/epistemic_designs.py``)."""
     return TrainConfig(
-        model=GeneratorConfig(
-            n_stages=3,
-            base_width=base_width,
-            dropout=0.1,
-            dropout_stages="last",
-            dropout_placement="head_reg",
-            conditioning=conditioning,
-        ),
+        model=_mc_dropout_generator(3, base_width, "head_reg", conditioning),
         stages=upgan_stages(epochs=(12, 10, 10), warmup_epochs=(3, 2, 2), batch_size=8),
-        discriminator=DiscriminatorConfig(width=32),
-        crop_size=128,
-        cache_data=True,
-        seed=0,
+        **_CPU_RUN,
     )
 
 
@@ -57,16 +74,13 @@ def single_stage_baseline() -> TrainConfig:
     """One U-Net of base width 28 (about the parameters of three width-16 stages) trained for
     32 epochs, the three stages' total, with the first stage's loss weights."""
     return TrainConfig(
-        model=GeneratorConfig(n_stages=1, base_width=28, dropout=0.1, dropout_stages="last"),
+        model=_mc_dropout_generator(1, 28),
         stages=[
             StageSchedule(
                 epochs=32, batch_size=8, lr=2e-4, l1_weight=1.0, ggd_weight=1e-3, warmup_epochs=3
             ),
         ],
-        discriminator=DiscriminatorConfig(width=32),
-        crop_size=128,
-        cache_data=True,
-        seed=0,
+        **_CPU_RUN,
     )
 
 
@@ -113,13 +127,7 @@ def wide512(
     :func:`pretrained` (Monte Carlo dropout at the last stage's mean head)."""
     warmup = tuple(max(1, e // 4) for e in epochs)
     return TrainConfig(
-        model=GeneratorConfig(
-            n_stages=3,
-            base_width=base_width,
-            dropout=0.1,
-            dropout_stages="last",
-            dropout_placement=dropout_placement,
-        ),
+        model=_mc_dropout_generator(3, base_width, dropout_placement),
         stages=upgan_stages(epochs=epochs, warmup_epochs=warmup, batch_size=batch_size),
         **_WIDE512_RUN,
     )
@@ -134,13 +142,7 @@ def wide512_single_stage(
     ``bench/gpu_train512.py``); ``dropout_placement`` as in :func:`wide512`."""
     lr, l1, ggd = UPGAN_SCHEDULE[0]
     return TrainConfig(
-        model=GeneratorConfig(
-            n_stages=1,
-            base_width=base_width,
-            dropout=0.1,
-            dropout_stages="last",
-            dropout_placement=dropout_placement,
-        ),
+        model=_mc_dropout_generator(1, base_width, dropout_placement),
         stages=[
             StageSchedule(
                 epochs=epochs,
