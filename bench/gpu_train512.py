@@ -231,7 +231,7 @@ def main() -> None:
         else:
             ips = probe(
                 data,
-                recipes.wide512(base_width=width3, dropout_placement=args.placement),
+                recipes.wide512(base_width=width3, dropout_placement=args.placement, norm="batch"),
                 args.work / "probe3",
                 args.device,
                 6,
@@ -240,7 +240,9 @@ def main() -> None:
                 max(1, int(args.train_seconds * share * rate / ntr * 0.85))
                 for share, rate in zip(STAGE_SHARE, ips, strict=True)
             )
-        cfg = recipes.wide512(epochs=epochs, base_width=width3, dropout_placement=args.placement)
+        cfg = recipes.wide512(
+            epochs=epochs, base_width=width3, dropout_placement=args.placement, norm="batch"
+        )
         done = train_and_export(data, args.work / "run3", cfg, args.device, args.out, "wide512")
         return {"probe_images_per_s": ips, "epochs": epochs, **done}
 
