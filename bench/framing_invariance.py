@@ -94,15 +94,16 @@ def measure(ckpt: str, sets: dict[float, Path], ids: list[str]) -> dict:
     pred = {f: [] for f in FRACTIONS}
     pad = []
     for i in ids:
-        for f in FRACTIONS:
-            x, y, lung = load(sets[f], i)
+        images = {f: load(sets[f], i) for f in FRACTIONS}
+        for f, (x, y, lung) in images.items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # far-from-geometry warnings are expected here
                 mu = synthesize(model, x, samples=0).darkfield
             true[f].append(float(y[lung].mean()))
             pred[f].append(float(mu[lung].mean()))
-        a, b = padded_lung_d(model, x, lung)  # x, lung: the 1.0 framing
-        pad.append(b / a)
+        x, _, lung = images[1.0]
+        plain, padded = padded_lung_d(model, x, lung)
+        pad.append(padded / plain)
     t, p = {f: np.array(v) for f, v in true.items()}, {f: np.array(v) for f, v in pred.items()}
     frame = p[0.6] / p[1.0]
     return {
