@@ -134,3 +134,64 @@ def test_fixed_framing_is_the_first_simulators_detector():
     p = make_patient(2, 0, "healthy", framing=FramingRanges.fixed())
     assert p.framing.fov_cm == 40.0 and p.framing.center_x == 0.0 and p.framing.center_z == 0.0
     assert p.framing.rotation_deg == 0.0 and p.framing.collimation == (0.0,) * 4
+
+
+def test_penumbra_is_a_linear_ramp_of_the_asked_width():
+    """Across a left shutter at column d, w rises linearly from 0 to 1 over penumbra_mm
+    (hand computed: slope pixel_mm / penumbra_mm per pixel, w = 1/2 at the edge)."""
+    size, fov, pen = 200, 40.0, 10.0  # 2 mm pixels: a 5-pixel ramp
+    fr = Framing(fov_cm=fov, collimation=(0.0, 0.0, 0.1, 0.0), penumbra_mm=pen)
+    row = open_fraction(fr, size)[size // 2]
+    pos = np.arange(size) + 0.5
+    expected = np.clip((pos - 0.1 * size) / (pen / (fov * 10 / size)) + 0.5, 0.0, 1.0)
+    np.testing.assert_allclose(row, expected, atol=1e-6)
+    ramp = row[(row > 0) & (row < 1)]  # pixel centres 0.2 ... 0.8 of the way up the ramp
+    assert len(ramp) == 4 and np.allclose(np.diff(ramp), 0.2, atol=1e-6)
+
+
+def test_rounded_corner_follows_the_arc_next_to_a_shutter():
+    """With a left shutter and corner radius R, the open field's two left corners are quarter
+    circles: w = 1/2 at distance R from the arcs' centres (R, x0 + R) and (size - R, x0 + R),
+    0 beyond R + ramp / 2, unchanged outside the R x R corner squares; no rounding on the right
+    (no shutter there, nor above or below)."""
+    size = 200
+    fr = Framing(fov_cm=40.0, collimation=(0.0, 0.0, 0.05, 0.0), penumbra_mm=2.0)
+    square = open_fraction(fr, size)
+    rounded = open_fraction(dataclasses.replace(fr, corner_radius=0.2), size)
+    r, x0 = 0.2 * size, 0.05 * size
+    pos = np.arange(size) + 0.5
+    ramp = 2.0 / (40.0 * 10 / size)
+    expected = square.copy()
+    for cy, rows in ((r, pos < r), (size - r, pos > size - r)):
+        dist = np.hypot(pos[:, None] - cy, pos[None, :] - (x0 + r))
+        zone = rows[:, None] & (pos[None, :] < x0 + r)
+        w_c = np.clip(0.5 - (dist - r) / ramp, 0, 1)
+        expected = np.where(zone, np.minimum(expected, w_c), expected)
+    np.testing.assert_allclose(rounded, expected, atol=1e-6)
+    for row in (0, size - 1):  # the cut corners
+        assert rounded[row, int(x0) + 2] == 0.0 and square[row, int(x0) + 2] == 1.0
+    np.testing.assert_array_equal(rounded[:, size // 2 :], square[:, size // 2 :])
+    np.testing.assert_array_equal(
+        rounded[int(r) + 1 : size - int(r) - 1], square[int(r) + 1 : size - int(r) - 1]
+    )
+
+
+def test_sampled_corners_are_rounded_only_with_a_shutter():
+    """Patients without shutters get square corners; the drawn radius and penumbra lie in the
+    asked ranges; the other draws (field of view, shifts, rotation) do not depend on them."""
+    wide = FramingRanges(corner_radius=(0.02, 0.1), penumbra_mm=(1.0, 12.0))
+    narrow = FramingRanges(corner_radius=(0.0, 0.0), penumbra_mm=2.0)
+    for i in range(20):
+        a = make_patient(5, i, "healthy", framing=wide).framing
+        b = make_patient(5, i, "healthy", framing=narrow).framing
+        assert (a.fov_cm, a.center_x, a.rotation_deg, a.collimation) == (
+            b.fov_cm,
+            b.center_x,
+            b.rotation_deg,
+            b.collimation,
+        )
+        assert 1.0 <= a.penumbra_mm <= 12.0 and b.penumbra_mm == 2.0 and b.corner_radius == 0.0
+        if any(a.collimation):
+            assert 0.02 <= a.corner_radius <= 0.1
+        else:
+            assert a.corner_radius == 0.0

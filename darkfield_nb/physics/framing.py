@@ -15,9 +15,15 @@ target keeps the geometry of the attenuation input (air: ``D = 0``):
 2. rotation by ``theta`` about the beam axis (counter-clockwise on the displayed image):
    the scene is rendered on a padded grid and resampled (:func:`rotate_crop`);
 3. collimation: rectangular shutters at fractions ``(top, bottom, left, right)`` of the image.
-   Behind a shutter only scattered photons arrive, ``I/I0 = t_s`` (``t_s`` 2-8 %), with a
-   linear penumbra ``w`` over ``penumbra_mm``: ``I/I0 = w e^{-A} + (1 - w) t_s`` and
-   ``D -> w D`` (:func:`collimate`).
+   Behind a shutter only scattered photons arrive, ``I/I0 = t_s`` (``t_s`` 2-20 %: bright, or
+   grey once the window is set), with a linear penumbra ``w`` over ``penumbra_mm`` (1-12 mm: a
+   sharp blade or the soft border of a plate):  ``I/I0 = w e^{-A} + (1 - w) t_s`` and
+   ``D -> w D`` (:func:`collimate`). The open field's corners next to a shutter are rounded
+   with radius ``corner_radius`` (a fraction of the image width; 0 gives square corners), as on
+   many digitized and computed-radiography films: ``w`` there falls with the distance to the
+   arc, ``w_c = clip(1/2 - (|p - c| - R) / ramp, 0, 1)`` (``c`` the arc's centre, ``R`` its
+   radius, ``ramp`` the penumbra in pixels), and the field's ``w`` is the smaller of ``w_c``
+   and the shutters' product (:func:`open_fraction`).
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ class FramingRanges:
     arms_up_probability: float = 0.15
     collimation_probability: float = 0.3  # per side (about 3 images in 4 have a shutter)
     collimation_depth: tuple[float, float] = (0.01, 0.08)  # shutter depth, fraction of image
-    shutter_transmission: tuple[float, float] = (0.02, 0.08)  # scatter behind a shutter
-    penumbra_mm: float = 2.0
+    shutter_transmission: tuple[float, float] = (0.02, 0.2)  # scatter behind a shutter
+    penumbra_mm: float | tuple[float, float] = (1.0, 12.0)  # soft edge of the shutters (mm)
+    corner_radius: tuple[float, float] = (0.0, 0.1)  # rounded field corners, fraction of width
 
     @classmethod
     def fixed(cls, fov_cm: float = 40.0) -> FramingRanges:
@@ -80,6 +87,7 @@ class Framing:
     shutter_transmission: float = 0.05
     penumbra_mm: float = 2.0
     chest_fraction: float = 0.75  # torso width / field width (what was asked)
+    corner_radius: float = 0.0  # rounded corners of the open field next to a shutter (fraction)
 
 
 def sample_framing(
@@ -107,6 +115,8 @@ def sample_framing(
     sides = rng.uniform(0.0, 1.0, 4) < r.collimation_probability
     depth = rng.uniform(*r.collimation_depth, 4) * sides
     ts = rng.uniform(*r.shutter_transmission)
+    pen_lo, pen_hi = _as_range(r.penumbra_mm)
+    rad_lo, rad_hi = r.corner_radius
     return Framing(
         fov_cm=float(fov),
         center_x=float(cx),
@@ -114,9 +124,18 @@ def sample_framing(
         rotation_deg=float(rot),
         collimation=tuple(float(d) for d in depth),
         shutter_transmission=float(ts),
-        penumbra_mm=float(r.penumbra_mm),
+        penumbra_mm=float(pen_lo + (pen_hi - pen_lo) * u[4]),
         chest_fraction=float(width / fov),
+        corner_radius=float(rad_lo + (rad_hi - rad_lo) * u[5]) if any(depth > 0) else 0.0,
     )
+
+
+def _as_range(value: float | tuple[float, float]) -> tuple[float, float]:
+    """``(v, v)`` for a number, the pair itself for a range."""
+    if np.isscalar(value):
+        return float(value), float(value)
+    lo, hi = value
+    return float(lo), float(hi)
 
 
 def rotation_pad(size: int, angle_deg: float) -> int:
@@ -165,7 +184,8 @@ def rotate_crop(image: np.ndarray, angle_deg: float, pad: int, order: int = 1) -
 
 
 def open_fraction(framing: Framing, size: int) -> np.ndarray:
-    """``w``: 1 inside the collimated field, 0 behind the shutters, linear over the penumbra.
+    """``w``: 1 inside the collimated field, 0 behind the shutters, linear over the penumbra;
+    corners next to a shutter rounded with ``corner_radius`` (module docstring, step 3).
 
     A shutter of depth ``d`` (fraction of the image) on the top edge covers the rows whose
     centres lie above ``d size`` pixels from the top; ``w`` ramps from 0 to 1 over
@@ -184,7 +204,29 @@ def open_fraction(framing: Framing, size: int) -> np.ndarray:
     top, bottom, left, right = framing.collimation
     rows = edge(top, False) * edge(bottom, True)
     cols = edge(left, False) * edge(right, True)
-    return rows[:, None] * cols[None, :]
+    w = rows[:, None] * cols[None, :]
+    radius = framing.corner_radius * size
+    if radius <= 0:
+        return w
+    # rounded corners next to a shutter: w_c = clip(1/2 - (|p - c| - R) / ramp, 0, 1) inside
+    # the R x R square at the corner of the open field (c: the arc's centre)
+    y0, y1, x0, x1 = top * size, size - bottom * size, left * size, size - right * size
+    for (vertical, v_edge, v_sign), (horizontal, h_edge, h_sign) in (
+        ((top, y0, 1), (left, x0, 1)),
+        ((top, y0, 1), (right, x1, -1)),
+        ((bottom, y1, -1), (left, x0, 1)),
+        ((bottom, y1, -1), (right, x1, -1)),
+    ):
+        if vertical <= 0 and horizontal <= 0:
+            continue
+        cy, cx = v_edge + v_sign * radius, h_edge + h_sign * radius
+        in_y = (pos - cy) * v_sign < 0  # between the field's edge and the arc's centre
+        in_x = (pos - cx) * h_sign < 0
+        zone = in_y[:, None] & in_x[None, :]
+        dist = np.hypot(pos[:, None] - cy, pos[None, :] - cx)
+        w_c = np.clip(0.5 - (dist - radius) / ramp, 0.0, 1.0).astype(np.float32)
+        w = np.where(zone, np.minimum(w, w_c), w)
+    return w
 
 
 def collimate(
