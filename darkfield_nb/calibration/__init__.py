@@ -16,6 +16,7 @@ the formulas and normalizations:
                           applied per image, reported before / after (``darkfield-nb calibrate``)
 """
 
+from ._arrays import DistributionKw, PredictiveKw
 from .collect import Predictions, collect_predictions
 from .metrics import (
     area_between,
@@ -73,7 +74,9 @@ from .store import (
 )
 
 __all__ = [
+    "DistributionKw",
     "IsotonicRecalibration",
+    "PredictiveKw",
     "Predictions",
     "RCPSCalibration",
     "RCPSResult",

@@ -3,8 +3,11 @@
 Every function takes image-shaped arrays (any shape, NumPy or torch) of the target ``y``, the
 predicted location ``mu`` and either a Gaussian standard deviation ``sigma`` or generalized-
 Gaussian parameters ``alpha`` (scale) and ``beta`` (shape), plus an optional boolean ``mask``
-selecting the pixels to use. Averages are over the selected pixels, pooled (images count in
-proportion to their selected pixels), unless a function says "per image".
+selecting the pixels to use. The functions that take either kind receive them as keyword
+arguments ``**dist`` typed by :class:`~darkfield_nb.calibration.PredictiveKw` (the keys and
+their meaning; :class:`~darkfield_nb.calibration.DistributionKw` where there is no mask); a
+misspelled key raises TypeError at once. Averages are over the selected pixels, pooled
+(images count in proportion to their selected pixels), unless a function says "per image".
 
 Distributions. GGD(mu, alpha, beta) as in :mod:`darkfield_nb.ggd`; Gaussian N(mu, sigma^2).
 A moment-matched GGD for a total (aleatoric + epistemic) standard deviation is
@@ -29,8 +32,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import special
+from typing_extensions import Unpack
 
-from ._arrays import ArrayLike, as_numpy, pixels
+from ._arrays import ArrayLike, DistributionKw, PredictiveKw, as_numpy, check_distribution, pixels
 
 DEFAULT_LEVELS = 100  # uncertainty-toolbox's num_bins: levels np.linspace(0, 1, 100)
 
@@ -53,54 +57,34 @@ def ggd_halfwidth(p: float | np.ndarray, alpha: ArrayLike, beta: ArrayLike) -> n
     return as_numpy(alpha) * special.gammaincinv(1.0 / b, p) ** (1.0 / b)
 
 
-def _check_dist(sigma, alpha, beta, name: str) -> str:
-    if sigma is not None and alpha is None and beta is None:
-        return "gaussian"
-    if sigma is None and alpha is not None and beta is not None:
-        return "ggd"
-    raise ValueError(f"{name}: give either sigma (Gaussian) or alpha and beta (GGD)")
-
-
-def pit(
-    y: ArrayLike,
-    mu: ArrayLike,
-    *,
-    sigma: ArrayLike | None = None,
-    alpha: ArrayLike | None = None,
-    beta: ArrayLike | None = None,
-) -> np.ndarray:
+def pit(y: ArrayLike, mu: ArrayLike, **dist: Unpack[DistributionKw]) -> np.ndarray:
     """Probability integral transform u = F(y), image-shaped.
 
     GGD: u = 1/2 + sign(r)/2 P(1/beta, (|r|/alpha)^beta), r = y - mu; Gaussian:
     u = Phi((y - mu) / sigma). Calibrated predictions give u ~ Uniform(0, 1).
+    ``dist``: ``sigma``, or ``alpha`` and ``beta`` (see DistributionKw).
     """
-    kind = _check_dist(sigma, alpha, beta, "pit")
+    d = check_distribution("pit", dist, DistributionKw)
     r = as_numpy(y) - as_numpy(mu)
-    if kind == "gaussian":
-        return special.ndtr(r / as_numpy(sigma))
-    b = as_numpy(beta)
-    z = (np.abs(r) / as_numpy(alpha)) ** b
+    if "sigma" in d:
+        return special.ndtr(r / as_numpy(d["sigma"]))
+    b = as_numpy(d["beta"])
+    z = (np.abs(r) / as_numpy(d["alpha"])) ** b
     return 0.5 + 0.5 * np.sign(r) * special.gammainc(1.0 / b, z)
 
 
-def central_pit(
-    y: ArrayLike,
-    mu: ArrayLike,
-    *,
-    sigma: ArrayLike | None = None,
-    alpha: ArrayLike | None = None,
-    beta: ArrayLike | None = None,
-) -> np.ndarray:
+def central_pit(y: ArrayLike, mu: ArrayLike, **dist: Unpack[DistributionKw]) -> np.ndarray:
     """c = |2 F(y) - 1|, image-shaped: the level of the narrowest central interval holding y.
 
     GGD: c = P(1/beta, (|y - mu|/alpha)^beta); Gaussian: c = erf(|y - mu| / (sigma sqrt 2)).
+    ``dist``: ``sigma``, or ``alpha`` and ``beta`` (see DistributionKw).
     """
-    kind = _check_dist(sigma, alpha, beta, "central_pit")
+    d = check_distribution("central_pit", dist, DistributionKw)
     r = np.abs(as_numpy(y) - as_numpy(mu))
-    if kind == "gaussian":
-        return special.erf(r / (as_numpy(sigma) * np.sqrt(2.0)))
-    b = as_numpy(beta)
-    return special.gammainc(1.0 / b, (r / as_numpy(alpha)) ** b)
+    if "sigma" in d:
+        return special.erf(r / (as_numpy(d["sigma"]) * np.sqrt(2.0)))
+    b = as_numpy(d["beta"])
+    return special.gammainc(1.0 / b, (r / as_numpy(d["alpha"])) ** b)
 
 
 # ----------------------------------------------------------------------------- coverage
@@ -108,11 +92,8 @@ def coverage_curve(
     y: ArrayLike,
     mu: ArrayLike,
     *,
-    sigma: ArrayLike | None = None,
-    alpha: ArrayLike | None = None,
-    beta: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
     levels: int | np.ndarray = DEFAULT_LEVELS,
+    **dist: Unpack[PredictiveKw],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Observed coverage of central p-intervals for a grid of nominal levels p.
 
@@ -121,14 +102,11 @@ def coverage_curve(
     proportions, num_bins = K), or an array of levels. Returns (levels, observed).
     For the Gaussian this equals uncertainty-toolbox's ``get_proportion_lists_vectorized``
     (interval type): it counts |r|/sigma <= Phi^-1(1/2 + p/2).
+    ``dist``: ``sigma``, or ``alpha`` and ``beta``, and ``mask`` (see PredictiveKw).
     """
-    kind = _check_dist(sigma, alpha, beta, "coverage_curve")
-    if kind == "gaussian":
-        y_, m_, s_ = pixels(y, mu, sigma, mask=mask, name="coverage_curve")
-        c = central_pit(y_, m_, sigma=s_)
-    else:
-        y_, m_, a_, b_ = pixels(y, mu, alpha, beta, mask=mask, name="coverage_curve")
-        c = central_pit(y_, m_, alpha=a_, beta=b_)
+    d = check_distribution("coverage_curve", dist)
+    y_, m_, *params = pixels(y, mu, *d.values(), mask=dist.get("mask"), name="coverage_curve")
+    c = central_pit(y_, m_, **dict(zip(d, params, strict=True)))
     return observed_coverage(c, levels=levels)
 
 
@@ -143,21 +121,11 @@ def observed_coverage(
     return p, observed
 
 
-def coverage(
-    y: ArrayLike,
-    mu: ArrayLike,
-    p: float = 0.9,
-    *,
-    sigma: ArrayLike | None = None,
-    alpha: ArrayLike | None = None,
-    beta: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-) -> float:
-    """Fraction of selected pixels inside the central p-interval: (1/N) sum_i [c_i <= p]."""
-    levels = np.array([p])
-    _, observed = coverage_curve(
-        y, mu, sigma=sigma, alpha=alpha, beta=beta, mask=mask, levels=levels
-    )
+def coverage(y: ArrayLike, mu: ArrayLike, p: float = 0.9, **dist: Unpack[PredictiveKw]) -> float:
+    """Fraction of selected pixels inside the central p-interval: (1/N) sum_i [c_i <= p].
+    ``dist``: ``sigma``, or ``alpha`` and ``beta``, and ``mask`` (see PredictiveKw)."""
+    check_distribution("coverage", dist)
+    _, observed = coverage_curve(y, mu, levels=np.array([p]), **dist)
     return float(observed[0])
 
 
@@ -179,15 +147,14 @@ def miscalibration_area(
     y: ArrayLike,
     mu: ArrayLike,
     *,
-    sigma: ArrayLike | None = None,
-    alpha: ArrayLike | None = None,
-    beta: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
     levels: int | np.ndarray = DEFAULT_LEVELS,
+    **dist: Unpack[PredictiveKw],
 ) -> float:
     """Area between the observed coverage curve and the diagonal, integrated over p in [0, 1]
-    (:func:`coverage_curve`, :func:`area_between`); 0 when calibrated, at most 0.5."""
-    p, o = coverage_curve(y, mu, sigma=sigma, alpha=alpha, beta=beta, mask=mask, levels=levels)
+    (:func:`coverage_curve`, :func:`area_between`); 0 when calibrated, at most 0.5.
+    ``dist``: ``sigma``, or ``alpha`` and ``beta``, and ``mask`` (see PredictiveKw)."""
+    check_distribution("miscalibration_area", dist)
+    p, o = coverage_curve(y, mu, levels=levels, **dist)
     return area_between(p, o)
 
 
@@ -195,17 +162,16 @@ def calibration_errors(
     y: ArrayLike,
     mu: ArrayLike,
     *,
-    sigma: ArrayLike | None = None,
-    alpha: ArrayLike | None = None,
-    beta: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
     levels: int | np.ndarray = DEFAULT_LEVELS,
+    **dist: Unpack[PredictiveKw],
 ) -> dict[str, float]:
     """Mean absolute and root-mean-square calibration errors over the level grid p_k:
     MACE = (1/K) sum_k |observed(p_k) - p_k|,  RMSCE = sqrt((1/K) sum_k (observed(p_k) - p_k)^2)
     (uncertainty-toolbox's ``mean_absolute_calibration_error`` and
-    ``root_mean_squared_calibration_error``, interval type), plus the miscalibration area."""
-    p, o = coverage_curve(y, mu, sigma=sigma, alpha=alpha, beta=beta, mask=mask, levels=levels)
+    ``root_mean_squared_calibration_error``, interval type), plus the miscalibration area.
+    ``dist``: ``sigma``, or ``alpha`` and ``beta``, and ``mask`` (see PredictiveKw)."""
+    check_distribution("calibration_errors", dist)
+    p, o = coverage_curve(y, mu, levels=levels, **dist)
     return {
         "mace": float(np.mean(np.abs(o - p))),
         "rmsce": float(np.sqrt(np.mean((o - p) ** 2))),
@@ -307,24 +273,17 @@ def sharpness(sigma: ArrayLike, mask: ArrayLike | None = None) -> float:
     return float(np.sqrt(np.mean(s_**2)))
 
 
-def interval_width(
-    p: float = 0.9,
-    *,
-    sigma: ArrayLike | None = None,
-    alpha: ArrayLike | None = None,
-    beta: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-) -> float:
+def interval_width(p: float = 0.9, **dist: Unpack[PredictiveKw]) -> float:
     """Mean width of the central p-interval (D units): GGD 2 alpha [P^-1(1/beta, p)]^(1/beta),
-    Gaussian 2 sigma Phi^-1(1/2 + p/2)."""
-    kind = _check_dist(sigma, alpha, beta, "interval_width")
-    if kind == "gaussian":
-        (s_,) = pixels(sigma, mask=mask, name="interval_width")
+    Gaussian 2 sigma Phi^-1(1/2 + p/2).
+    ``dist``: ``sigma``, or ``alpha`` and ``beta``, and ``mask`` (see PredictiveKw)."""
+    d = check_distribution("interval_width", dist)
+    params = pixels(*d.values(), mask=dist.get("mask"), name="interval_width")
+    if "sigma" in d:
         from scipy import stats  # here: scipy.stats costs 0.3 s at every predict's start-up
 
-        return float(2 * stats.norm.ppf(0.5 + p / 2) * s_.mean())
-    a_, b_ = pixels(alpha, beta, mask=mask, name="interval_width")
-    return float(2 * np.mean(ggd_halfwidth(p, a_, b_)))
+        return float(2 * stats.norm.ppf(0.5 + p / 2) * params[0].mean())
+    return float(2 * np.mean(ggd_halfwidth(p, *params)))
 
 
 # ----------------------------------------------------------------------------- rank agreement

@@ -5,23 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from darkfield_nb.cli.parser import flags_for
+
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from darkfield_nb.calibration import calibrate_checkpoint
+    from darkfield_nb.calibration import calibrate_checkpoint, fit_recalibration
 
-    try:
+    try:  # --overwrite --device --split --samples --alpha --delta under their own names
         out, recal = calibrate_checkpoint(
             args.checkpoint,
             args.data,
             args.out,
-            overwrite=args.overwrite,
-            device=args.device,
-            split=args.split,
-            samples=args.samples,
-            alpha=args.alpha,
-            delta=args.delta,
             scaling_method=args.scaling,
             progress=not args.quiet,
+            **flags_for(args, calibrate_checkpoint, fit_recalibration),
         )
     except OSError as err:  # a write or read problem: one line naming the file
         print(f"darkfield-nb calibrate: error: {err}", file=sys.stderr)

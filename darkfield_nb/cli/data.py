@@ -6,6 +6,8 @@ import argparse
 import platform
 import sys
 
+from darkfield_nb.cli.parser import flags_for
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import numpy as np
@@ -51,14 +53,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_make_data(args: argparse.Namespace) -> int:
     from darkfield_nb.physics import generate_dataset
 
-    generate_dataset(
-        args.out,
+    generate_dataset(  # --out --size --seed --overwrite under their own names
         n_patients=args.patients,
-        size=args.size,
-        seed=args.seed,
         ood_patients=args.ood,
-        overwrite=args.overwrite,
         progress=not args.quiet,
+        **flags_for(args, generate_dataset),
     )
     print(f"wrote {args.patients} + {args.ood} OOD pairs at {args.size}x{args.size} to {args.out}")
     return 0

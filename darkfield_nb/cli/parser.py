@@ -3,15 +3,30 @@
 The option blocks several commands share (the checkpoint and MC-dropout passes of a model
 command; the device and the progress switch of every command that computes) are added by one
 helper each, so a flag means the same everywhere. ``main`` finds the command's function from
-``args.command``.
+``args.command``. A command passes the flags named like the parameters of the library function
+it calls with :func:`flags_for`, and only the others (renamed or derived) by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:1, mps"
+
+
+def flags_for(args: argparse.Namespace, *functions: Callable) -> dict[str, Any]:
+    """The parsed flags named like a parameter of one of ``functions``, as keyword arguments:
+    ``--batch-size 4`` gives ``{"batch_size": 4}`` when a function has ``batch_size``
+    (``inspect.signature``; for a dataclass its fields). Where a function passes ``**kwargs``
+    on, name the receiving function too (``calibrate_checkpoint, fit_recalibration``). The
+    caller passes flags named otherwise (``--quiet`` for ``progress``) and positional arguments.
+    """
+    names = {name for fn in functions for name in inspect.signature(fn).parameters}
+    return {name: value for name, value in vars(args).items() if name in names}
 
 
 def _add_model_options(

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from darkfield_nb.cli.parser import flags_for
+
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
@@ -26,17 +28,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             from darkfield_nb.inference.hookups import recalibration_message
 
             print(recalibration_message(loaded.recalibration, loaded.path))
+        # --samples --seed --batch-size --workers --format --preview --resample --precision
         cfg = PredictConfig(
-            samples=args.samples,
-            seed=args.seed,
             stage=loaded.stages_trained - 1,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            format=args.format,
-            preview=args.preview,
-            resample=args.resample,
-            precision=args.precision,
             progress=not args.quiet and ctx.is_main,
+            **flags_for(args, PredictConfig),
         )
         with warnings.catch_warnings():  # one plain line per warning, naming the file
             warnings.simplefilter("always", UserWarning)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+from typing_extensions import TypedDict, Unpack
 
 from darkfield_nb.contract import (
     ATTENUATION_DIR,
@@ -156,6 +157,17 @@ def _read(path: Path, report: DatasetReport) -> np.ndarray | None:
     return image
 
 
+class InspectOptions(TypedDict, total=False):
+    """The options of :func:`inspect_dataset` that :func:`validate_dataset` passes on (defaults:
+    those of :func:`inspect_dataset`). ``progress``: a progress bar over the images;
+    ``min_side``: the smallest accepted image side in pixels; ``required_splits``: the splits
+    whose emptiness is reported (as a warning)."""
+
+    progress: bool
+    min_side: int
+    required_splits: tuple[str, ...] | list[str]
+
+
 def inspect_dataset(
     root: str | os.PathLike,
     *,
@@ -264,13 +276,7 @@ def inspect_dataset(
     return report
 
 
-def validate_dataset(
-    root: str | os.PathLike,
-    *,
-    progress: bool = False,
-    min_side: int = MIN_IMAGE_SIDE,
-    required_splits: tuple[str, ...] | list[str] = TRAINING_SPLITS,
-) -> list[str]:
+def validate_dataset(root: str | os.PathLike, **options: Unpack[InspectOptions]) -> list[str]:
     """Every error in the paired data set at ``root``; an empty list when it is valid.
 
     Each message starts with the file (or folder) it is about and names the problem: missing
@@ -287,10 +293,10 @@ def validate_dataset(
     an image, a constant dark-field target, and an empty split of ``required_splits`` (default
     ``train`` and ``val``: a test-only folder is valid for ``evaluate``; ``train`` refuses it
     with :func:`require_splits`). Use ``inspect_dataset`` to get both lists and the counts.
+    ``options``: ``progress``, ``min_side``, ``required_splits``, passed on to
+    :func:`inspect_dataset` (:class:`InspectOptions`; its defaults).
     """
-    report = inspect_dataset(
-        root, progress=progress, min_side=min_side, required_splits=required_splits
-    )
+    report = inspect_dataset(root, **options)
     for message in report.warnings:
         warnings.warn(message, UserWarning, stacklevel=2)
     return report.errors

@@ -42,47 +42,29 @@ class VendorLook:
     bits: int = 12
 
 
+# One row per look with the settings every look chooses (columns: _LOOK_FIELDS); a look keeps
+# VendorLook's defaults for the rest, except for the few settings _LOOK_EXTRAS gives it.
+_LOOK_FIELDS = ("name", "lut", "bits", "gamma", "equalize_amount", "unsharp_amount")
+_LOOK_ROWS = (
+    # the first simulator's processing: gamma curve, mild compression and sharpening
+    ("gamma12", "gamma", 12, (1.6, 2.0), (0.08, 0.2), (0.4, 0.8)),
+    # S-shaped film-like curve, little compression
+    ("sigmoid12", "sigmoid", 12, (1.0, 1.3), (0.0, 0.1), (0.3, 0.6)),
+    # strong multi-scale latitude compression and edge enhancement (flat, busy look)
+    ("equalized12", "gamma", 12, (1.3, 1.7), (0.25, 0.4), (0.9, 1.4)),
+    # PACS export: 8 bits, window from percentiles, S curve
+    ("sigmoid8", "sigmoid", 8, (1.0, 1.4), (0.05, 0.15), (0.2, 0.5)),
+    # public 8-bit PNG data sets: steep gamma, soft
+    ("gamma8", "gamma", 8, (1.8, 2.4), (0.1, 0.25), (0.1, 0.4)),
+)
+_LOOK_EXTRAS = {
+    "equalized12": {"unsharp_radius": (0.003, 0.006)},  # finer edges enhanced
+    "sigmoid8": {"low_percentile": (0.5, 3.0)},  # the window's low end from a percentile
+    "gamma8": {"high_percentile": (99.0, 99.8)},
+}
 VENDOR_LOOKS: dict[str, VendorLook] = {
-    look.name: look
-    for look in (
-        # the first simulator's processing: gamma curve, mild compression and sharpening
-        VendorLook("gamma12"),
-        # S-shaped film-like curve, little compression
-        VendorLook(
-            "sigmoid12",
-            lut="sigmoid",
-            gamma=(1.0, 1.3),
-            equalize_amount=(0.0, 0.1),
-            unsharp_amount=(0.3, 0.6),
-        ),
-        # strong multi-scale latitude compression and edge enhancement (flat, busy look)
-        VendorLook(
-            "equalized12",
-            gamma=(1.3, 1.7),
-            equalize_amount=(0.25, 0.4),
-            unsharp_amount=(0.9, 1.4),
-            unsharp_radius=(0.003, 0.006),
-        ),
-        # PACS export: 8 bits, window from percentiles, S curve
-        VendorLook(
-            "sigmoid8",
-            lut="sigmoid",
-            gamma=(1.0, 1.4),
-            low_percentile=(0.5, 3.0),
-            equalize_amount=(0.05, 0.15),
-            unsharp_amount=(0.2, 0.5),
-            bits=8,
-        ),
-        # public 8-bit PNG data sets: steep gamma, soft
-        VendorLook(
-            "gamma8",
-            gamma=(1.8, 2.4),
-            high_percentile=(99.0, 99.8),
-            equalize_amount=(0.1, 0.25),
-            unsharp_amount=(0.1, 0.4),
-            bits=8,
-        ),
-    )
+    row[0]: VendorLook(**dict(zip(_LOOK_FIELDS, row, strict=True)), **_LOOK_EXTRAS.get(row[0], {}))
+    for row in _LOOK_ROWS
 }
 
 
