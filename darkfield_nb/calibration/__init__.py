@@ -19,6 +19,7 @@ the formulas and normalizations:
 from ._arrays import DistributionKw, PredictiveKw
 from .collect import Predictions, collect_predictions
 from .metrics import (
+    BinningKw,
     area_between,
     binned_rmse,
     calibration_errors,
@@ -74,6 +75,7 @@ from .store import (
 )
 
 __all__ = [
+    "BinningKw",
     "DistributionKw",
     "IsotonicRecalibration",
     "PredictiveKw",
