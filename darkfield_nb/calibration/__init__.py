@@ -42,6 +42,7 @@ from .metrics import (
 )
 from .recalibrate import (
     IsotonicRecalibration,
+    ScalingKw,
     SigmaScaling,
     fit_isotonic,
     fit_scale,
@@ -83,6 +84,7 @@ __all__ = [
     "RCPSCalibration",
     "RCPSResult",
     "REGIONS",
+    "ScalingKw",
     "SigmaScaling",
     "Sparsification",
     "apply_recalibration",
