@@ -50,6 +50,7 @@ Array = Any  # torch.Tensor | np.ndarray | float
 __all__ = [
     "GGDFit",
     "MCDropoutResult",
+    "MCMaps",
     "fit_ggd",
     "ggd_cdf",
     "ggd_interval",
@@ -97,6 +98,21 @@ class MCDropoutResult:
             "beta": self.beta,
         }
         return {k: t[index, 0].float().cpu().numpy() for k, t in maps.items()}
+
+
+@dataclass
+class MCMaps:
+    """NumPy maps that MC dropout predicts for one image (H, W) or a stack (N, H, W), as
+    :meth:`MCDropoutResult.image_maps` gives them: ``mu`` the mean, ``aleatoric`` /
+    ``epistemic`` / ``total`` standard deviations (total^2 = aleatoric^2 + epistemic^2) and
+    ``beta`` the mean GGD shape over the passes. The base of the records that keep such maps
+    beside their input and target (``calibration.Predictions``, ``severity.SweepCase``)."""
+
+    mu: np.ndarray
+    aleatoric: np.ndarray
+    epistemic: np.ndarray
+    total: np.ndarray
+    beta: np.ndarray
 
 
 def _is_dropout(m: nn.Module) -> bool:

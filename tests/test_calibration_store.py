@@ -23,6 +23,7 @@ from darkfield_nb import checkpoint
 from darkfield_nb.cli import main
 from darkfield_nb.contract import write_manifest
 from darkfield_nb.data import PairedDataset
+from darkfield_nb.hardware import pick_device
 from darkfield_nb.io import write_image
 from darkfield_nb.labels import BONE, CABLE, LUNG
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
@@ -120,6 +121,19 @@ def test_fit_store_round_trip_and_fit_matches_scipy(tmp_path, folder, ckpt):
     assert math.isfinite(ref.lambda_hat)
     assert recal["rcps"]["lambda_hat"] == pytest.approx(ref.lambda_hat)
     assert risks[:, ref.index].mean() <= 0.5
+
+
+def test_collect_predictions_resolves_device_auto(folder, ckpt):
+    """device="auto" goes through hardware.pick_device (torch.device("auto") would raise) and
+    gives the predictions of the device it picks, here compared with that device named."""
+    g = checkpoint.generator_from_checkpoint(checkpoint.load_checkpoint(ckpt))
+    ds = PairedDataset(folder, split="test", pad_multiple=1)
+    kw = dict(samples=2, seed=0, stage=1, progress=False)
+    auto = cal.collect_predictions(g, ds, device="auto", **kw)
+    named = cal.collect_predictions(g, ds, device=pick_device("auto"), **kw)
+    assert list(auto.ids) == list(named.ids) and len(auto.ids) == 2
+    for f in ("y", "mu", "aleatoric", "epistemic", "total", "alpha", "beta"):
+        np.testing.assert_array_equal(getattr(auto, f), getattr(named, f), err_msg=f)
 
 
 def test_existing_destination_is_refused_by_name(tmp_path, ckpt):
@@ -233,8 +247,9 @@ def _synthetic(seed, scale=1.6, n=4, size=48):
     x = rng.uniform(0.3, 1.0, shape)
     x[:, :3], x[:, -3:] = 0.0, 0.0
     z = np.zeros(shape)
-    return cal.Predictions(np.array([f"s{i}" for i in range(n)]), y, x, mask, mu, z, z, total,
-                           a_t, beta)  # fmt: skip
+    ids = np.array([f"s{i}" for i in range(n)])
+    return cal.Predictions(ids=ids, y=y, x=x, mask=mask, mu=mu, aleatoric=z, epistemic=z,
+                           total=total, alpha=a_t, beta=beta)  # fmt: skip
 
 
 def test_calibration_report_before_and_after_per_region():

@@ -118,3 +118,58 @@ def test_inverted_display_is_off_by_default_and_an_option():
 def test_unknown_look_names_the_problem():
     with pytest.raises(ValueError, match="unknown look 'agfa'"):
         sample_display(np.random.default_rng(0), DisplayRanges(looks=("agfa",)))
+
+
+def test_vendor_looks_keep_the_table_of_main_before_the_refactor():
+    """The five looks, in order, with the field values of the table as written out per look
+    before it became one table (commit 9ed8e05, physics/display.py): the shared defaults of
+    that VendorLook and each look's own settings, copied here by hand."""
+    defaults = {
+        "lut": "gamma",
+        "gamma": (1.6, 2.0),
+        "sigmoid_slope": (4.0, 7.0),
+        "sigmoid_center": (0.5, 0.65),
+        "high_percentile": (99.5, 99.9),
+        "low_percentile": None,
+        "equalize_amount": (0.08, 0.2),
+        "unsharp_amount": (0.4, 0.8),
+        "unsharp_radius": (0.004, 0.008),
+        "bits": 12,
+    }
+    own = {
+        "gamma12": {},
+        "sigmoid12": {
+            "lut": "sigmoid",
+            "gamma": (1.0, 1.3),
+            "equalize_amount": (0.0, 0.1),
+            "unsharp_amount": (0.3, 0.6),
+        },
+        "equalized12": {
+            "gamma": (1.3, 1.7),
+            "equalize_amount": (0.25, 0.4),
+            "unsharp_amount": (0.9, 1.4),
+            "unsharp_radius": (0.003, 0.006),
+        },
+        "sigmoid8": {
+            "lut": "sigmoid",
+            "gamma": (1.0, 1.4),
+            "low_percentile": (0.5, 3.0),
+            "equalize_amount": (0.05, 0.15),
+            "unsharp_amount": (0.2, 0.5),
+            "bits": 8,
+        },
+        "gamma8": {
+            "gamma": (1.8, 2.4),
+            "high_percentile": (99.0, 99.8),
+            "equalize_amount": (0.1, 0.25),
+            "unsharp_amount": (0.1, 0.4),
+            "bits": 8,
+        },
+    }
+    assert list(VENDOR_LOOKS) == ["gamma12", "sigmoid12", "equalized12", "sigmoid8", "gamma8"]
+    for name, settings in own.items():
+        got = dataclasses.asdict(VENDOR_LOOKS[name])
+        want = {"name": name, **defaults, **settings}
+        assert got == want, name
+        for key, value in want.items():  # tuples stay tuples, ints ints (== alone would pass)
+            assert type(got[key]) is type(value), (name, key)

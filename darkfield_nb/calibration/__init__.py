@@ -19,6 +19,7 @@ the formulas and normalizations:
 from ._arrays import DistributionKw, PredictiveKw
 from .collect import Predictions, collect_predictions
 from .metrics import (
+    BinningKw,
     area_between,
     binned_rmse,
     calibration_errors,
@@ -41,6 +42,7 @@ from .metrics import (
 )
 from .recalibrate import (
     IsotonicRecalibration,
+    ScalingKw,
     SigmaScaling,
     fit_isotonic,
     fit_scale,
@@ -74,6 +76,7 @@ from .store import (
 )
 
 __all__ = [
+    "BinningKw",
     "DistributionKw",
     "IsotonicRecalibration",
     "PredictiveKw",
@@ -81,6 +84,7 @@ __all__ = [
     "RCPSCalibration",
     "RCPSResult",
     "REGIONS",
+    "ScalingKw",
     "SigmaScaling",
     "Sparsification",
     "apply_recalibration",

@@ -12,28 +12,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from darkfield_nb.uncertainty import mc_dropout_predict
+from darkfield_nb.hardware import pick_device
+from darkfield_nb.uncertainty import MCMaps, mc_dropout_predict
 
 from .metrics import predictive_alpha
 from .regions import region_masks
 
 
 @dataclass
-class Predictions:
-    """Stacks (N, H, W) of one split: ``y`` target, ``x`` normalized input, ``mask`` label bits,
-    ``mu`` MC-dropout mean, ``aleatoric`` / ``epistemic`` / ``total`` standard deviations,
-    ``alpha`` / ``beta`` mean GGD parameters over the passes, and ``ids``."""
+class Predictions(MCMaps):
+    """Stacks (N, H, W) of one split: the MC-dropout maps of :class:`~darkfield_nb.uncertainty.
+    MCMaps` (``mu`` mean, ``aleatoric`` / ``epistemic`` / ``total`` standard deviations,
+    ``beta`` mean GGD shape) and ``ids``, ``y`` target, ``x`` normalized input, ``mask`` label
+    bits, ``alpha`` mean GGD scale over the passes."""
 
     ids: np.ndarray
     y: np.ndarray
     x: np.ndarray
     mask: np.ndarray
-    mu: np.ndarray
-    aleatoric: np.ndarray
-    epistemic: np.ndarray
-    total: np.ndarray
     alpha: np.ndarray
-    beta: np.ndarray
 
     @property
     def alpha_total(self) -> np.ndarray:
@@ -76,13 +73,14 @@ def collect_predictions(
     """MC-dropout predictions (``samples`` passes, seed ``seed + i`` for image i) of every item
     of ``dataset`` (a ``PairedDataset`` with ``pad_multiple=1``), or its first ``limit``.
     ``cache``: a .npz path read if it exists, else written after predicting (the caller keys
-    the name on model, split and samples)."""
+    the name on model, split and samples). ``device``: resolved by
+    :func:`~darkfield_nb.hardware.pick_device` ("auto": CUDA, then MPS, then the CPU)."""
     if cache is not None and Path(cache).exists():
         return Predictions.load(cache)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise ValueError("collect_predictions: the data set (split) is empty")
-    device = torch.device(device)
+    device = pick_device(device)
     model = model.to(device).eval()
     keys = ("y", "x", "mask", "mu", "aleatoric", "epistemic", "total", "alpha", "beta")
     out: dict[str, list] = {k: [] for k in keys}

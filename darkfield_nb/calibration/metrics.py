@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import special
-from typing_extensions import Unpack
+from typing_extensions import TypedDict, Unpack
 
 from ._arrays import ArrayLike, DistributionKw, PredictiveKw, as_numpy, check_distribution, pixels
 
@@ -190,10 +190,21 @@ def _bins(sigma: np.ndarray, n_bins: int, binning: str) -> list[np.ndarray]:
     raise ValueError(f"binning={binning!r} must be 'quantile' or 'uniform'")
 
 
+class BinningKw(TypedDict, total=False):
+    """The options of :func:`binned_rmse`, which :func:`ence` and :func:`uce` pass on to it:
+    ``mask`` (boolean, the target's shape; None: every pixel), ``n_bins`` (default 20) and
+    ``binning`` ("quantile", the default, or "uniform")."""
+
+    mask: ArrayLike | None
+    n_bins: int
+    binning: str
+
+
 def binned_rmse(
     y: ArrayLike,
     mu: ArrayLike,
     sigma: ArrayLike,
+    *,
     mask: ArrayLike | None = None,
     n_bins: int = 20,
     binning: str = "quantile",
@@ -214,33 +225,21 @@ def binned_rmse(
     }
 
 
-def ence(
-    y: ArrayLike,
-    mu: ArrayLike,
-    sigma: ArrayLike,
-    mask: ArrayLike | None = None,
-    n_bins: int = 20,
-    binning: str = "quantile",
-) -> float:
+def ence(y: ArrayLike, mu: ArrayLike, sigma: ArrayLike, **options: Unpack[BinningKw]) -> float:
     """Expected normalized calibration error (Levi et al. 2019):
     ENCE = (1/K) sum_k |RMV_k - RMSE_k| / RMV_k over the K bins of :func:`binned_rmse`
-    (unweighted; dimensionless; 0 when calibrated)."""
-    b = binned_rmse(y, mu, sigma, mask, n_bins, binning)
+    (unweighted; dimensionless; 0 when calibrated). ``options``: ``mask``, ``n_bins``,
+    ``binning``, passed on to :func:`binned_rmse` (see :class:`BinningKw`)."""
+    b = binned_rmse(y, mu, sigma, **options)
     return float(np.mean(np.abs(b["rmv"] - b["rmse"]) / b["rmv"]))
 
 
-def uce(
-    y: ArrayLike,
-    mu: ArrayLike,
-    sigma: ArrayLike,
-    mask: ArrayLike | None = None,
-    n_bins: int = 20,
-    binning: str = "quantile",
-) -> float:
+def uce(y: ArrayLike, mu: ArrayLike, sigma: ArrayLike, **options: Unpack[BinningKw]) -> float:
     """Uncertainty calibration error (Laves et al. 2020) in variance units (D^2):
     UCE = sum_k (n_k / N) |MSE_k - MV_k| with MV_k = mean sigma^2 and MSE_k = mean (y - mu)^2
-    in bin k of :func:`binned_rmse` (Laves et al. bin uniformly: pass binning="uniform")."""
-    b = binned_rmse(y, mu, sigma, mask, n_bins, binning)
+    in bin k of :func:`binned_rmse` (Laves et al. bin uniformly: pass binning="uniform").
+    ``options``: ``mask``, ``n_bins``, ``binning``, passed on to :func:`binned_rmse`."""
+    b = binned_rmse(y, mu, sigma, **options)
     return float(np.sum(b["count"] / b["count"].sum() * np.abs(b["mse"] - b["mv"])))
 
 

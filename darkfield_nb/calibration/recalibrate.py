@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize
+from typing_extensions import TypedDict, Unpack
 
 from darkfield_nb.ggd import ggd_quantile
 
@@ -48,40 +49,10 @@ SCALING_METHODS = ("nll", "coverage")
 
 
 # ----------------------------------------------------------------------------- sigma scaling
-def fit_scale(
-    y: ArrayLike,
-    mu: ArrayLike,
-    alpha: ArrayLike,
-    beta: ArrayLike,
-    mask: ArrayLike | None = None,
-    method: str = "nll",
-    p: float = 0.9,
-) -> float:
-    """One factor s for alpha from the selected pixels (module docstring for the formulas)."""
-    if method not in SCALING_METHODS:
-        raise ValueError(f"fit_scale: method={method!r} must be one of {SCALING_METHODS}")
-    y_, m_, a_, b_ = pixels(y, mu, alpha, beta, mask=mask, name="fit_scale")
-    r = np.abs(y_ - m_)
-    if method == "coverage":
-        return float(np.quantile(r / ggd_halfwidth(p, a_, b_), p, method="inverted_cdf"))
-    log_z = b_ * (np.log(np.maximum(r, np.finfo(float).tiny)) - np.log(a_))
-
-    def g(log_s: float) -> float:  # log of (1/N) sum beta z s^-beta, minus log 1
-        terms = np.log(b_) + log_z - b_ * log_s
-        top = terms.max()
-        return float(top + np.log(np.mean(np.exp(terms - top))))
-
-    lo, hi = -1.0, 1.0
-    while g(lo) < 0:
-        lo *= 2
-    while g(hi) > 0:
-        hi *= 2
-    return float(np.exp(optimize.brentq(g, lo, hi, xtol=1e-12)))
-
-
 @dataclass
 class SigmaScaling:
-    """alpha -> s alpha, with ``factor`` s everywhere or ``per_region[name]`` in that region."""
+    """alpha -> s alpha, with ``factor`` s everywhere or ``per_region[name]`` in that region;
+    ``method`` and ``p`` record how s was fitted (their defaults are :func:`fit_scale`'s)."""
 
     factor: float = 1.0
     per_region: dict[str, float] = field(default_factory=dict)
@@ -122,20 +93,64 @@ class SigmaScaling:
         return cls(float(d["factor"]), dict(d.get("per_region", {})), d["method"], float(d["p"]))
 
 
+class ScalingKw(TypedDict, total=False):
+    """The options of :func:`fit_scale`, which :func:`fit_sigma_scaling` uses for every fit:
+    ``mask`` (boolean, the target's shape; None: every pixel), ``method`` ("nll", the default,
+    or "coverage") and ``p`` (the central interval's level for "coverage", default 0.9)."""
+
+    mask: ArrayLike | None
+    method: str
+    p: float
+
+
+def fit_scale(
+    y: ArrayLike,
+    mu: ArrayLike,
+    alpha: ArrayLike,
+    beta: ArrayLike,
+    *,
+    mask: ArrayLike | None = None,
+    method: str = SigmaScaling.method,
+    p: float = SigmaScaling.p,
+) -> float:
+    """One factor s for alpha from the selected pixels (module docstring for the formulas)."""
+    if method not in SCALING_METHODS:
+        raise ValueError(f"fit_scale: method={method!r} must be one of {SCALING_METHODS}")
+    y_, m_, a_, b_ = pixels(y, mu, alpha, beta, mask=mask, name="fit_scale")
+    r = np.abs(y_ - m_)
+    if method == "coverage":
+        return float(np.quantile(r / ggd_halfwidth(p, a_, b_), p, method="inverted_cdf"))
+    log_z = b_ * (np.log(np.maximum(r, np.finfo(float).tiny)) - np.log(a_))
+
+    def g(log_s: float) -> float:  # log of (1/N) sum beta z s^-beta, minus log 1
+        terms = np.log(b_) + log_z - b_ * log_s
+        top = terms.max()
+        return float(top + np.log(np.mean(np.exp(terms - top))))
+
+    lo, hi = -1.0, 1.0
+    while g(lo) < 0:
+        lo *= 2
+    while g(hi) > 0:
+        hi *= 2
+    return float(np.exp(optimize.brentq(g, lo, hi, xtol=1e-12)))
+
+
 def fit_sigma_scaling(
     y: ArrayLike,
     mu: ArrayLike,
     alpha: ArrayLike,
     beta: ArrayLike,
-    mask: ArrayLike | None = None,
-    method: str = "nll",
-    p: float = 0.9,
+    *,
     regions: dict[str, np.ndarray] | None = None,
     min_pixels: int = 1000,
+    **options: Unpack[ScalingKw],
 ) -> SigmaScaling:
-    """Fit the global factor (and, given ``regions``, one per region) on validation pixels.
-    ``mask`` restricts every fit (e.g. to pixels inside the images, not padding)."""
-    factor = fit_scale(y, mu, alpha, beta, mask, method, p)
+    """Fit the global factor (and, given ``regions``, one per region with at least
+    ``min_pixels`` selected pixels) on validation pixels. ``options``: ``mask``, ``method``,
+    ``p`` of :func:`fit_scale` (see :class:`ScalingKw`); ``mask`` restricts every fit (e.g. to
+    pixels inside the images, not padding)."""
+    factor = fit_scale(y, mu, alpha, beta, **options)
+    mask = options.pop("mask", None)
     per_region = {}
     base = np.ones(np.shape(as_numpy(y)), bool) if mask is None else np.asarray(mask, bool)
     for name in REGIONS:
@@ -143,8 +158,8 @@ def fit_sigma_scaling(
             continue
         sel = base & regions[name]
         if sel.sum() >= min_pixels:
-            per_region[name] = fit_scale(y, mu, alpha, beta, sel, method, p)
-    return SigmaScaling(factor, per_region, method, p)
+            per_region[name] = fit_scale(y, mu, alpha, beta, mask=sel, **options)
+    return SigmaScaling(factor, per_region, **options)
 
 
 # ----------------------------------------------------------------------------- isotonic

@@ -23,7 +23,7 @@ from darkfield_nb.hardware import pick_device
 from darkfield_nb.paths import pretrained_checkpoint
 from darkfield_nb.physics import DisplayRanges, FramingRanges, make_patient, simulate
 from darkfield_nb.physics.pathology import PATHOLOGY_CASES
-from darkfield_nb.uncertainty import mc_dropout_predict
+from darkfield_nb.uncertainty import MCMaps, mc_dropout_predict
 
 LEVEL = 0.9  # nominal level of the central interval studied
 CASE_BITS = {
@@ -36,12 +36,13 @@ CASE_BITS = {
 
 
 @dataclass
-class SweepCase:
+class SweepCase(MCMaps):
     """Maps of one patient at one severity, each (H, W) float32 (``mask``: uint16 label bits).
 
-    ``y`` measured D (the target), ``y_clean`` noise-free D, ``x`` normalized input, ``mu`` MC
-    mean, ``aleatoric`` / ``epistemic`` / ``total`` standard deviations, ``beta`` mean shape,
-    ``half`` the half-width of the central ``level`` interval (mu +- half).
+    The MC-dropout maps of :class:`~darkfield_nb.uncertainty.MCMaps` (``mu`` MC mean,
+    ``aleatoric`` / ``epistemic`` / ``total`` standard deviations, ``beta`` mean shape), and
+    ``y`` measured D (the target), ``y_clean`` noise-free D, ``x`` normalized input, ``half``
+    the half-width of the central ``level`` interval (mu +- half).
     """
 
     patient_seed: int
@@ -53,11 +54,6 @@ class SweepCase:
     y_clean: np.ndarray
     x: np.ndarray
     mask: np.ndarray
-    mu: np.ndarray
-    aleatoric: np.ndarray
-    epistemic: np.ndarray
-    total: np.ndarray
-    beta: np.ndarray
     half: np.ndarray
 
     @property
