@@ -8,6 +8,15 @@ from pathlib import Path
 
 from darkfield_nb.cli.parser import flags_for
 
+#: The closing line's words for each epistemic map (``PredictConfig.epistemic``).
+EPISTEMIC_WORDS = {
+    "mc": "the MC dropout spread (--epistemic mc)",
+    "combined": (
+        "sqrt(mc^2 + d^2), the MC dropout spread and the checkpoint's feature-density sigma d; "
+        "total = sqrt(aleatoric^2 + epistemic^2) (--epistemic combined)"
+    ),
+}
+
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
@@ -18,7 +27,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import warnings
 
     from darkfield_nb.inference import PredictConfig, load_model, predict_folder
-    from darkfield_nb.inference.pipeline import process_context
+    from darkfield_nb.inference.context import process_context
 
     t0 = time.perf_counter()
     ctx, device = process_context(args.device)
@@ -29,6 +38,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
             print(recalibration_message(loaded.recalibration, loaded.path))
         # --samples --seed --batch-size --workers --format --preview --resample --precision
+        # --epistemic (auto when the parser has no such flag)
         cfg = PredictConfig(
             stage=loaded.stages_trained - 1,
             progress=not args.quiet and ctx.is_main,
@@ -86,6 +96,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         f"results in {args.out}: summary.csv (one row per image), "
         f"{{darkfield,aleatoric,epistemic,total}}/*.{ext} ({look})"
     )
+    print(f"epistemic maps: {EPISTEMIC_WORDS[report.epistemic]}")
     if args.preview:
         print(f"look at them: {args.out / 'preview'}/*.png (input, dark-field, sigmas)")
     else:

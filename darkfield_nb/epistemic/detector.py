@@ -184,19 +184,30 @@ class OODDetector:
 
     def score(self, x: torch.Tensor) -> np.ndarray:
         """The per-image score (B,) of normalized inputs ``x`` (B, C, H, W); one pass."""
+        return self.score_and_distance(x)[0]
+
+    def score_and_distance(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """(:meth:`score` (B,), the pixel distance map u (B, 1, H, W)) of normalized inputs
+        ``x``, from one pass; ``epistemic_sigma(u)`` is the density's epistemic sigma."""
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         dist, pooled, out = self.density.evaluate(x)
-        return self._score(dist, pooled, out)
+        return self._score(dist, pooled, out), dist
 
     def score_features(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
         """:meth:`score` from the stage's encoder outputs ``feats`` (one per level, padded
         coordinates, as ``ProgressiveGenerator.mc_prefix`` holds them) and its mean ``mu``
         (B, 1, H, W): no forward pass of its own."""
+        return self.score_and_distance_features(feats, mu, x)[0]
+
+    def score_and_distance_features(
+        self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """:meth:`score_and_distance` from encoder outputs (as :meth:`score_features`)."""
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         dist, pooled, out = self.density.evaluate_features(feats, _Mean(mu), x)
-        return self._score(dist, pooled, out)
+        return self._score(dist, pooled, out), dist
 
     def predict(self, x: torch.Tensor) -> OODPrediction:
         if self.threshold is None:

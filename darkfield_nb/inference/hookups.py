@@ -12,6 +12,17 @@ so total'^2 = aleatoric'^2 + epistemic'^2 still holds. The mean is unchanged.
 
 OOD: the detector's score of the image the model sees (normalized, resampled to the training
 geometry) and its flag (score above the stored threshold), ``ood.score_radiograph``.
+
+Epistemic map (``PredictConfig.epistemic``, :func:`epistemic_mode`): "mc" writes the Monte
+Carlo dropout spread as it is; "combined" adds the detector's feature-density sigma
+``d = detector.epistemic_sigma(u)`` of the same model input (u: the per-pixel distance of the
+features the score reads), at the model geometry, before the maps are resampled back::
+
+    epistemic' = sqrt((s mc)^2 + d^2),  total' = sqrt((s aleatoric)^2 + epistemic'^2)
+               = sqrt((s aleatoric)^2 + (s mc)^2 + d^2)
+
+s (the recalibration factor, 1 without one) scales the aleatoric and MC parts only: the
+density's conversion was calibrated on its own (``epistemic.conversion.DistanceSigma``).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import numpy as np
 import torch
 
 SIGMA_MAPS = ("aleatoric", "epistemic", "total")
+EPISTEMIC_MODES = ("auto", "mc", "combined")
 
 
 def recalibration_factor(recal: dict) -> float:
@@ -71,6 +83,15 @@ def shared_ood(
     lung field of the score comes from the stage's deterministic (eval-mode) mean, as in
     ``score``: ``mean`` (B, 1, H, W) where the caller has it (``mc_predict_batch``'s
     ``on_deterministic``), else one deterministic pass of the stage's decoder on the prefix."""
+    got = shared_density(detector, prefix, x, model, mean)
+    return None if got is None else got[0]
+
+
+def shared_density(
+    detector, prefix, x: torch.Tensor, model, mean: torch.Tensor | None = None
+) -> tuple[list[dict], torch.Tensor] | None:
+    """(:func:`shared_ood`'s rows, the density's epistemic sigma ``detector.epistemic_sigma(u)``
+    (B, 1, H, W) of the same features), or None where :func:`shared_ood` is None."""
     if prefix is None or prefix.inp is not None:
         return None
     if prefix.stage > 0 and model.config.conditioning != "concat":  # gated encoder features
@@ -82,7 +103,12 @@ def shared_ood(
     feats = [prefix.feats[lv].float() for lv in levels]
     with torch.no_grad():
         mu = model.mc_suffix(prefix, 1, prefix.stage).mu if mean is None else mean
-        scores = detector.score_features(feats, mu.float(), x.float())
+        scores, u = detector.score_and_distance_features(feats, mu.float(), x.float())
+        sigma = detector.epistemic_sigma(u)
+    return _rows(detector, scores), sigma
+
+
+def _rows(detector, scores) -> list[dict]:
     flag = detector.threshold.flag
     return [{"ood_score": float(s), "ood_flag": bool(flag(float(s)))} for s in scores]
 
@@ -97,10 +123,82 @@ def ood_of_input(detector, x: np.ndarray | torch.Tensor, device) -> dict[str, fl
     return {"ood_score": s, "ood_flag": bool(detector.threshold.flag(s))}
 
 
+def density_of_input(detector, x: np.ndarray | torch.Tensor, device) -> tuple[dict, np.ndarray]:
+    """(:func:`ood_of_input`, the density's epistemic sigma (H, W) float32) of one model input
+    from one detector pass (``OODDetector.score_and_distance``)."""
+    t = torch.as_tensor(x, dtype=torch.float32).detach()
+    with torch.no_grad():
+        scores, u = detector.score_and_distance(t[None, None].to(device))
+        sigma = detector.epistemic_sigma(u)
+    return _rows(detector, scores)[0], sigma[0, 0].float().cpu().numpy()
+
+
+def epistemic_mode(mode: str, detector, checkpoint: str | Path | None = None) -> str:
+    """The epistemic map a run writes: "mc" or "combined" (module docstring). "auto" is
+    "combined" when the checkpoint carries an OOD detector, else "mc"; "combined" without one
+    is an error naming the ``checkpoint``."""
+    if mode not in EPISTEMIC_MODES:
+        raise ValueError(f"epistemic={mode!r}: choose one of {EPISTEMIC_MODES}")
+    if mode == "auto":
+        return "mc" if detector is None else "combined"
+    if mode == "combined" and detector is None:
+        raise ValueError(
+            f"{checkpoint or 'the checkpoint'}: epistemic='combined' needs the feature-density "
+            "OOD detector, and this checkpoint carries none (attach one with "
+            "darkfield_nb.epistemic.store.attach_ood_detector, or use --epistemic mc)"
+        )
+    return mode
+
+
+def score_items(detector, mode, seen, det, x, model, items, pending, device) -> np.ndarray | None:
+    """Score the model inputs ``x`` (B, 1, H, W) of ``items`` with the detector: ``it["ood"]``
+    for every item in ``pending``, from the Monte Carlo prefix ``seen`` and deterministic mean
+    ``det`` (``mc_predict_batch``'s callbacks) where they hold the detector's features
+    (:func:`shared_density`), else one detector pass per image. Returns, for ``mode``
+    "combined", the density's epistemic sigma (B, H, W) float32 (zero for items not pending),
+    else None."""
+    mean = det[0].mu if det else None
+    shared = shared_density(detector, seen[0] if seen else None, x, model, mean)
+    sigma = None
+    if mode == "combined":
+        sigma = np.zeros((x.shape[0], *x.shape[-2:]), np.float32)
+        if shared is not None:
+            sigma[:] = shared[1][:, 0].float().cpu().numpy()
+    for i, it in enumerate(items):
+        if it["path"] not in pending:
+            continue
+        if shared is not None:
+            it["ood"] = shared[0][i]
+        elif sigma is not None:
+            it["ood"], sigma[i] = density_of_input(detector, it["x"], device)
+        else:
+            it["ood"] = ood_of_input(detector, it["x"], device)
+    return sigma
+
+
+def combine_epistemic(maps: dict, density: np.ndarray | None) -> dict:
+    """``maps`` (after :func:`apply_sigma_factor`) with the density sigma ``density`` (B, H, W)
+    added to the epistemic map in quadrature and the total rebuilt (module docstring):
+    ``epistemic = sqrt(mc^2 + d^2)``, ``total = sqrt(aleatoric^2 + epistemic^2)``, computed
+    in float64 and stored as float32. ``density`` None: ``maps`` unchanged."""
+    if density is None:
+        return maps
+    d = np.asarray(density, np.float64)
+    epi = np.sqrt(np.asarray(maps["epistemic"], np.float64) ** 2 + d**2)
+    total = np.sqrt(np.asarray(maps["aleatoric"], np.float64) ** 2 + epi**2)
+    return {**maps, "epistemic": epi.astype(np.float32), "total": total.astype(np.float32)}
+
+
 __all__ = [
+    "EPISTEMIC_MODES",
     "SIGMA_MAPS",
     "apply_sigma_factor",
+    "combine_epistemic",
+    "density_of_input",
+    "epistemic_mode",
     "ood_of_input",
+    "score_items",
+    "shared_density",
     "shared_ood",
     "recalibration_digest",
     "recalibration_factor",

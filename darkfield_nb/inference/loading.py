@@ -64,6 +64,7 @@ def load_model(
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise checkpoint.CheckpointError(f"{path}: unusable stored entry ({exc})") from exc
     model.recalibration, model.ood_detector = recal, detector
+    model.checkpoint_path = path  # named by predict_folder's errors
     return LoadedModel(
         model=model,
         stages_trained=int(ckpt["stages_trained"]),

@@ -130,6 +130,10 @@ def lung_region(shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+#: What the ``epistemic`` column of the summary says for each mode.
+EPISTEMIC_COLUMN = {"mc": "mc", "combined": "mc+density"}
+
+
 def map_stats(maps: dict[str, np.ndarray]) -> dict[str, float]:
     """Summary columns: lung D (mean D over :func:`lung_region`), mean D, mean sigmas."""
     d = maps["darkfield"]
@@ -163,6 +167,7 @@ SUMMARY_COLUMNS = (
     "ood_flag",
     "seconds",
     "warnings",
+    "epistemic",
 )
 
 

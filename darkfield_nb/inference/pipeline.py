@@ -7,7 +7,7 @@
 2. Sharding: under ``torchrun`` (``WORLD_SIZE > 1``) rank r takes ``paths[r::world]`` of the
    sorted list: disjoint, deterministic, every image exactly once (no padding sampler).
 3. Resume: an input whose completion record matches (checkpoint digest, samples, seed, stage,
-   resampling, format, output version, recalibration, OOD scoring, input digest;
+   resampling, format, output version, recalibration, OOD scoring, epistemic, input digest;
    ``records.completion_status``) is skipped; the others are (re)done and the report says why.
 4. Decoding in ``torch.utils.data`` worker processes: read, refuse what is not a radiograph
    (by name, the run goes on), pixel size, resampling to the training geometry
@@ -19,7 +19,8 @@
 6. A writer thread resamples the maps back to the input's size, writes each set atomically
    (all files or none, ``outputs.write_set``), then its completion record; the model does not
    wait for the disk. A checkpoint's recalibration scales the sigma maps, its OOD detector
-   scores each model input (``inference.hookups``).
+   scores each model input and, with ``epistemic="combined"``, adds its density sigma to the
+   epistemic and total maps (``inference.hookups``).
 7. Summary: each rank writes its rows (from the records, so resumed runs are complete) to a
    part; rank 0 merges them into ``<out>/summary.csv``.
 """
@@ -37,14 +38,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from darkfield_nb.inference import outputs, records
+from darkfield_nb.inference.context import process_context
 from darkfield_nb.inference.decoding import GroupDataset, identity
 from darkfield_nb.inference.geometry import TrainingGeometry
 from darkfield_nb.inference.hookups import (
+    EPISTEMIC_MODES,
     apply_sigma_factor,
-    ood_of_input,
+    combine_epistemic,
+    epistemic_mode,
     recalibration_digest,
     recalibration_factor,
-    shared_ood,
+    score_items,
 )
 from darkfield_nb.inference.inputs import resolve_inputs
 from darkfield_nb.inference.mc import PIXEL_BUDGET, mc_predict_batch
@@ -74,7 +78,9 @@ class PredictConfig:
         batch_synthesis.py precision``), so bf16 is never chosen by "auto".
         channels_last: None = on (on CPU it saves oneDNN's layout conversions around every
         convolution).
-    writers: threads writing outputs (None: 1 on CPU, up to 8 on CUDA).
+    writers: threads writing outputs (None: 1 on CPU, up to 8 on CUDA). epistemic: "mc"
+    (the MC dropout spread), "combined" (sqrt(mc^2 + d^2), d the OOD detector's density sigma;
+    total = sqrt(aleatoric^2 + epistemic^2); ``hookups``), "auto" (combined with a detector).
     """
 
     samples: int = 20
@@ -89,6 +95,7 @@ class PredictConfig:
     channels_last: bool | None = None
     writers: int | None = None
     progress: bool = True
+    epistemic: str = "auto"
 
     def check(self) -> None:
         if self.samples < 0:
@@ -101,6 +108,8 @@ class PredictConfig:
             raise ValueError(f"precision={self.precision!r}: choose one of {PRECISIONS}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
+        if self.epistemic not in EPISTEMIC_MODES:
+            raise ValueError(f"epistemic={self.epistemic!r}: choose one of {EPISTEMIC_MODES}")
 
 
 @dataclass
@@ -109,7 +118,7 @@ class PredictReport:
     ``failed`` maps an input to its problem; ``notes`` are things said once (paired root,
     stale temporaries removed); ``warnings`` name radiographs far from the training geometry.
     The lists are this process's shard; ``totals`` counts written / skipped / redone / failed
-    over all processes."""
+    over all processes; ``epistemic``: the epistemic map written ("mc" or "combined")."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
@@ -124,6 +133,7 @@ class PredictReport:
     rank: int = 0
     world_size: int = 1
     summary: Path | None = None
+    epistemic: str = "mc"
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,36 +154,6 @@ def _cpu_batch(geometry: TrainingGeometry) -> int:
 
 def _groups(paths: list[Path], size: int) -> list[list[Path]]:
     return [paths[i : i + size] for i in range(0, len(paths), size)]
-
-
-@dataclass
-class SingleProcess:
-    """The context of a run without torchrun (the interface of ``train.DistContext``)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    enabled: bool = False
-    is_main: bool = True
-
-    def barrier(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def process_context(device: str | torch.device = "auto"):
-    """(context, device): under torchrun (``WORLD_SIZE > 1``) join the process group with
-    ``train.distributed.init_distributed``; otherwise a :class:`SingleProcess` and
-    ``pick_device(device)`` (without importing the training package: a quicker start)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from darkfield_nb.train.distributed import init_distributed
-
-        return init_distributed(device)
-    from darkfield_nb.hardware import pick_device
-
-    return SingleProcess(), pick_device(device)
 
 
 def predict_folder(
@@ -199,9 +179,13 @@ def predict_folder(
     ``recalibration``: a checkpoint's recalibration entry (``calibration.recalibration_of``):
     the sigma maps are multiplied by its global factor (``hookups``) and its digest joins the
     completion key. ``detector``: a checkpoint's ``OODDetector`` (on ``model``): each image's
-    ``ood_score`` / ``ood_flag`` (of the model input) fill the summary columns. Both default
-    to what :func:`~darkfield_nb.inference.load_model` attached to ``model``
-    (``model.recalibration``, ``model.ood_detector``), None when absent.
+    ``ood_score`` / ``ood_flag`` (of the model input) fill the summary columns, and with
+    ``config.epistemic`` "combined" (or "auto") its density sigma d joins the maps:
+    ``epistemic = sqrt((s mc)^2 + d^2)``, ``total = sqrt((s aleatoric)^2 + epistemic^2)``
+    (s: the recalibration factor). Both default to what
+    :func:`~darkfield_nb.inference.load_model` attached to ``model`` (``model.recalibration``,
+    ``model.ood_detector``), None when absent; "combined" without a detector is a ValueError
+    naming the checkpoint (``model.checkpoint_path``).
     """
     if recalibration is None:
         recalibration = getattr(model, "recalibration", None)
@@ -209,6 +193,8 @@ def predict_folder(
         detector = getattr(model, "ood_detector", None)
     cfg = config or PredictConfig()
     cfg.check()
+    ckpt = getattr(model, "checkpoint_path", None) or f"checkpoint {checkpoint_sha256[:12]}"
+    mode = epistemic_mode(cfg.epistemic, detector, ckpt)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if geometry is None:
@@ -223,7 +209,7 @@ def predict_folder(
         from darkfield_nb.hardware import pick_device
 
         dev = pick_device(device)
-    report = PredictReport(notes=list(notes), device=str(dev), n_inputs=len(paths))
+    report = PredictReport(notes=list(notes), device=str(dev), n_inputs=len(paths), epistemic=mode)
     report.rank, report.world_size = dist_ctx.rank, dist_ctx.world_size
     try:
         if out_dir.exists() and not out_dir.is_dir():
@@ -239,7 +225,7 @@ def predict_folder(
                 outputs.write_scale_sidecar(out_dir)
         dist_ctx.barrier()
         shard = paths[dist_ctx.rank :: dist_ctx.world_size]
-        extras = {"recalibration": recalibration, "detector": detector}
+        extras = {"recalibration": recalibration, "detector": detector, "epistemic": mode}
         _run_shard(model, shard, out_dir, geometry, checkpoint_sha256, cfg, dev, report, extras)
         rows = outputs.summary_rows(out_dir, shard, report.failed)
         if dist_ctx.enabled:
@@ -282,6 +268,7 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report, extr
         cfg.format,
         recalibration=recalibration_digest(recal),
         ood=extras["detector"] is not None,
+        epistemic=extras["epistemic"],
     )
     pending: set[Path] = set()
     for p in shard:
@@ -321,7 +308,7 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report, extr
 def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, bs, report, extras):
     from tqdm.auto import tqdm
 
-    recal, detector = extras["recalibration"], extras["detector"]
+    recal, detector, mode = extras["recalibration"], extras["detector"], extras["epistemic"]
     factor = None if recal is None else recalibration_factor(recal)
 
     cuda = dev.type == "cuda"
@@ -370,16 +357,13 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                     on_prefix=seen.append,
                     on_deterministic=det.append,
                 )
-                if detector is not None:  # the score of the image the model sees
-                    mean = det[0].mu if det else None
-                    shared = shared_ood(detector, seen[0] if seen else None, x, model, mean)
-                    for i, it in enumerate(items):
-                        if it["path"] not in pending:
-                            continue
-                        it["ood"] = shared[i] if shared else ood_of_input(detector, it["x"], dev)
+                density = None  # the score (and density sigma) of the image the model sees
+                if detector is not None:
+                    density = score_items(detector, mode, seen, det, x, model, items, pending, dev)
                 maps = apply_sigma_factor(
                     {k: v[:, 0].cpu().numpy() for k, v in maps.items()}, factor
                 )
+                maps = combine_epistemic(maps, density)
                 seconds = (time.perf_counter() - t) / len(items)
                 for i, it in enumerate(items):
                     if it["path"] not in pending:

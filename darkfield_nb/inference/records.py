@@ -2,7 +2,8 @@
 
 After the last file of a set is in place, ``<out>/.records/<stem>.json`` is written
 (atomically). It holds the run key (checkpoint digest, MC samples, seed, stage, resampling
-mode, output format, ``OUTPUT_VERSION``, recalibration digest, OOD scoring), the input's
+mode, output format, ``OUTPUT_VERSION``, recalibration digest, OOD scoring, epistemic map),
+the input's
 fingerprint (size, mtime, SHA-256), the names of the files of the set and the image's summary
 row. A set is complete when its record exists, its run key equals the current one, its input is
 unchanged and all its files exist:
@@ -57,10 +58,12 @@ def run_key(
     fmt: str,
     recalibration: str | None = None,
     ood: bool = False,
+    epistemic: str = "mc",
 ) -> dict[str, Any]:
     """What produced an output set, apart from the input. ``recalibration``: the digest of the
     applied recalibration (``hookups.recalibration_digest``, None without one); ``ood``:
-    whether the sets carry an OOD score."""
+    whether the sets carry an OOD score; ``epistemic``: the epistemic map written ("mc" or
+    "combined"; "mc" is stored as None, so sets made before the option resume)."""
     return {
         "checkpoint_sha256": checkpoint_sha256,
         "samples": int(samples),
@@ -71,6 +74,7 @@ def run_key(
         "output_version": OUTPUT_VERSION,
         "recalibration": recalibration,
         "ood": True if ood else None,  # None as in records that predate the field
+        "epistemic": None if epistemic == "mc" else epistemic,
     }
 
 
@@ -84,6 +88,7 @@ _WHAT = {
     "output_version": "output version changed",
     "recalibration": "recalibration changed",
     "ood": "OOD detector added or removed",
+    "epistemic": "epistemic map changed",
 }
 
 

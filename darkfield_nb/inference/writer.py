@@ -62,6 +62,7 @@ class SetWriter(threading.Thread):
         row.update(item.get("ood") or {})
         row["seconds"] = round(seconds, 4)
         row["warnings"] = " | ".join(w.split(": ", 1)[-1] for w in plan.warnings)
+        row["epistemic"] = outputs.EPISTEMIC_COLUMN[self.key.get("epistemic") or "mc"]
         records.write_record(
             self.out_dir,
             stem,
