@@ -8,6 +8,8 @@ decoding   decode, GroupDataset (the loader's worker side)
 records    completion records keyed on what produced an output; stale temporary cleanup
 outputs    output sets (all files or none), 16-bit PNG scale, preview panels, summary
 pipeline   PredictConfig, PredictReport, predict_folder
+context    process_context (torchrun group or a single process)
+hookups    recalibration, OOD score, epistemic mode (mc | combined with the density sigma)
 loading    load_model (generator, stages, training geometry, checkpoint digest)
 """
 
