@@ -139,6 +139,13 @@ def _add_predict(sub) -> None:
         ("auto", "fp32", "bf16", "fp16"),
         help="auto: fp16 autocast on CUDA, fp32 elsewhere",
     )
+    _add_choice(
+        p,
+        "--epistemic",
+        ("auto", "mc", "combined"),
+        help="auto: combined when the checkpoint carries an OOD detector (default); mc: the MC "
+        "dropout spread; combined: sqrt(mc^2 + d^2), d the detector's density sigma",
+    )
     _add_run_options(p)
 
 

@@ -38,7 +38,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
             print(recalibration_message(loaded.recalibration, loaded.path))
         # --samples --seed --batch-size --workers --format --preview --resample --precision
-        # --epistemic (auto when the parser has no such flag)
+        # --epistemic
         cfg = PredictConfig(
             stage=loaded.stages_trained - 1,
             progress=not args.quiet and ctx.is_main,
