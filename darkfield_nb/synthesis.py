@@ -47,6 +47,9 @@ from darkfield_nb.inference.geometry import (
 )
 from darkfield_nb.inference.hookups import (
     apply_sigma_factor,
+    combine_epistemic,
+    density_of_input,
+    epistemic_mode,
     ood_of_input,
     recalibration_factor,
 )
@@ -115,6 +118,7 @@ def synthesize(
     name: str = "image",
     recalibration: dict | None = None,
     detector=None,
+    epistemic: str = "auto",
 ) -> Synthesis:
     """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes;
     0: one deterministic pass).
@@ -127,8 +131,12 @@ def synthesize(
     "cuda" | a ``torch.device`` (``hardware.pick_device``).
     ``recalibration`` / ``detector``: a checkpoint's recalibration entry and OOD detector
     (default: ``model.recalibration`` / ``model.ood_detector``, which ``inference.load_model``
-    sets); the sigma maps are multiplied by the recalibration's global factor
+    sets); the sigma maps are multiplied by the recalibration's global factor s
     (``inference.hookups``) and the model input is scored for OOD.
+    ``epistemic``: as ``predict --epistemic``: "mc" the MC-dropout spread; "combined" adds the
+    detector's density sigma d in quadrature, ``epistemic = sqrt((s mc)^2 + d^2)``,
+    ``total = sqrt((s aleatoric)^2 + epistemic^2)``; "auto" (default) "combined" when there is
+    a detector, else "mc" (``inference.hookups.epistemic_mode``).
     """
     if recalibration is None:
         recalibration = getattr(model, "recalibration", None)
@@ -136,6 +144,7 @@ def synthesize(
         detector = getattr(model, "ood_detector", None)
     if image.ndim != 2:
         raise ValueError(f"synthesize: expected a 2-D radiograph, got shape {image.shape}")
+    mode = epistemic_mode(epistemic, detector, getattr(model, "checkpoint_path", None))
     geometry = geometry or model_geometry(model)
     spacing = None
     if pixel_mm is not None:
@@ -153,7 +162,12 @@ def synthesize(
     maps = mc_predict_batch(model, xt, samples=samples, seed=seed, stage=stage)
     scale = None if recalibration is None else recalibration_factor(recalibration)
     out = apply_sigma_factor({k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}, scale)
-    ood = {} if detector is None else ood_of_input(detector, x, device)
+    ood = {}
+    if mode == "combined":
+        ood, density = density_of_input(detector, x, device)
+        out = combine_epistemic(out, density)
+    elif detector is not None:
+        ood = ood_of_input(detector, x, device)
     if not plan.identity:
         shape = plan.input_shape
         out = {

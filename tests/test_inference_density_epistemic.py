@@ -201,3 +201,26 @@ def test_cli_passes_the_mode_and_says_which_map_it_wrote(setup, tmp_path, capsys
     assert _cmd_predict(args) == 0
     text = capsys.readouterr().out
     assert "redid 14" in text and "epistemic maps: sqrt(mc^2 + d^2)" in text
+
+
+def test_synthesize_follows_the_same_rule_as_predict(setup, tmp_path):
+    """``synthesize`` of one radiograph gives the maps ``predict`` writes for it, in each mode:
+    "combined" (the default with a detector) sqrt(mc^2 + d^2), "mc" the MC spread alone."""
+    from darkfield_nb.synthesis import synthesize
+
+    loaded = load_model(setup["both"])
+    path = sorted((setup["data"] / "attenuation").glob("*.png"))[-1]  # an ood image
+    image = read_image(path)
+    epi = {}
+    for mode in ("combined", "mc"):
+        _run(setup["both"], tmp_path / mode, mode, samples=3)
+        s = synthesize(
+            loaded.model, image, samples=3, epistemic="auto" if mode == "combined" else mode
+        )
+        written = _maps(tmp_path / mode, path.stem)
+        for name in MAPS:
+            np.testing.assert_allclose(getattr(s, name), written[name], rtol=1e-5, atol=1e-6)
+        epi[mode] = s.epistemic
+    assert (epi["combined"] > epi["mc"] + 1e-4).any()  # the pacemaker's density counts
+    with pytest.raises(ValueError, match="epistemic='combined' needs"):
+        synthesize(load_model(setup["base"]).model, image, samples=0, epistemic="combined")
