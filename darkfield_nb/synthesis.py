@@ -22,8 +22,10 @@ radiograph is reported (file and problem) and the run goes on.
 total equals the aleatoric map.
 
 A model loaded with ``inference.load_model`` carries its checkpoint's recalibration and OOD
-detector: the sigma maps are recalibrated (times the global factor) and each image gets an OOD
-score and flag (``Synthesis.ood_score``, the ``summary.csv`` columns).
+detector: the sigma maps are recalibrated (times the factor map s(x) = f_in where the image's
+own predicted mean exceeds the stored lung threshold, f_out elsewhere, at the model geometry;
+the global factor for an entry without field factors) and each image gets an OOD score and
+flag (``Synthesis.ood_score``, the ``summary.csv`` columns).
 """
 
 from __future__ import annotations
@@ -46,12 +48,11 @@ from darkfield_nb.inference.geometry import (
     resize_sigma,
 )
 from darkfield_nb.inference.hookups import (
-    apply_sigma_factor,
+    apply_recalibration_maps,
     combine_epistemic,
     density_of_input,
     epistemic_mode,
     ood_of_input,
-    recalibration_factor,
 )
 from darkfield_nb.inference.inputs import list_radiographs
 from darkfield_nb.inference.mc import mc_predict_batch
@@ -75,7 +76,9 @@ SynthesisReport = PredictReport
 class Synthesis:
     """Maps of one synthesized image, each (H, W) float32 in D units; ``plan`` says how the
     image was resampled for the model (None for older callers that build one by hand);
-    ``scale`` the recalibration factor applied to the sigma maps (None: none applied);
+    ``scale`` the recalibration factor applied to the sigma maps (None: none applied): a number
+    for an entry without field factors, else the map s(x) (float64) at the model geometry
+    (``plan.model_shape``), from which the sigma maps were resampled back;
     ``ood_score`` / ``ood_flag`` the OOD detector's verdict on the model input (None: no
     detector)."""
 
@@ -84,7 +87,7 @@ class Synthesis:
     epistemic: np.ndarray
     total: np.ndarray
     plan: ResamplePlan | None = None
-    scale: float | None = None
+    scale: float | np.ndarray | None = None
     ood_score: float | None = None
     ood_flag: bool | None = None
 
@@ -131,8 +134,10 @@ def synthesize(
     "cuda" | a ``torch.device`` (``hardware.pick_device``).
     ``recalibration`` / ``detector``: a checkpoint's recalibration entry and OOD detector
     (default: ``model.recalibration`` / ``model.ood_detector``, which ``inference.load_model``
-    sets); the sigma maps are multiplied by the recalibration's global factor s
-    (``inference.hookups``) and the model input is scored for OOD.
+    sets); the sigma maps are multiplied by the recalibration's factor map s(x), f_in where
+    this prediction's MC mean (at the model geometry, before resampling back) exceeds the
+    stored lung threshold t and f_out elsewhere, or the global factor for an entry without
+    field factors (``inference.hookups``); the model input is scored for OOD.
     ``epistemic``: as ``predict --epistemic``: "mc" the MC-dropout spread; "combined" adds the
     detector's density sigma d in quadrature, ``epistemic = sqrt((s mc)^2 + d^2)``,
     ``total = sqrt((s aleatoric)^2 + epistemic^2)``; "auto" (default) "combined" when there is
@@ -160,8 +165,8 @@ def synthesize(
     model = model.to(device).eval()
     xt = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(device)
     maps = mc_predict_batch(model, xt, samples=samples, seed=seed, stage=stage)
-    scale = None if recalibration is None else recalibration_factor(recalibration)
-    out = apply_sigma_factor({k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}, scale)
+    out = {k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}
+    out, scale = apply_recalibration_maps(out, recalibration)
     ood = {}
     if mode == "combined":
         ood, density = density_of_input(detector, x, device)

@@ -6,8 +6,10 @@ the formulas and normalizations:
 * :mod:`.metrics`         PIT, coverage curves, miscalibration area, MACE / RMSCE, ENCE / UCE,
                           NLL (GGD, Gaussian), sharpness, interval width, Spearman
 * :mod:`.sparsification`  sparsification curves, AUSE, AURG, AUSE / random
-* :mod:`.regions`         lung / bone / soft tissue / air / device maps from the label masks
-* :mod:`.recalibrate`     sigma scaling (global, per region), isotonic PIT recalibration
+* :mod:`.regions`         lung / bone / soft tissue / air / device maps from the label masks;
+                          the predicted lung field {mu > t} (needs no mask)
+* :mod:`.recalibrate`     sigma scaling (global, per region, per predicted-lung field),
+                          isotonic PIT recalibration
 * :mod:`.risk`            risk-controlling prediction sets (Hoeffding-Bentkus bound)
 * :mod:`.collect`         a model's MC-dropout predictions on a split, cached as .npz
 * :mod:`.report`         :func:`calibration_summary`, the figures pooled and per region
@@ -49,7 +51,7 @@ from .recalibrate import (
     fit_sigma_scaling,
     recalibrator_from_dict,
 )
-from .regions import REGIONS, region_masks, region_of_pixels
+from .regions import FIELDS, LUNG_THRESHOLD, REGIONS, field_masks, region_masks, region_of_pixels
 from .report import calibration_summary
 from .risk import (
     RCPSCalibration,
@@ -78,7 +80,9 @@ from .store import (
 __all__ = [
     "BinningKw",
     "DistributionKw",
+    "FIELDS",
     "IsotonicRecalibration",
+    "LUNG_THRESHOLD",
     "PredictiveKw",
     "Predictions",
     "RCPSCalibration",
@@ -101,6 +105,7 @@ __all__ = [
     "coverage",
     "coverage_curve",
     "ence",
+    "field_masks",
     "fit_isotonic",
     "fit_recalibration",
     "fit_scale",

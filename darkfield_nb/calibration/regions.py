@@ -18,6 +18,15 @@ pixel belongs to exactly one), assigned in this order of priority:
 
 Without the input image ``x`` air cannot be told from soft tissue, and every unlabeled pixel
 counts as ``soft_tissue``.
+
+A radiograph has no label mask. For recalibration at inference the package uses a second
+partition that needs none, the *predicted lung field* (:func:`field_masks`): with mu the MC mean
+of the dark-field map being calibrated (in D) and t a threshold (``LUNG_THRESHOLD`` = 0.1 D,
+about half the mean healthy-lung signal; soft tissue has none, bone and metal only a spurious
+beam-hardening signal),
+
+* ``predicted_lung``  {x: mu(x) > t};
+* ``outside``         {x: mu(x) <= t}.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from darkfield_nb.labels import BONE, DEVICE_BITS, LUNG
 
 REGIONS = ("lung", "bone", "soft_tissue", "air", "device")
 AIR_THRESHOLD = 0.15
+FIELDS = ("predicted_lung", "outside")
+LUNG_THRESHOLD = 0.1
 
 
 def _border_components(dark: np.ndarray) -> np.ndarray:
@@ -79,3 +90,13 @@ def region_of_pixels(regions: dict[str, np.ndarray]) -> np.ndarray:
         if name in regions:
             out[regions[name]] = k
     return out
+
+
+def field_masks(mu: np.ndarray, threshold: float = LUNG_THRESHOLD) -> dict[str, np.ndarray]:
+    """The predicted lung field and its complement from the predicted mean ``mu`` (any shape,
+    D units): ``{"predicted_lung": mu > threshold, "outside": mu <= threshold}`` (module
+    docstring). NaN in ``mu`` counts as outside. Needs no label mask."""
+    if not np.isfinite(threshold):
+        raise ValueError(f"field_masks: threshold {threshold!r} is not a finite number")
+    inside = np.asarray(mu) > threshold
+    return {"predicted_lung": inside, "outside": ~inside}

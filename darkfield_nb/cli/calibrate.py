@@ -11,7 +11,9 @@ from darkfield_nb.cli.parser import flags_for
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from darkfield_nb.calibration import calibrate_checkpoint, fit_recalibration
 
-    try:  # --overwrite --device --split --samples --alpha --delta under their own names
+    # --overwrite --device --split --samples --alpha --delta (and --lung-threshold, where the
+    # parser has it; else fit_recalibration's default 0.1 D) under their own names
+    try:
         out, recal = calibrate_checkpoint(
             args.checkpoint,
             args.data,
@@ -25,6 +27,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         return 2
     sc, rcps, cov, fit = (recal[k] for k in ("sigma_scaling", "rcps", "fit_coverage", "fitted_on"))
     regions = ", ".join(f"{k} {v:.3f}" for k, v in sc["per_region"].items()) or "none"
+    fields = sc.get("per_field") or {}
+    applied = (
+        f"predicted lung field (mean > {sc['lung_threshold']:g} D) "
+        f"{fields['predicted_lung']:.3f}, outside {fields['outside']:.3f}"
+        if fields
+        else f"the global factor {sc['factor']:.3f}"
+    )
     lam = rcps["lambda_hat"]
     certified = (
         f"{lam:.3f} x the {100 * cov['p']:g} % half-width (alpha {rcps['alpha']:g}, "
@@ -36,13 +45,20 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     pct = f"{100 * cov['p']:g} %"
     after = ", ".join(
         f"{name} {cov[name]:.3f}"
-        for name in ("sigma_scaling", "sigma_scaling_per_region", "isotonic", "rcps")
-        if cov[name] is not None
+        for name in (
+            "sigma_scaling",
+            "sigma_scaling_per_region",
+            "sigma_scaling_per_field",
+            "isotonic",
+            "rcps",
+        )
+        if cov.get(name) is not None
     )
     print(
         f"fitted on {fit['n_images']} '{fit['split']}' images of {fit['data']} "
         f"({fit['samples']} MC passes)\n"
         f"sigma factor {sc['factor']:.3f} ({sc['method']}); per region: {regions}\n"
+        f"applied by predict / synthesize: {applied}\n"
         f"RCPS lambda: {certified}\n"
         f"{pct} coverage on '{fit['split']}': before {cov['before']:.3f}; after {after}\n"
         f"{recal['guarantee']}\n"

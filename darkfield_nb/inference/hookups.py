@@ -2,13 +2,21 @@
 recalibration (``darkfield-nb calibrate``, key "recalibration") and the per-image OOD
 detector (key "ood").
 
-Recalibration: predict and synthesize apply the global sigma-scaling factor s of the entry
-(``calibration.store.apply_recalibration(...)["scale"]`` without region masks, which a
-radiograph does not have) to every sigma map::
+Recalibration: predict and synthesize multiply every sigma map by the entry's factor map s(x)
+(``calibration.store.apply_recalibration(...)["scale"]`` without label masks, which a
+radiograph does not have). For an entry with field factors (version 2, ``darkfield-nb
+calibrate``) s comes from the prediction's own MC mean mu at the model geometry, before the
+maps are resampled back to the input's size::
+
+    s(x) = f_in   if mu(x) > t      (the predicted lung field; t the stored lung_threshold)
+    s(x) = f_out  otherwise
+
+and for an older entry without them s is the global factor everywhere (as before, byte for
+byte). Then::
 
     aleatoric' = s aleatoric,  epistemic' = s epistemic,  total' = s total
 
-so total'^2 = aleatoric'^2 + epistemic'^2 still holds. The mean is unchanged.
+so total'^2 = aleatoric'^2 + epistemic'^2 still holds per pixel. The mean is unchanged.
 
 OOD: the detector's score of the image the model sees (normalized, resampled to the training
 geometry) and its flag (score above the stored threshold), ``ood.score_radiograph``.
@@ -21,7 +29,7 @@ features the score reads), at the model geometry, before the maps are resampled 
     epistemic' = sqrt((s mc)^2 + d^2),  total' = sqrt((s aleatoric)^2 + epistemic'^2)
                = sqrt((s aleatoric)^2 + (s mc)^2 + d^2)
 
-s (the recalibration factor, 1 without one) scales the aleatoric and MC parts only: the
+s (the recalibration factor map, 1 without one) scales the aleatoric and MC parts only: the
 density's conversion was calibrated on its own (``epistemic.conversion.DistanceSigma``).
 """
 
@@ -38,11 +46,33 @@ SIGMA_MAPS = ("aleatoric", "epistemic", "total")
 EPISTEMIC_MODES = ("auto", "mc", "combined")
 
 
-def recalibration_factor(recal: dict) -> float:
-    """The global sigma-scaling factor s of a recalibration entry (``recalibration_of``)."""
+def _scaling(recal: dict):
     from darkfield_nb.calibration.recalibrate import SigmaScaling
 
-    return float(SigmaScaling.from_dict(recal["sigma_scaling"]).factor)
+    return SigmaScaling.from_dict(recal["sigma_scaling"])
+
+
+def recalibration_factor(recal: dict) -> float:
+    """The global sigma-scaling factor s of a recalibration entry (``recalibration_of``)."""
+    return float(_scaling(recal).factor)
+
+
+def recalibration_scale(recal: dict, mean: np.ndarray) -> float | np.ndarray:
+    """What multiplies the sigma maps of a prediction with MC mean ``mean`` (any shape, at the
+    model geometry): the map s(x) = f_in if mean(x) > t else f_out (float64, ``mean``'s shape)
+    for an entry with field factors, else the global factor as a float (module docstring)."""
+    sc = _scaling(recal)
+    return sc.field_map(mean) if sc.per_field else float(sc.factor)
+
+
+def apply_recalibration_maps(maps: dict, recal: dict | None) -> tuple[dict, float | np.ndarray]:
+    """(``maps`` with the sigma maps times :func:`recalibration_scale` of ``maps["darkfield"]``,
+    that scale); ``recal`` None: (``maps`` unchanged, None). ``maps``: NumPy arrays at the
+    model geometry; a field-factor map is applied in float64 and the maps keep their dtype."""
+    if recal is None:
+        return maps, None
+    scale = recalibration_scale(recal, maps["darkfield"])
+    return apply_sigma_factor(maps, scale), scale
 
 
 def recalibration_digest(recal: dict | None) -> str | None:
@@ -53,22 +83,36 @@ def recalibration_digest(recal: dict | None) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def apply_sigma_factor(maps: dict, factor: float | None) -> dict:
-    """``maps`` with the sigma maps multiplied by ``factor`` (unchanged when None); the
-    arrays / tensors keep their dtype."""
+def apply_sigma_factor(maps: dict, factor: float | np.ndarray | None) -> dict:
+    """``maps`` with the sigma maps multiplied by ``factor`` (a number, or a NumPy map that
+    broadcasts against NumPy maps; unchanged when None); the arrays / tensors keep their
+    dtype."""
     if factor is None:
         return maps
+    if isinstance(factor, np.ndarray):
+        return {
+            k: (np.asarray(v * factor, dtype=v.dtype) if k in SIGMA_MAPS else v)
+            for k, v in maps.items()
+        }
     return {k: (v * factor if k in SIGMA_MAPS else v) for k, v in maps.items()}
 
 
 def recalibration_message(recal: dict, checkpoint: str | Path) -> str:
-    """The line predict prints when it applies a stored recalibration."""
+    """The line predict prints when it applies a stored recalibration: the global factor, or
+    both field factors and the threshold of the predicted lung field."""
     fitted = recal.get("fitted_on") or {}
     n = fitted.get("n_images", "?")
     split = fitted.get("split", "val")
+    sc = _scaling(recal)
+    if sc.per_field:
+        how = (
+            f"sigma x {sc.per_field['predicted_lung']:.4g} inside the predicted lung field "
+            f"(mean > {sc.lung_threshold:g} D), x {sc.per_field['outside']:.4g} outside"
+        )
+    else:
+        how = f"sigma x {sc.factor:.4g}"
     return (
-        f"applying the recalibration stored in {checkpoint} "
-        f"(sigma x {recalibration_factor(recal):.4g}, fitted on {n} {split} images)"
+        f"applying the recalibration stored in {checkpoint} ({how}, fitted on {n} {split} images)"
     )
 
 
@@ -192,6 +236,7 @@ def combine_epistemic(maps: dict, density: np.ndarray | None) -> dict:
 __all__ = [
     "EPISTEMIC_MODES",
     "SIGMA_MAPS",
+    "apply_recalibration_maps",
     "apply_sigma_factor",
     "combine_epistemic",
     "density_of_input",
@@ -203,4 +248,5 @@ __all__ = [
     "recalibration_digest",
     "recalibration_factor",
     "recalibration_message",
+    "recalibration_scale",
 ]

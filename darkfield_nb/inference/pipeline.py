@@ -18,7 +18,8 @@
    independent of the batch), fp16 autocast on CUDA, channels_last.
 6. A writer thread resamples the maps back to the input's size, writes each set atomically
    (all files or none, ``outputs.write_set``), then its completion record; the model does not
-   wait for the disk. A checkpoint's recalibration scales the sigma maps, its OOD detector
+   wait for the disk. A checkpoint's recalibration scales the sigma maps (per field of the
+   image's predicted lung, from its mean at the model geometry), its OOD detector
    scores each model input and, with ``epistemic="combined"``, adds its density sigma to the
    epistemic and total maps (``inference.hookups``).
 7. Summary: each rank writes its rows (from the records, so resumed runs are complete) to a
@@ -43,11 +44,10 @@ from darkfield_nb.inference.decoding import GroupDataset, identity
 from darkfield_nb.inference.geometry import TrainingGeometry
 from darkfield_nb.inference.hookups import (
     EPISTEMIC_MODES,
-    apply_sigma_factor,
+    apply_recalibration_maps,
     combine_epistemic,
     epistemic_mode,
     recalibration_digest,
-    recalibration_factor,
     score_items,
 )
 from darkfield_nb.inference.inputs import resolve_inputs
@@ -177,12 +177,14 @@ def predict_folder(
     ``dist_ctx``: a ``train.distributed.DistContext``; None joins the torchrun group when
     ``WORLD_SIZE > 1`` (and leaves it at the end).
     ``recalibration``: a checkpoint's recalibration entry (``calibration.recalibration_of``):
-    the sigma maps are multiplied by its global factor (``hookups``) and its digest joins the
-    completion key. ``detector``: a checkpoint's ``OODDetector`` (on ``model``): each image's
+    the sigma maps are multiplied by its factor map s(x) (f_in where the image's own mean
+    exceeds the stored lung threshold, f_out elsewhere; without field factors the global
+    factor: ``hookups``); its digest joins the completion key. ``detector``: a checkpoint's
+    ``OODDetector`` (on ``model``): each image's
     ``ood_score`` / ``ood_flag`` (of the model input) fill the summary columns, and with
     ``config.epistemic`` "combined" (or "auto") its density sigma d joins the maps:
     ``epistemic = sqrt((s mc)^2 + d^2)``, ``total = sqrt((s aleatoric)^2 + epistemic^2)``
-    (s: the recalibration factor). Both default to what
+    (s: the recalibration factor map). Both default to what
     :func:`~darkfield_nb.inference.load_model` attached to ``model`` (``model.recalibration``,
     ``model.ood_detector``), None when absent; "combined" without a detector is a ValueError
     naming the checkpoint (``model.checkpoint_path``).
@@ -309,8 +311,6 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
     from tqdm.auto import tqdm
 
     recal, detector, mode = extras["recalibration"], extras["detector"], extras["epistemic"]
-    factor = None if recal is None else recalibration_factor(recal)
-
     cuda = dev.type == "cuda"
     amp_dtype = _amp_dtype(cfg, dev)
     channels_last = True if cfg.channels_last is None else cfg.channels_last
@@ -360,8 +360,8 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                 density = None  # the score (and density sigma) of the image the model sees
                 if detector is not None:
                     density = score_items(detector, mode, seen, det, x, model, items, pending, dev)
-                maps = apply_sigma_factor(
-                    {k: v[:, 0].cpu().numpy() for k, v in maps.items()}, factor
+                maps, _ = apply_recalibration_maps(
+                    {k: v[:, 0].cpu().numpy() for k, v in maps.items()}, recal
                 )
                 maps = combine_epistemic(maps, density)
                 seconds = (time.perf_counter() - t) / len(items)

@@ -26,11 +26,13 @@ def apply_recalibration(
     """The recalibrated maps of one image (NumPy arrays of one shape, e.g. (H, W)): what
     predict / synthesize call per image with the MC-dropout mean, alpha, beta and total sigma.
 
-    With s the sigma-scaling factor map, s(x) = per_region[r] for a pixel x of region r of
-    ``regions`` (boolean maps, :func:`.regions.region_masks`) when that region has a factor,
-    else the global factor (everywhere when ``regions`` is None, as for radiographs without
-    masks), alpha_t = total / sqrt(Gamma(3/beta) / Gamma(1/beta)), h_p(a, b) =
-    a [P^-1(1/b, p)]^(1/b) and p the stored level (0.9):
+    With s the sigma-scaling factor map: given ``regions`` (label-mask boolean maps,
+    :func:`.regions.region_masks`), s(x) = per_region[r] for a pixel x of region r when that
+    region has a factor, else the global factor; without ``regions`` (a radiograph has no
+    masks) s(x) = f_in if mean(x) > t else f_out, the entry's field factors and lung
+    threshold (version 2, :meth:`.recalibrate.SigmaScaling.field_map`), or the global factor
+    everywhere for an entry without them; alpha_t = total / sqrt(Gamma(3/beta) /
+    Gamma(1/beta)), h_p(a, b) = a [P^-1(1/b, p)]^(1/b) and p the stored level (0.9):
 
         scale        s
         total        s total                 (the recalibrated total sigma)
@@ -53,7 +55,9 @@ def apply_recalibration(
     for name, m in (regions or {}).items():
         if np.shape(m) != tot.shape:
             raise ValueError(f"apply_recalibration: region {name!r} {np.shape(m)} != {tot.shape}")
-    s = sc.scale_map(regions or None, tot.shape)
+    s = sc.scale_map(regions, tot.shape) if regions else sc.field_map(mu)
+    if s.shape != tot.shape:
+        raise ValueError(f"apply_recalibration: mean {mu.shape} != total {tot.shape}")
     a_t = predictive_alpha(tot, b)
     if method == "sigma_scaling":
         h = ggd_halfwidth(p, s * a_t, b)

@@ -9,14 +9,20 @@ the GGD of the predicted shape beta whose standard deviation is the total MC-dro
 (total^2 = aleatoric^2 + epistemic^2). A checkpoint carries the fit under the key
 ``"recalibration"``, a strict-JSON dict (it survives ``torch.load(weights_only=True)``)::
 
-    version          1
+    version          2 (1: written before the field factors; still read, applied as before)
     method_default   "sigma_scaling": the interval predict / synthesize write unless told
-    sigma_scaling    SigmaScaling.to_dict(): global factor s, one factor per region, method, p
+    sigma_scaling    SigmaScaling.to_dict(): global factor s, one factor per (label) region,
+                     method, p and, from version 2, ``per_field`` {"predicted_lung": f_in,
+                     "outside": f_out} with ``lung_threshold`` t (D): the factors predict and
+                     synthesize apply, s(x) = f_in if mu(x) > t else f_out, mu the image's own
+                     predicted mean. An entry without ``per_field`` is applied with the global
+                     factor s everywhere.
     isotonic         IsotonicRecalibration.to_dict(): Kuleshov's R on a grid of PIT levels
     rcps             RCPSCalibration.to_dict(): lambda_hat (None: no lambda certified), alpha,
                      delta, n, halfwidth_level
     fitted_on        {"data", "split", "n_images", "samples", "seed", "stage"}
     fit_coverage     coverage of the central p-interval on the fitting split, before and after
+                     (``sigma_scaling_per_field`` from version 2)
     guarantee        one sentence: what the fit promises and for which images
 
 The corrections and the RCPS guarantee hold only for images exchangeable with the validation
@@ -35,7 +41,7 @@ import numpy as np
 from darkfield_nb.checkpoint_entry import write_checkpoint_entry
 
 KEY = "recalibration"
-VERSION = 1
+VERSION = 2
 METHODS = ("sigma_scaling", "isotonic", "rcps")
 
 

@@ -18,6 +18,7 @@ from darkfield_nb.hardware import pick_device
 from ..collect import Predictions, collect_predictions
 from ..metrics import coverage, ggd_halfwidth, pit
 from ..recalibrate import fit_isotonic, fit_sigma_scaling
+from ..regions import LUNG_THRESHOLD
 from ..risk import RCPSCalibration, needed_lambda, rcps_lambda, risk_curves
 from .entry import VERSION, strict_json, write_calibrated_checkpoint
 
@@ -35,6 +36,9 @@ def _fit_coverage(preds: Predictions, regions: dict, sc, iso, rcps, p: float) ->
         "sigma_scaling": coverage(y, mu, p, alpha=sc.factor * a_t, beta=beta),
         "sigma_scaling_per_region": coverage(
             y, mu, p, alpha=sc.scale_map(regions) * a_t, beta=beta
+        ),
+        "sigma_scaling_per_field": (
+            coverage(y, mu, p, alpha=sc.field_map(mu) * a_t, beta=beta) if sc.per_field else None
         ),
         "isotonic": float(np.mean(iso.central_pit(u) <= p)),
         "rcps": None,
@@ -61,6 +65,7 @@ def fit_recalibration(
     p: float = 0.9,
     scaling_method: str = "coverage",
     min_pixels: int = 1000,
+    lung_threshold: float | None = LUNG_THRESHOLD,
     cache: str | os.PathLike | None = None,
 ) -> dict:
     """Fit every recalibrator on the MC-dropout predictions of ``split`` (the validation split:
@@ -76,7 +81,12 @@ def fit_recalibration(
         p: level of the central interval (sigma scaling's coverage target, RCPS half-width).
         scaling_method: "coverage" (the p-interval covers the share p of the validation
             pixels, globally and in each region) or "nll" (the GGD NLL is smallest).
-        min_pixels: regions with fewer validation pixels keep the global factor.
+        min_pixels: regions (and fields) with fewer validation pixels keep the global factor.
+        lung_threshold: t in D of the predicted lung field {mu > t} (mu: the MC mean): the
+            factors predict / synthesize apply, s(x) = f_in if mu(x) > t else f_out, each fitted
+            by ``scaling_method`` on its field's validation pixels and stored with t
+            (``sigma_scaling.per_field``, ``lung_threshold``). None: no field factors (the
+            entry is then applied with the global factor, as a version-1 entry is).
         cache: optional .npz path for the predictions (:func:`.collect.collect_predictions`).
     """
     require_splits(data_root, (split,), "calibration")
@@ -94,7 +104,15 @@ def fit_recalibration(
     y, mu, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
     regions = preds.regions()
     sc = fit_sigma_scaling(
-        y, mu, a_t, beta, method=scaling_method, p=p, regions=regions, min_pixels=min_pixels
+        y,
+        mu,
+        a_t,
+        beta,
+        method=scaling_method,
+        p=p,
+        regions=regions,
+        min_pixels=min_pixels,
+        lung_threshold=lung_threshold,
     )
     iso = fit_isotonic(pit(y, mu, alpha=a_t, beta=beta), seed=seed)
     q = ggd_halfwidth(p, a_t, beta)

@@ -28,13 +28,15 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
     """Every figure of :func:`.report.calibration_summary`, pooled and per region, on ``preds``
     (the test split) before and after the stored recalibration: what ``evaluate --json`` adds.
 
-    ``after.sigma_scaling`` uses the global factor (what predict applies to radiographs without
-    masks), ``after.sigma_scaling_per_region`` the region factors. Isotonic recalibration maps
-    F to R(F), no longer a GGD: its entry gives coverage_<p>, miscalibration_area (from the
-    recalibrated central PITs |2 R(u) - 1|) and width_<p> (mean of hi - lo). RCPS gives, at
-    lambda_hat, the coverage and mean width of mu -+ lambda_hat h_p and ``risk``, the mean over
-    images of their share of missed pixels (the quantity it controls; None when no lambda was
-    certified). Strict JSON.
+    ``after.sigma_scaling`` uses the global factor, ``after.sigma_scaling_per_region`` the
+    (label-mask) region factors and, for an entry with field factors (version 2),
+    ``after.sigma_scaling_per_field`` s(x) = f_in if mu(x) > t else f_out: what predict and
+    synthesize apply to radiographs without masks (the global factor for older entries).
+    Isotonic recalibration maps F to R(F), no longer a GGD: its entry gives coverage_<p>,
+    miscalibration_area (from the recalibrated central PITs |2 R(u) - 1|) and width_<p>
+    (mean of hi - lo). RCPS gives, at lambda_hat, the coverage and mean width of
+    mu -+ lambda_hat h_p and ``risk``, the mean over images of their share of missed pixels
+    (the quantity it controls; None when no lambda was certified). Strict JSON.
     """
     recal = check_entry(recal, "calibration_report")
     y, mu, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
@@ -71,6 +73,12 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
                 "coverage": float(inside.mean() if sel is None else inside[sel].mean()),
                 "width": float(2 * rc.lambda_hat * (h.mean() if sel is None else h[sel].mean())),
             }
+    after = {
+        "sigma_scaling": summary(sc.factor * a_t),
+        "sigma_scaling_per_region": summary(sc.scale_map(regions) * a_t),
+    }
+    if sc.per_field:
+        after["sigma_scaling_per_field"] = summary(sc.field_map(mu) * a_t)
     return strict_json(
         {
             "method_default": recal["method_default"],
@@ -78,11 +86,6 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
             "level": p,
             "fitted_on": recal.get("fitted_on"),
             "before": summary(a_t),
-            "after": {
-                "sigma_scaling": summary(sc.factor * a_t),
-                "sigma_scaling_per_region": summary(sc.scale_map(regions) * a_t),
-                "isotonic": iso_out,
-                "rcps": rcps_out,
-            },
+            "after": {**after, "isotonic": iso_out, "rcps": rcps_out},
         }
     )
