@@ -164,6 +164,12 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--split", default="val", help="split to fit on (default: val; never test)")
     p.add_argument("--alpha", type=float, default=0.1, help="RCPS: tolerated missed share")
     p.add_argument("--delta", type=float, default=0.1, help="RCPS: allowed failure probability")
+    p.add_argument(
+        "--lung-threshold",
+        type=float,
+        default=0.1,
+        help="predicted lung field {mean > t} (D) of the two sigma factors predict applies",
+    )
     _add_choice(
         p,
         "--scaling",
