@@ -15,21 +15,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from helpers import toy_generator, toy_recalibration, write_toy_chest_set
 from scipy import stats
 
 from darkfield_nb import calibration as cal
 from darkfield_nb import checkpoint
 from darkfield_nb.calibration.store import VERSION, write_calibrated_checkpoint
 from darkfield_nb.cli import main
-from darkfield_nb.contract import write_manifest
 from darkfield_nb.data import PairedDataset
 from darkfield_nb.inference import PredictConfig, load_model, predict_folder
 from darkfield_nb.inference.hookups import recalibration_message
 from darkfield_nb.inference.outputs import MAPS
 from darkfield_nb.io import read_image, write_image
 from darkfield_nb.labels import LUNG
-from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.synthesis import synthesize
 
 SIZE = 32
@@ -38,12 +36,7 @@ SIGMAS = ("aleatoric", "epistemic", "total")
 F_IN, F_OUT, FACTOR = 0.6, 1.7, 1.3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 
 def _halfwidth_scipy(p, alpha, beta):
@@ -168,15 +161,7 @@ def _old_scaling(factor=FACTOR):
 
 
 def _entry(scaling, version=1):
-    rcps = {"kind": "rcps", "lambda_hat": 1.5, "alpha": 0.1, "delta": 0.1, "n": 30}
-    return {
-        "version": version,
-        "method_default": "sigma_scaling",
-        "sigma_scaling": scaling,
-        "isotonic": {"kind": "isotonic", "table": [0.0, 0.5, 1.0]},
-        "rcps": {**rcps, "halfwidth_level": 0.9},
-        "fitted_on": {"split": "val", "n_images": 5},
-    }
+    return toy_recalibration(scaling, n_images=5, version=version)
 
 
 def _field_entry(t):
@@ -185,23 +170,6 @@ def _field_entry(t):
 
 
 # ----------------------------------------------------------------------------- predict
-def _data(root):
-    rng = np.random.default_rng(5)
-    rows = []
-    for i, split in enumerate(["train"] * 4 + ["val"] * 3 + ["test"] * 2):
-        mask = np.zeros((SIZE, SIZE), np.uint16)
-        mask[6:26, 4:28] = LUNG
-        att = rng.uniform(20000, 40000, (SIZE, SIZE))
-        att[:3], att[-3:], att[:, :3], att[:, -3:] = 200, 200, 200, 200
-        d = (0.05 + 0.2 * (mask & LUNG > 0) + 0.03 * rng.standard_normal((SIZE, SIZE))).astype("f4")
-        write_image(root / "attenuation" / f"im{i:02d}.png", att.astype(np.uint16))
-        write_image(root / "darkfield" / f"im{i:02d}.tif", d)
-        write_image(root / "masks" / f"im{i:02d}.png", mask)
-        rows.append({"id": f"im{i:02d}", "patient": f"p{i}", "split": split})
-    write_manifest(root / "manifest.csv", rows)
-    return root
-
-
 def _run(ckpt, out, samples=3):
     loaded = load_model(ckpt)
     cfg = PredictConfig(samples=samples, progress=False, workers=0)
@@ -222,11 +190,9 @@ def _maps(out, stem):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("lung_field")
-    data = _data(root / "data")
-    torch.manual_seed(0)
-    model = ProgressiveGenerator(GeneratorConfig(n_stages=2, base_width=4, depth=2, dropout=0.2))
-    for stage in model.stages:  # residual stages start with a zero mean head
-        torch.nn.init.normal_(stage.head_mu.weight, std=0.1)
+    splits = ["train"] * 4 + ["val"] * 3 + ["test"] * 2
+    data = write_toy_chest_set(root / "data", splits, seed=5, background=0.05, noise=0.03)
+    model = toy_generator()
     base = checkpoint.save_trained(root / "base.pt", model, stage=1, epoch=1, geometry=GEOMETRY)
     plain = _run(base, root / "plain")
     assert len(plain.written) == 9

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import toy_generator, toy_recalibration, write_toy_chest_set
 
 from darkfield_nb import checkpoint
 from darkfield_nb.calibration import apply_recalibration, recalibration_of
@@ -22,8 +23,7 @@ from darkfield_nb.epistemic.store import attach_ood_detector, detector_from_chec
 from darkfield_nb.inference import PredictConfig, load_model, predict_folder
 from darkfield_nb.inference.decoding import decode
 from darkfield_nb.inference.outputs import MAPS
-from darkfield_nb.io import read_image, write_image
-from darkfield_nb.labels import LUNG, PACEMAKER
+from darkfield_nb.io import read_image
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.synthesis import synthesize
 
@@ -31,71 +31,20 @@ SIZE = 32
 FACTOR = 1.7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _data(root):
-    """train / val / test / ood splits; the ood images carry a bright pacemaker in the lung."""
-    rng = np.random.default_rng(0)
-    rows = []
-    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3 + ["ood"] * 3
-    for i, split in enumerate(splits):
-        mask = np.zeros((SIZE, SIZE), np.uint16)
-        mask[6:26, 4:28] = LUNG
-        att = rng.uniform(20000, 40000, (SIZE, SIZE))
-        att[:3], att[-3:], att[:, :3], att[:, -3:] = 200, 200, 200, 200
-        if split == "ood":
-            mask[12:18, 12:18] |= PACEMAKER
-            att[12:18, 12:18] = 65000
-        d = (0.3 + 0.2 * (mask & LUNG > 0) + 0.05 * rng.standard_normal((SIZE, SIZE))).astype("f4")
-        write_image(root / "attenuation" / f"im{i:02d}.png", att.astype(np.uint16))
-        write_image(root / "darkfield" / f"im{i:02d}.tif", d)
-        write_image(root / "masks" / f"im{i:02d}.png", mask)
-        row = {"id": f"im{i:02d}", "patient": f"p{i}", "split": split}
-        row["case"] = "pacemaker" if split == "ood" else ""
-        rows.append(row)
-    write_manifest(root / "manifest.csv", rows)
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 
 def _recal(factor=FACTOR):
-    return {
-        "version": 1,
-        "method_default": "sigma_scaling",
-        "sigma_scaling": {
-            "kind": "sigma_scaling",
-            "factor": factor,
-            "per_region": {"lung": 0.5},
-            "method": "coverage",
-            "p": 0.9,
-        },
-        "isotonic": {"kind": "isotonic", "table": [0.0, 0.5, 1.0]},
-        "rcps": {
-            "kind": "rcps",
-            "lambda_hat": 1.5,
-            "alpha": 0.1,
-            "delta": 0.1,
-            "n": 30,
-            "halfwidth_level": 0.9,
-        },
-        "fitted_on": {"split": "val", "n_images": 3},
-    }
+    scaling = {"kind": "sigma_scaling", "factor": factor, "per_region": {"lung": 0.5}}
+    return toy_recalibration({**scaling, "method": "coverage", "p": 0.9}, n_images=3)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("hookups")
-    data = _data(root / "data")
-    torch.manual_seed(0)
-    model = ProgressiveGenerator(GeneratorConfig(n_stages=2, base_width=4, depth=2, dropout=0.2))
-    for stage in model.stages:  # residual stages start with a zero mean head
-        torch.nn.init.normal_(stage.head_mu.weight, std=0.1)
-    base = checkpoint.save_trained(root / "base.pt", model, stage=1, epoch=1)
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3 + ["ood"] * 3
+    data = write_toy_chest_set(root / "data", splits, seed=0)
+    base = checkpoint.save_trained(root / "base.pt", toy_generator(), stage=1, epoch=1)
     recal = write_calibrated_checkpoint(base, root / "recal.pt", _recal())
     ood, _ = attach_ood_detector(base, data, root / "ood.pt", device="cpu", levels=(0, 1))
     both = write_calibrated_checkpoint(ood, root / "both.pt", _recal())
