@@ -299,7 +299,7 @@ def main() -> None:
         models = {
             "wide512": (run3_model, test_native),
             "single512": (args.work / "run1" / "model.pt", test_native),
-            "shipped": (REPO / "data_samples/pretrained.pt", test_256),  # v4 since session 19
+            "shipped": (REPO / "data_samples/pretrained.pt", test_256),  # v5 since session 20
         }
         for name, (ckpt, root) in models.items():
             if ckpt.exists() and (name == "single512" or "three" in steps):
