@@ -52,11 +52,6 @@ def _scaling(recal: dict):
     return SigmaScaling.from_dict(recal["sigma_scaling"])
 
 
-def recalibration_factor(recal: dict) -> float:
-    """The global sigma-scaling factor s of a recalibration entry (``recalibration_of``)."""
-    return float(_scaling(recal).factor)
-
-
 def recalibration_scale(recal: dict, mean: np.ndarray) -> float | np.ndarray:
     """What multiplies the sigma maps of a prediction with MC mean ``mean`` (any shape, at the
     model geometry): the map s(x) = f_in if mean(x) > t else f_out (float64, ``mean``'s shape)
@@ -163,8 +158,7 @@ def ood_of_input(detector, x: np.ndarray | torch.Tensor, device) -> dict[str, fl
     ``normalize_input`` would shift it, and the detector was fitted on inputs normalized once)."""
     t = torch.as_tensor(x, dtype=torch.float32).detach()
     with torch.no_grad():
-        s = float(detector.score(t[None, None].to(device))[0])
-    return {"ood_score": s, "ood_flag": bool(detector.threshold.flag(s))}
+        return _rows(detector, detector.score(t[None, None].to(device)))[0]
 
 
 def density_of_input(detector, x: np.ndarray | torch.Tensor, device) -> tuple[dict, np.ndarray]:
@@ -246,7 +240,6 @@ __all__ = [
     "shared_density",
     "shared_ood",
     "recalibration_digest",
-    "recalibration_factor",
     "recalibration_message",
     "recalibration_scale",
 ]
