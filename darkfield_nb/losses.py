@@ -33,6 +33,9 @@ def _reduce(loss: torch.Tensor, reduction: str, name: str) -> torch.Tensor:
     raise ValueError(f"{name}: reduction={reduction!r} must be one of {REDUCTIONS}")
 
 
+GGD_MAPS = {"exact": ggd_nll_map, "surrogate": ggd_surrogate_nll_map}
+
+
 def ggd_nll(
     target: torch.Tensor,
     mu: torch.Tensor,
@@ -42,19 +45,7 @@ def ggd_nll(
 ) -> torch.Tensor:
     """Exact generalized-Gaussian NLL, reduced (:func:`darkfield_nb.ggd.ggd_nll_map`):
     (|y - mu| / alpha)^beta - log(beta) + log(2 alpha) + lgamma(1/beta)."""
-    return _reduce(ggd_nll_map(target, mu, alpha, beta), reduction, "ggd_nll")
-
-
-def ggd_surrogate_nll(
-    target: torch.Tensor,
-    mu: torch.Tensor,
-    alpha: torch.Tensor,
-    beta: torch.Tensor,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """The UP-GAN linearised surrogate, reduced (:func:`darkfield_nb.ggd.ggd_surrogate_nll_map`):
-    (|y - mu| / alpha) * beta - log(beta) + log(alpha) + lgamma(1/beta); comparison only."""
-    return _reduce(ggd_surrogate_nll_map(target, mu, alpha, beta), reduction, "ggd_surrogate_nll")
+    return ggd_loss(target, mu, alpha, beta, reduction=reduction)
 
 
 def ggd_loss(
@@ -62,15 +53,22 @@ def ggd_loss(
     mu: torch.Tensor,
     alpha: torch.Tensor,
     beta: torch.Tensor,
+    *,
     kind: str = "exact",
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """:func:`ggd_nll` (``kind="exact"``) or :func:`ggd_surrogate_nll` (``kind="surrogate"``)."""
-    if kind == "exact":
-        return ggd_nll(target, mu, alpha, beta, reduction)
-    if kind == "surrogate":
-        return ggd_surrogate_nll(target, mu, alpha, beta, reduction)
-    raise ValueError(f"ggd_loss: kind={kind!r} must be 'exact' or 'surrogate'")
+    """A GGD NLL per pixel (``GGD_MAPS[kind]``), reduced:
+
+    - ``kind="exact"``: :func:`darkfield_nb.ggd.ggd_nll_map`,
+      (|y - mu| / alpha)^beta - log(beta) + log(2 alpha) + lgamma(1/beta);
+    - ``kind="surrogate"``: the UP-GAN linearised surrogate
+      (:func:`darkfield_nb.ggd.ggd_surrogate_nll_map`),
+      (|y - mu| / alpha) * beta - log(beta) + log(alpha) + lgamma(1/beta); comparison only
+      (its minimiser is not the true beta, ``tests/test_losses.py``)."""
+    if kind not in GGD_MAPS:
+        raise ValueError(f"ggd_loss: kind={kind!r} must be one of {tuple(GGD_MAPS)}")
+    name = "ggd_nll" if kind == "exact" else f"ggd_loss(kind={kind!r})"
+    return _reduce(GGD_MAPS[kind](target, mu, alpha, beta), reduction, name)
 
 
 def adversarial_loss(
