@@ -12,6 +12,7 @@ byte for byte.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from scipy import stats
 
 from darkfield_nb import calibration as cal
 from darkfield_nb import checkpoint
-from darkfield_nb.calibration.store import VERSION, write_calibrated_checkpoint
+from darkfield_nb.calibration.store import VERSION, mean_factor, write_calibrated_checkpoint
 from darkfield_nb.cli import main
 from darkfield_nb.data import PairedDataset
 from darkfield_nb.inference import PredictConfig, load_model, predict_folder
@@ -294,10 +295,10 @@ def _check_fields(recal, preds, t, min_pixels):
 
 
 def test_calibrate_stores_the_field_factors_by_default(setup, tmp_path, capsys):
-    """``darkfield-nb calibrate`` on the toy val split: a version-2 entry with t = 0.1 whose
+    """``darkfield-nb calibrate`` on the toy val split: a version-3 entry with t = 0.1 whose
     field factors are the quantiles of each field of the same predictions
-    (collect_predictions); with the threshold at the toy model's median mean both fields are
-    fitted on their own pixels."""
+    (collect_predictions, the mean times the entry's mean factor); with the threshold at the
+    toy model's median mean both fields are fitted on their own pixels."""
     dst = tmp_path / "cal.pt"
     argv = ["calibrate", "--checkpoint", str(setup["base"]), "--data", str(setup["data"])]
     assert main([*argv, "--out", str(dst), "--samples", "2", "--device", "cpu", "--quiet"]) == 0
@@ -305,10 +306,11 @@ def test_calibrate_stores_the_field_factors_by_default(setup, tmp_path, capsys):
         capsys.readouterr().out
     )
     recal = cal.recalibration_of(checkpoint.load_checkpoint(dst))
-    assert recal["version"] == VERSION == 2
+    assert recal["version"] == VERSION == 3
     g = checkpoint.generator_from_checkpoint(checkpoint.load_checkpoint(setup["base"]))
     ds = PairedDataset(setup["data"], split="val", pad_multiple=1)
     preds = cal.collect_predictions(g, ds, samples=2, seed=0, stage=1, progress=False)
+    preds = replace(preds, mu=mean_factor(recal) * preds.mu)
     _check_fields(recal, preds, 0.1, 1000)
     kw = dict(samples=2, stage=1, device="cpu", progress=False, min_pixels=100)
     median = cal.fit_recalibration(g, setup["data"], lung_threshold=setup["t"], **kw)

@@ -11,8 +11,8 @@ from darkfield_nb.cli.parser import flags_for
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from darkfield_nb.calibration import calibrate_checkpoint, fit_recalibration
 
-    # --overwrite --device --split --samples --alpha --delta (and --lung-threshold, where the
-    # parser has it; else fit_recalibration's default 0.1 D) under their own names
+    # --overwrite --device --split --samples --alpha --delta --lung-threshold and
+    # --no-mean-scale (mean_scale) under their own names
     try:
         out, recal = calibrate_checkpoint(
             args.checkpoint,
@@ -34,6 +34,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         if fields
         else f"the global factor {sc['factor']:.3f}"
     )
+    ms = recal.get("mean_scale") or {}
+    mean_line = (
+        f"mean factor c {ms['factor']:.4f} (the mean lung D of the network's mean was "
+        f"{100 * ms['lung_D_bias_before']:+.1f} % off on '{fit['split']}'; predict writes c x mean)"
+        if ms.get("lung_D_bias_before") is not None
+        else f"mean factor: none fitted ({ms.get('skipped') or 'an entry without one'})"
+    )
     lam = rcps["lambda_hat"]
     certified = (
         f"{lam:.3f} x the {100 * cov['p']:g} % half-width (alpha {rcps['alpha']:g}, "
@@ -46,6 +53,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     after = ", ".join(
         f"{name} {cov[name]:.3f}"
         for name in (
+            "mean_scale",
             "sigma_scaling",
             "sigma_scaling_per_region",
             "sigma_scaling_per_field",
@@ -57,6 +65,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(
         f"fitted on {fit['n_images']} '{fit['split']}' images of {fit['data']} "
         f"({fit['samples']} MC passes)\n"
+        f"{mean_line}\n"
         f"sigma factor {sc['factor']:.3f} ({sc['method']}); per region: {regions}\n"
         f"applied by predict / synthesize: {applied}\n"
         f"RCPS lambda: {certified}\n"

@@ -170,6 +170,13 @@ def _add_calibrate(sub) -> None:
         default=0.1,
         help="predicted lung field {mean > t} (D) of the two sigma factors predict applies",
     )
+    p.add_argument(
+        "--no-mean-scale",
+        dest="mean_scale",
+        action="store_false",
+        help="do not fit the mean's factor c (predict writes c x the network's mean; c makes "
+        "the mean lung D over the validation images right)",
+    )
     _add_choice(
         p,
         "--scaling",

@@ -2,11 +2,12 @@
 recalibration (``darkfield-nb calibrate``, key "recalibration") and the per-image OOD
 detector (key "ood").
 
-Recalibration: predict and synthesize multiply every sigma map by the entry's factor map s(x)
-(``calibration.store.apply_recalibration(...)["scale"]`` without label masks, which a
-radiograph does not have). For an entry with field factors (version 2, ``darkfield-nb
-calibrate``) s comes from the prediction's own MC mean mu at the model geometry, before the
-maps are resampled back to the input's size::
+Recalibration: predict and synthesize first multiply the dark-field by the entry's mean
+factor c (version 3, ``calibration.mean_scale``; 1 for an older entry), mu = c mean, then every
+sigma map by the entry's factor map s(x) (``calibration.store.apply_recalibration(...)["scale"]``
+without label masks, which a radiograph does not have). For an entry with field factors (from
+version 2, ``darkfield-nb calibrate``) s comes from the scaled mean mu at the model geometry,
+before the maps are resampled back to the input's size::
 
     s(x) = f_in   if mu(x) > t      (the predicted lung field; t the stored lung_threshold)
     s(x) = f_out  otherwise
@@ -16,7 +17,7 @@ byte). Then::
 
     aleatoric' = s aleatoric,  epistemic' = s epistemic,  total' = s total
 
-so total'^2 = aleatoric'^2 + epistemic'^2 still holds per pixel. The mean is unchanged.
+so total'^2 = aleatoric'^2 + epistemic'^2 still holds per pixel.
 
 OOD: the detector's score of the image the model sees (normalized, resampled to the training
 geometry) and its flag (score above the stored threshold), ``ood.score_radiograph``.
@@ -61,11 +62,18 @@ def recalibration_scale(recal: dict, mean: np.ndarray) -> float | np.ndarray:
 
 
 def apply_recalibration_maps(maps: dict, recal: dict | None) -> tuple[dict, float | np.ndarray]:
-    """(``maps`` with the sigma maps times :func:`recalibration_scale` of ``maps["darkfield"]``,
-    that scale); ``recal`` None: (``maps`` unchanged, None). ``maps``: NumPy arrays at the
-    model geometry; a field-factor map is applied in float64 and the maps keep their dtype."""
+    """(``maps`` with the dark-field times the mean factor c and the sigma maps times
+    :func:`recalibration_scale` of that scaled dark-field, that scale); ``recal`` None:
+    (``maps`` unchanged, None). ``maps``: NumPy arrays at the model geometry; a field-factor
+    map is applied in float64 and the maps keep their dtype."""
     if recal is None:
         return maps, None
+    from darkfield_nb.calibration.store.entry import mean_factor
+
+    c = mean_factor(recal)
+    if c != 1.0:
+        d = maps["darkfield"]
+        maps = {**maps, "darkfield": np.asarray(d * c, dtype=d.dtype)}
     scale = recalibration_scale(recal, maps["darkfield"])
     return apply_sigma_factor(maps, scale), scale
 
@@ -106,6 +114,11 @@ def recalibration_message(recal: dict, checkpoint: str | Path) -> str:
         )
     else:
         how = f"sigma x {sc.factor:.4g}"
+    from darkfield_nb.calibration.store.entry import mean_factor
+
+    c = mean_factor(recal)
+    if c != 1.0:
+        how = f"dark-field x {c:.4g}, {how}"
     return (
         f"applying the recalibration stored in {checkpoint} ({how}, fitted on {n} {split} images)"
     )

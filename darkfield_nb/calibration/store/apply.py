@@ -11,7 +11,7 @@ from .._arrays import ArrayLike, as_numpy
 from ..metrics import ggd_halfwidth, predictive_alpha
 from ..recalibrate import IsotonicRecalibration, SigmaScaling
 from ..risk import RCPSCalibration
-from .entry import METHODS, check_entry
+from .entry import METHODS, check_entry, mean_factor
 
 
 def apply_recalibration(
@@ -26,7 +26,9 @@ def apply_recalibration(
     """The recalibrated maps of one image (NumPy arrays of one shape, e.g. (H, W)): what
     predict / synthesize call per image with the MC-dropout mean, alpha, beta and total sigma.
 
-    With s the sigma-scaling factor map: given ``regions`` (label-mask boolean maps,
+    The mean first: ``mean`` is the network's MC mean, mu = c mean with c the entry's
+    ``mean_scale`` factor (1 before version 3); everything below uses mu. With s the
+    sigma-scaling factor map: given ``regions`` (label-mask boolean maps,
     :func:`.regions.region_masks`), s(x) = per_region[r] for a pixel x of region r when that
     region has a factor, else the global factor; without ``regions`` (a radiograph has no
     masks) s(x) = f_in if mean(x) > t else f_out, the entry's field factors and lung
@@ -34,6 +36,7 @@ def apply_recalibration(
     everywhere for an entry without them; alpha_t = total / sqrt(Gamma(3/beta) /
     Gamma(1/beta)), h_p(a, b) = a [P^-1(1/b, p)]^(1/b) and p the stored level (0.9):
 
+        mean         c mean                  (the dark-field written)
         scale        s
         total        s total                 (the recalibrated total sigma)
         alpha        s alpha                 (the GGD scale, scaled alike)
@@ -50,6 +53,7 @@ def apply_recalibration(
     if method not in METHODS:
         raise ValueError(f"apply_recalibration: method {method!r} not in {METHODS}")
     mu, a, b, tot = (as_numpy(v) for v in (mean, alpha, beta, total))
+    mu = mean_factor(recal) * mu
     sc = SigmaScaling.from_dict(recal["sigma_scaling"])
     p = sc.p
     for name, m in (regions or {}).items():
@@ -74,6 +78,7 @@ def apply_recalibration(
         h = ggd_halfwidth(rc.halfwidth_level, a_t, b)
         lo, hi = rc.interval(mu, h, h)
     return {
+        "mean": mu,
         "scale": s,
         "total": s * tot,
         "alpha": s * a,

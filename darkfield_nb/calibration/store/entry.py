@@ -9,8 +9,13 @@ the GGD of the predicted shape beta whose standard deviation is the total MC-dro
 (total^2 = aleatoric^2 + epistemic^2). A checkpoint carries the fit under the key
 ``"recalibration"``, a strict-JSON dict (it survives ``torch.load(weights_only=True)``)::
 
-    version          2 (1: written before the field factors; still read, applied as before)
+    version          3 (2: written before the mean's factor, 1: before the field factors;
+                     both still read and applied as before, with c = 1)
     method_default   "sigma_scaling": the interval predict / synthesize write unless told
+    mean_scale       {"factor": c, "lung_D_bias_before": b} from version 3: predict and
+                     synthesize write the dark-field c mu (:mod:`..mean_scale`: the mean lung D
+                     over the fitting images made right; b the relative bias of mu there, None
+                     when no factor was fitted, c = 1); every fit below is on the scaled mean
     sigma_scaling    SigmaScaling.to_dict(): global factor s, one factor per (label) region,
                      method, p and, from version 2, ``per_field`` {"predicted_lung": f_in,
                      "outside": f_out} with ``lung_threshold`` t (D): the factors predict and
@@ -22,7 +27,8 @@ the GGD of the predicted shape beta whose standard deviation is the total MC-dro
                      delta, n, halfwidth_level
     fitted_on        {"data", "split", "n_images", "samples", "seed", "stage"}
     fit_coverage     coverage of the central p-interval on the fitting split, before and after
-                     (``sigma_scaling_per_field`` from version 2)
+                     (``sigma_scaling_per_field`` from version 2; ``mean_scale``, after the
+                     mean's factor alone, from version 3: ``before`` is without it)
     guarantee        one sentence: what the fit promises and for which images
 
 The corrections and the RCPS guarantee hold only for images exchangeable with the validation
@@ -41,7 +47,7 @@ import numpy as np
 from darkfield_nb.checkpoint_entry import write_checkpoint_entry
 
 KEY = "recalibration"
-VERSION = 2
+VERSION = 3
 METHODS = ("sigma_scaling", "isotonic", "rcps")
 
 
@@ -76,6 +82,15 @@ def check_entry(recal: dict, where: str) -> dict:
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: recalibration entry is not strict JSON ({err})") from err
     return recal
+
+
+def mean_factor(recal: dict) -> float:
+    """The mean's factor c of an entry (1.0 for an entry written before version 3)."""
+    got = recal.get("mean_scale") or {}
+    c = float(got.get("factor", 1.0))
+    if not math.isfinite(c) or c <= 0:
+        raise ValueError(f"recalibration entry: mean_scale factor {c!r} is not a positive number")
+    return c
 
 
 def recalibration_of(ckpt: dict) -> dict | None:

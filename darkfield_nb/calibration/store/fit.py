@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,10 @@ import torch
 from darkfield_nb.checkpoint_entry import open_source
 from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device
+from darkfield_nb.labels import LUNG
 
 from ..collect import Predictions, collect_predictions
+from ..mean_scale import fit_mean_scale
 from ..metrics import coverage, ggd_halfwidth, pit
 from ..recalibrate import fit_isotonic, fit_sigma_scaling
 from ..regions import LUNG_THRESHOLD
@@ -26,13 +30,18 @@ from .entry import VERSION, strict_json, write_calibrated_checkpoint
 LAMBDAS = np.linspace(0.0, 6.0, 601)
 
 
-def _fit_coverage(preds: Predictions, regions: dict, sc, iso, rcps, p: float) -> dict:
-    """Coverage of the central p-interval on the fitting pixels, before and after each fit."""
+def _fit_coverage(
+    raw: Predictions, preds: Predictions, regions: dict, sc, iso, rcps, p: float
+) -> dict:
+    """Coverage of the central p-interval on the fitting pixels: ``before`` any correction
+    (the predictions ``raw``), ``mean_scale`` after the mean's factor alone (``preds``: the
+    predictions with the scaled mean), and after each sigma fit on top of it."""
     y, mu, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
     u = pit(y, mu, alpha=a_t, beta=beta)
     out = {
         "p": p,
-        "before": coverage(y, mu, p, alpha=a_t, beta=beta),
+        "before": coverage(y, raw.mu, p, alpha=a_t, beta=beta),
+        "mean_scale": coverage(y, mu, p, alpha=a_t, beta=beta),
         "sigma_scaling": coverage(y, mu, p, alpha=sc.factor * a_t, beta=beta),
         "sigma_scaling_per_region": coverage(
             y, mu, p, alpha=sc.scale_map(regions) * a_t, beta=beta
@@ -66,6 +75,7 @@ def fit_recalibration(
     scaling_method: str = "coverage",
     min_pixels: int = 1000,
     lung_threshold: float | None = LUNG_THRESHOLD,
+    mean_scale: bool = True,
     cache: str | os.PathLike | None = None,
 ) -> dict:
     """Fit every recalibrator on the MC-dropout predictions of ``split`` (the validation split:
@@ -87,6 +97,11 @@ def fit_recalibration(
             by ``scaling_method`` on its field's validation pixels and stored with t
             (``sigma_scaling.per_field``, ``lung_threshold``). None: no field factors (the
             entry is then applied with the global factor, as a version-1 entry is).
+        mean_scale: fit the mean's factor c (:func:`..mean_scale.fit_mean_scale`, on the
+            split's lung masks) first and every sigma fit on the scaled mean ``c mu``; stored
+            as ``mean_scale`` {"factor": c, "lung_D_bias_before": mean lung D bias of mu,
+            "skipped": None}. False, or a split where c cannot be fitted (no lung masks, a
+            mean lung D <= 0: warned): c = 1, the bias None and "skipped" the reason.
         cache: optional .npz path for the predictions (:func:`.collect.collect_predictions`).
     """
     require_splits(data_root, (split,), "calibration")
@@ -101,6 +116,17 @@ def fit_recalibration(
         cache=cache,
         progress=progress,
     )
+    raw = preds
+    lung = (preds.mask & LUNG) > 0
+    c, bias_before, skipped = 1.0, None, None if mean_scale else "not asked (mean_scale=False)"
+    if mean_scale:
+        try:
+            c = fit_mean_scale(preds.y, preds.mu, lung)
+            bias_before = 1.0 / c - 1.0  # the mean lung D of mu over the truth's, minus 1
+        except ValueError as err:  # no lung in the split, or a model predicting D <= 0 there
+            skipped = str(err)
+            warnings.warn(f"calibrate: no mean factor fitted, c = 1 ({err})", stacklevel=2)
+    preds = replace(preds, mu=(c * preds.mu).astype(preds.mu.dtype))
     y, mu, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
     regions = preds.regions()
     sc = fit_sigma_scaling(
@@ -130,6 +156,7 @@ def fit_recalibration(
         {
             "version": VERSION,
             "method_default": "sigma_scaling",
+            "mean_scale": {"factor": c, "lung_D_bias_before": bias_before, "skipped": skipped},
             "sigma_scaling": sc.to_dict(),
             "isotonic": iso.to_dict(),
             "rcps": rcps.to_dict(),
@@ -141,7 +168,7 @@ def fit_recalibration(
                 "seed": int(seed),
                 "stage": int(stage),
             },
-            "fit_coverage": _fit_coverage(preds, regions, sc, iso, rcps, p),
+            "fit_coverage": _fit_coverage(raw, preds, regions, sc, iso, rcps, p),
             "guarantee": guarantee,
         }
     )

@@ -12,7 +12,7 @@ from ..metrics import area_between, ggd_halfwidth, observed_coverage, pit
 from ..recalibrate import IsotonicRecalibration, SigmaScaling
 from ..report import calibration_summary
 from ..risk import RCPSCalibration, needed_lambda
-from .entry import check_entry, strict_json
+from .entry import check_entry, mean_factor, strict_json
 
 MIN_REGION_PIXELS = 100  # as calibration_summary: smaller regions are left out of the report
 
@@ -28,7 +28,10 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
     """Every figure of :func:`.report.calibration_summary`, pooled and per region, on ``preds``
     (the test split) before and after the stored recalibration: what ``evaluate --json`` adds.
 
-    ``after.sigma_scaling`` uses the global factor, ``after.sigma_scaling_per_region`` the
+    ``before`` is the network's mean mu and total sigma as they are. Every ``after`` figure is on
+    the scaled mean c mu (c the entry's mean factor, 1 before version 3; ``after.mean_scale``:
+    that alone, sigma unchanged), as predict writes it. ``after.sigma_scaling`` uses the global
+    factor, ``after.sigma_scaling_per_region`` the
     (label-mask) region factors and, for an entry with field factors (version 2),
     ``after.sigma_scaling_per_field`` s(x) = f_in if mu(x) > t else f_out: what predict and
     synthesize apply to radiographs without masks (the global factor for older entries).
@@ -39,15 +42,16 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
     (the quantity it controls; None when no lambda was certified). Strict JSON.
     """
     recal = check_entry(recal, "calibration_report")
-    y, mu, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
+    y, raw, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
+    mu = mean_factor(recal) * raw
     regions = preds.regions()
     sc = SigmaScaling.from_dict(recal["sigma_scaling"])
     p = float(summary_kw.pop("p", sc.p))
     selections = _selections(regions, summary_kw.get("min_pixels", MIN_REGION_PIXELS))
     key = f"{round(100 * p)}"
 
-    def summary(a):
-        return calibration_summary(y, mu, a, beta, regions, p=p, **summary_kw)
+    def summary(a, mean=mu):
+        return calibration_summary(y, mean, a, beta, regions, p=p, **summary_kw)
 
     iso = IsotonicRecalibration.from_dict(recal["isotonic"])
     c_iso = iso.central_pit(pit(y, mu, alpha=a_t, beta=beta))
@@ -74,6 +78,7 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
                 "width": float(2 * rc.lambda_hat * (h.mean() if sel is None else h[sel].mean())),
             }
     after = {
+        "mean_scale": summary(a_t),
         "sigma_scaling": summary(sc.factor * a_t),
         "sigma_scaling_per_region": summary(sc.scale_map(regions) * a_t),
     }
@@ -85,7 +90,7 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
             "n_images": len(y),
             "level": p,
             "fitted_on": recal.get("fitted_on"),
-            "before": summary(a_t),
+            "before": summary(a_t, raw),
             "after": {**after, "isotonic": iso_out, "rcps": rcps_out},
         }
     )
