@@ -36,6 +36,9 @@ def test_mean_of_k_nearest_matches_sklearn_and_chunking_does_not_change_it(monke
     nn = NearestNeighbors(n_neighbors=3).fit(train)
     ref = nn.kneighbors(query)[0].mean(1)
     np.testing.assert_allclose(d.distance(query).numpy(), ref, rtol=2e-5, atol=1e-5)
+    full = nn.kneighbors(query)[0]
+    np.testing.assert_allclose(d.neighbours(query, 1)[:, 0].numpy(), full[:, 0], rtol=2e-5)
+    np.testing.assert_allclose(d.neighbours(query).numpy(), full, rtol=2e-5, atol=1e-5)
     monkeypatch.setattr(knn, "BLOCK", 300 * 7)  # 7 rows per chunk, a ragged last chunk
     np.testing.assert_allclose(d.distance(query).numpy(), ref, rtol=2e-5, atol=1e-5)
 

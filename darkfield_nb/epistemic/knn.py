@@ -116,7 +116,8 @@ class KNNDensity:
     select) or ``"all"`` (memory and queries projected); ``k``: neighbours averaged; ``seed``:
     the projection and the coreset's start. Fitted state: ``memory`` (m, q) float32,
     ``matrix`` (p, dim) or None, ``index`` (the coreset's rows of the fitted ``x``),
-    ``radius`` (covering radius of the coreset), ``reference``."""
+    ``radius`` (covering radius of the coreset over the fitted vectors, in the space it was
+    selected in: projected when ``dim`` is set), ``reference``."""
 
     size: int = 10_000
     dim: int | None = None
@@ -195,16 +196,22 @@ class KNNDensity:
             out.append(exact.sort(dim=1).values)
         return torch.cat(out)
 
-    def distance(self, x) -> torch.Tensor:
-        """``d(x) = (1/k) sum_j ||x - m_(j)(x)||`` of each row of ``x`` (n, p): a float32
-        tensor (n,) on x's device (CPU for NumPy input). Memory stays bounded by
-        ``BLOCK`` distances at a time, whatever ``n`` (a 256 px image is 65,536 rows)."""
+    def neighbours(self, x, k: int | None = None) -> torch.Tensor:
+        """Ascending distances (n, k) of each row of ``x`` (n, p) to its ``k`` (default
+        ``self.k``) nearest memory vectors: float32 on x's device (CPU for NumPy input).
+        Memory stays bounded by ``BLOCK`` distances at a time, whatever ``n`` (a 256 px image
+        is 65,536 rows)."""
         self._check()
         with torch.no_grad():
             q = _as_rows(x, "KNNDensity.distance", self.n_features)
             if self.matrix is not None:
                 q = q @ torch.from_numpy(self.matrix).to(q.device)
-            return self._neighbours(q, self.k).mean(1)
+            return self._neighbours(q, self.k if k is None else int(k))
+
+    def distance(self, x) -> torch.Tensor:
+        """``d(x) = (1/k) sum_j ||x - m_(j)(x)||`` of each row of ``x`` (n, p), (n,) float32
+        (:meth:`neighbours`)."""
+        return self.neighbours(x).mean(1)
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
