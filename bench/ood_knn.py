@@ -294,6 +294,12 @@ def main() -> None:
     )
     ap.add_argument("--no-p1", action="store_true", help="skip the level-1 patch densities")
     ap.add_argument("--no-image", action="store_true", help="skip the per-image scores")
+    ap.add_argument(
+        "--image-maps",
+        nargs="*",
+        default=None,
+        help="maps scored per image (default: the kNN map chosen on the tune half)",
+    )
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     grid = None
@@ -372,10 +378,17 @@ def main() -> None:
         _write(args.json, out)
         return
 
-    keep = {pick["map"]}
-    if pick["map"].startswith("P0+P1"):
-        k = pick["map"][-2:]
-        keep |= {f"{p} knn s{P1_SETTING[0]} {P1_SETTING[1]} {k}" for p in ("P0", "P1")}
+    chosen = args.image_maps or [pick["map"]]
+    unknown = [m for m in chosen if m not in dev[0]["maps"]]
+    if unknown:
+        ap.error(f"--image-maps: {unknown} not among the maps {list(dev[0]['maps'])}")
+    keep = set(chosen)
+    for m in chosen:  # a mean of P0 and P1 needs both
+        if m.startswith("P0+P1 knn"):
+            k = m[-2:]
+            keep |= {f"{p} knn s{P1_SETTING[0]} {P1_SETTING[1]} {k}" for p in ("P0", "P1")}
+        elif m == "P0+P1 gauss":
+            keep |= {"P0 gauss", "P1 gauss"}
     only = {n for n in dens if any(v.startswith(n) for v in keep)}
 
     def split_records():
@@ -404,11 +417,12 @@ def main() -> None:
         print(f"val / test / real maps in {time.perf_counter() - t0:.0f} s", flush=True)
         return out
 
-    tag = pick["map"].replace(" ", "_").replace("+", "_")
+    tag = "-".join(sorted(chosen)).replace(" ", "_").replace("+", "_")
     data = _cached(cache / f"maps_splits_{args.per_image}_{tag}.pkl", split_records)
     test_half = halves(ds["test"], None)
     image = image_scores(data, "shipped", dev, half, test_half)
-    image += image_scores(data, pick["map"], dev, half, test_half)
+    for m in chosen:
+        image += image_scores(data, m, dev, half, test_half)
     out["image"] = image
     _write(args.json, out)
 
