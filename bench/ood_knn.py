@@ -1,7 +1,9 @@
 """Issue 11, session 21: does a multimodal patch density (distance to the nearest training
 patch, PatchCore) flag cables and clips better than today's single Gaussian?
 
-    python bench/ood_knn.py [--json out.json]
+    python bench/ood_knn.py [--json out.json]                     # the grid below
+    python bench/ood_knn.py --per-image 2000 --grid 10000:64c 30000:64a --no-p1 --no-image
+    python bench/ood_knn.py --image-maps "P0+P1 gauss" "P0 knn s10000 64c k1"  # controls
 
 Model: the last trained stage of ``--checkpoint`` (v5, ``data_samples/pretrained.pt``, with the
 detector it carries); data: ``--data`` (train / val / test / ood splits with label masks).
