@@ -84,6 +84,13 @@ def check_entry(recal: dict, where: str) -> dict:
     return recal
 
 
+def recalibration_of(ckpt: dict) -> dict | None:
+    """The recalibration stored in a raw checkpoint dict (:func:`checkpoint.load_checkpoint`),
+    or None when it has none. Raises ValueError when the entry is malformed."""
+    recal = ckpt.get(KEY)
+    return None if recal is None else check_entry(recal, "checkpoint")
+
+
 def mean_factor(recal: dict) -> float:
     """The mean's factor c of an entry (1.0 for an entry written before version 3)."""
     got = recal.get("mean_scale") or {}
@@ -91,13 +98,6 @@ def mean_factor(recal: dict) -> float:
     if not math.isfinite(c) or c <= 0:
         raise ValueError(f"recalibration entry: mean_scale factor {c!r} is not a positive number")
     return c
-
-
-def recalibration_of(ckpt: dict) -> dict | None:
-    """The recalibration stored in a raw checkpoint dict (:func:`checkpoint.load_checkpoint`),
-    or None when it has none. Raises ValueError when the entry is malformed."""
-    recal = ckpt.get(KEY)
-    return None if recal is None else check_entry(recal, "checkpoint")
 
 
 def write_calibrated_checkpoint(
