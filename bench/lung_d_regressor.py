@@ -34,6 +34,9 @@ can train the two variants side by side before a last run reports both).
 - **Figures**: Spearman with a 95 % percentile bootstrap interval over test patients (2000
   resamples, one image per patient), Pearson, per case the mean true and predicted lung D and
   the within-case Spearman; the Spearman on the training images themselves (fit).
+- **Ceiling** (``bench/lung_d_ceiling.py``'s first, on this test set): the lung D of the same
+  400 patients simulated again with the dark-field coefficient fixed at its mean: what a
+  predictor that saw everything but each patient's coefficient would reach.
 
 Seen on 2026-11-26 (CPU, 2 shared cores, one thread per model), seed-41 test set, 400 patients:
 see RESULTS below (filled in by the run that produced them).
@@ -64,6 +67,7 @@ from bench.lung_d_information import descriptors  # noqa: E402
 from darkfield_nb.data import PairedDataset  # noqa: E402
 from darkfield_nb.hardware import pick_device, seed_everything  # noqa: E402
 from darkfield_nb.labels import LUNG, has_label  # noqa: E402
+from darkfield_nb.physics import generate_dataset, materials  # noqa: E402
 
 ID_SPLITS = ["train", "val", "test"]
 VARIANTS = ("input", "mask")
@@ -110,6 +114,24 @@ def make_data(spec: DataSpec, work: Path) -> Path:
     cmd += ["--seed", str(spec.seed), "--quiet", "--overwrite"]
     print("making", out, flush=True)
     subprocess.run(cmd, check=True)
+    return out
+
+
+def make_fixed_coefficient(spec: DataSpec, work: Path) -> Path:
+    """The patients of ``spec`` simulated again with every lung's dark-field coefficient fixed
+    at its mean (``materials.EPSILON_LUNG_SD_PER_M = 0``; the draw still consumes the
+    generator, so anatomy, disease, framing and display are the same), as in
+    ``bench/lung_d_ceiling.py``."""
+    out = work / (spec.folder(work).name + "_fixedcoef")
+    if (out / "manifest.csv").exists():
+        return out
+    print("making", out, flush=True)
+    sd = materials.EPSILON_LUNG_SD_PER_M
+    materials.EPSILON_LUNG_SD_PER_M = 0.0
+    try:
+        generate_dataset(out, spec.patients, spec.size, spec.seed, ood_patients=0, progress=False)
+    finally:
+        materials.EPSILON_LUNG_SD_PER_M = sd
     return out
 
 
@@ -330,7 +352,7 @@ def table(results: dict) -> str:
         lo, hi = r["spearman_ci95"]
         lines.append(
             f"| {name} | {r['spearman']:.3f} [{lo:.3f}, {hi:.3f}] | {r['pearson']:.3f} "
-            f"| {r['fit_spearman']:.3f} |"
+            f"| {r['fit_spearman']:.3f} |".replace("| nan |", "| - |")
         )
     cases = list(results["predictors"][names[0]]["per_case"])
     lines += [
@@ -421,6 +443,14 @@ def main() -> None:
     for name, (p, p_fit) in references(fit, test).items():
         results["predictors"][name] = figures(t, p, case)
         results["predictors"][name]["fit_spearman"] = float(spearmanr(fit["true"], p_fit)[0])
+    blind = load_arrays(make_fixed_coefficient(test_spec, args.work))
+    if not (np.array_equal(blind["lung"], test["lung"]) and np.array_equal(blind["case"], case)):
+        raise RuntimeError("the fixed-coefficient test set does not repeat the test patients")
+    if np.allclose(blind["true"], t):
+        raise RuntimeError("fixing the dark-field coefficient did not change lung D")
+    name = "all but the coefficient (same patients, coefficient fixed)"
+    results["predictors"][name] = figures(t, blind["true"], case)
+    results["predictors"][name]["fit_spearman"] = float("nan")
     results["table"] = table(results)
     print(results["table"])
     if args.json:
