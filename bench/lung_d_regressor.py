@@ -391,6 +391,7 @@ def main() -> None:
         help="more sets whose every image joins the training set (e.g. 32:1500)",
     )
     ap.add_argument("--max-minutes", type=float, default=RegressorConfig.max_minutes)
+    ap.add_argument("--max-epochs", type=int, default=RegressorConfig.max_epochs)
     ap.add_argument("--device", default="cpu", help='"auto" picks a GPU when there is one')
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -399,7 +400,11 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     if bad := [v for v in variants if v not in VARIANTS]:
         raise SystemExit(f"--variants: unknown {bad}; choose from {VARIANTS}")
-    cfg = RegressorConfig(max_minutes=args.max_minutes)
+    cfg = RegressorConfig(
+        max_minutes=args.max_minutes,
+        max_epochs=args.max_epochs,
+        min_epochs=min(RegressorConfig.min_epochs, args.max_epochs),
+    )
     fit_spec = DataSpec(31, args.train_patients, args.size)
     test_spec = DataSpec(41, args.test_patients, args.size)
     fit = load_arrays(make_data(fit_spec, args.work))
