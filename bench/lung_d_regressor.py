@@ -285,7 +285,8 @@ def trained(
 ):
     """The model of ``variant``: loaded from ``work/models`` when its config matches, else
     trained and saved there."""
-    path = work / "models" / f"regressor_{variant}_{tag}.pt"
+    seed = f"_seed{cfg.seed}" if cfg.seed else ""
+    path = work / "models" / f"regressor_{variant}_{tag}{seed}.pt"
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved["config"] == asdict(cfg):
@@ -392,6 +393,7 @@ def main() -> None:
     )
     ap.add_argument("--max-minutes", type=float, default=RegressorConfig.max_minutes)
     ap.add_argument("--max-epochs", type=int, default=RegressorConfig.max_epochs)
+    ap.add_argument("--seed", type=int, default=RegressorConfig.seed, help="training seed")
     ap.add_argument("--device", default="cpu", help='"auto" picks a GPU when there is one')
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -403,6 +405,7 @@ def main() -> None:
     cfg = RegressorConfig(
         max_minutes=args.max_minutes,
         max_epochs=args.max_epochs,
+        seed=args.seed,
         min_epochs=min(RegressorConfig.min_epochs, args.max_epochs),
     )
     fit_spec = DataSpec(31, args.train_patients, args.size)
