@@ -280,7 +280,7 @@ def train(
             f"{history[-1]['minutes']:.1f} min",
             flush=True,
         )
-        if rho > best:
+        if rho > best or best_state is None:
             best, best_state, stale = rho, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
