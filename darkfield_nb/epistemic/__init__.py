@@ -6,6 +6,8 @@
 * :mod:`.ensemble`: a deep ensemble of the last stage;
 * :mod:`.density`: Mahalanobis distance of encoder features (or their local patches) to the
   training features;
+* :mod:`.knn`: distance to the nearest members of a coreset of training patch vectors
+  (PatchCore), the detector's optional lung-contrast density;
 * :mod:`.conversion`: distance to an epistemic sigma in dark-field units;
 * :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
 * :mod:`.combined`: the default per-image score, a global (pooled distance) and a local
@@ -28,8 +30,9 @@ from .density import (
     ledoit_wolf,
     patch_features,
 )
-from .detector import OODDetector, OODPrediction
+from .detector import OODDetector, OODPrediction, default_contrast_knn
 from .ensemble import ensemble_predict, reinit_last_stage, train_last_stage_ensemble
+from .knn import KNNDensity
 from .placement import (
     KINDS,
     PLACEMENTS,
@@ -48,6 +51,7 @@ __all__ = [
     "DistanceSigma",
     "FeatureDensity",
     "GaussianDensity",
+    "KNNDensity",
     "LungContrast",
     "MaxZScore",
     "MultiLevelDensity",
@@ -56,6 +60,7 @@ __all__ = [
     "OODThreshold",
     "Placement",
     "apply_placement",
+    "default_contrast_knn",
     "distance_to_sigma",
     "dropout_layers",
     "encoder_features",

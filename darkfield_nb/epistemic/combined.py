@@ -64,13 +64,25 @@ class LungContrast:
             raise ValueError(f"LungContrast: u {u.shape} and mu {mu.shape} differ in shape")
         out = np.ones(u.shape[0])
         for i, (ui, mi) in enumerate(zip(u, mu, strict=True)):
-            region = mi > self.mu_threshold
-            if self.erosion > 0:
-                region = ndimage.binary_erosion(region, iterations=self.erosion)
-            if region.sum() >= self.min_pixels:
-                lo, hi = np.quantile(ui[region], [self.q_lo, self.q_hi])
-                out[i] = hi / lo if lo > 0 else 1.0
+            out[i] = self.contrast(ui[self.region(mi)])
         return out
+
+    def region(self, mu) -> np.ndarray:
+        """The lung field ``R = erode(mu > mu_threshold, erosion)`` (bool, the shape of the
+        2-D map ``mu``): the pixels :meth:`contrast` reads."""
+        region = np.asarray(mu, dtype=np.float64) > self.mu_threshold
+        if self.erosion > 0:
+            region = ndimage.binary_erosion(region, iterations=self.erosion)
+        return region
+
+    def contrast(self, values) -> float:
+        """``Q_hi(values) / Q_lo(values)`` of the distances at the pixels of ``R`` (any
+        order); 1 for fewer than ``min_pixels`` values or a zero ``Q_lo``."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.size < self.min_pixels:
+            return 1.0
+        lo, hi = np.quantile(values, [self.q_lo, self.q_hi])
+        return float(hi / lo) if lo > 0 else 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

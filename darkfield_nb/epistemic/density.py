@@ -265,16 +265,20 @@ class MultiLevelDensity:
         self.parts = [FeatureDensity(model, level=lv, stage=stage, **kwargs) for lv in levels]
         self.pixel_ref: list[float] = []  # one per pixel level, in the order of pixel_levels
         self.image_ref: list[float] = []  # one per level
+        self.pixel_vectors: dict[int, np.ndarray] = {}  # fit(keep_vectors=True) only
 
     def _pixel_parts(self):
         return [(k, p) for k, p in enumerate(self.parts) if self.levels[k] in self.pixel_levels]
 
-    def fit(self, images: Iterable[torch.Tensor]) -> MultiLevelDensity:
+    def fit(self, images: Iterable[torch.Tensor], keep_vectors: bool = False) -> MultiLevelDensity:
         """Fit every level from one forward pass per batch of ``images`` (normalized inputs
         (B, C, H, W)). Each image contributes at most ``ceil(max_pixels / n_images)`` pixel
         vectors per pixel level (a seeded random subset), so memory stays bounded at 256 px and
         fine levels; ``med_l`` is the median distance of those fitted pixel vectors (the
-        per-pixel distances before upsampling) and of the pooled training vectors."""
+        per-pixel distances before upsampling) and of the pooled training vectors.
+        ``keep_vectors``: keep those pixel vectors as ``pixel_vectors`` ({level: (n, p)
+        float64}) for a second density fitted on the same sample (the detector's kNN lung
+        contrast); the caller drops them when done."""
         images = list(images)
         if not images:
             raise ValueError("MultiLevelDensity.fit: no training images")
@@ -297,6 +301,7 @@ class MultiLevelDensity:
                         v = v[rng.choice(v.shape[0], per, replace=False)]
                     pix[k].append(v)
         self.pixel_ref, self.image_ref = [], []
+        self.pixel_vectors = {}
         for k, part in enumerate(self.parts):
             q = np.concatenate(pooled[k])
             part.image = GaussianDensity.fit(q)
@@ -305,6 +310,8 @@ class MultiLevelDensity:
                 p = np.concatenate(pix[k])
                 part.pixel = GaussianDensity.fit(p)
                 self.pixel_ref.append(float(np.median(part.pixel.distance(p))))
+                if keep_vectors:
+                    self.pixel_vectors[self.levels[k]] = p
         return self
 
     def evaluate(self, x: torch.Tensor):

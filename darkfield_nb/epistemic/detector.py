@@ -26,6 +26,23 @@ Predict, for an image x:
     flag          = score > threshold
 
 so 5 % of in-distribution images are flagged (up to the sampling error of the validation split).
+
+``contrast_density="knn"`` (opt-in; the default ``"gaussian"`` is all of the above) takes the
+lung-field contrast from a second density of the same pixel-level patch vectors instead of u:
+:class:`~.knn.KNNDensity` (distance to the nearest member of a greedy k-center coreset, default
+10,000 members picked in a 64-dim random projection, k = 1), fitted on the very vectors the
+pixel Gaussian is fitted on (``MultiLevelDensity.fit(keep_vectors=True)``):
+
+    contrast = Q_0.99(v) / Q_0.5(v) over R,   v(x) = d_knn(g_0(x)) / reference,
+
+``R`` the eroded predicted lung field of :class:`LungContrast`, ``g_0`` the patch vectors of
+the first pixel level. Only the per-image score changes; u, the epistemic sigma and the total
+map stay Gaussian (the kNN map did not help them, ``bench/ood_knn.py``). At a full-resolution
+pixel level (level 0) the kNN distances are computed only at the pixels of ``R``; at a coarser
+one, over the whole level and upsampled like u. The memory bank is rounded to
+``contrast_dtype`` (float16 by default, as stored) right after the fit, so a stored detector
+scores exactly as the fitted one. Cost per 256 px image, 1 thread, on v5 (encoder features
+given): KNN_COST.
 Defaults chosen in ``bench/ood_targets.py`` (pixel levels, patch size, conversion) on half of
 the simulated device cases. A state written before these options (no ``patch`` /
 ``conversion``) keeps its old behaviour: every level in the pixel map, no patch, and
@@ -42,16 +59,33 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from darkfield_nb.data.transforms import pad_to_multiple, unpad
 from darkfield_nb.ggd import ggd_std
 
 from .combined import LungContrast, MaxZScore
 from .conversion import DistanceSigma
-from .density import GaussianDensity, MultiLevelDensity, distance_to_sigma
+from .density import (
+    GaussianDensity,
+    MultiLevelDensity,
+    distance_to_sigma,
+    encoder_outputs,
+    patch_features,
+)
+from .knn import KNNDensity
 from .score import OODThreshold
 
 MIN_VAL_COMBINED = 5  # fewer validation images: the pooled score alone (with a warning)
 CALIBRATION_OPTIONS = ("level", "power", "quantile", "offset", "gain", "local")
+CONTRAST_DENSITIES = ("gaussian", "knn")
+CONTRAST_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def default_contrast_knn() -> KNNDensity:
+    """The kNN settings chosen in ``bench/ood_knn.py`` (session 21): 10,000 coreset members
+    picked in a 64-dim random projection, exact distances, k = 1, seed 0."""
+    return KNNDensity(size=10_000, dim=64, projection="coreset", k=1, seed=0)
 
 
 @dataclass
@@ -82,7 +116,10 @@ class OODDetector:
     map; ``power`` and ``quantile``: the :class:`DistanceSigma` conversion; ``level``: the
     fraction of validation images above the threshold; ``offset``, ``gain``: the conversion's
     shape (:class:`DistanceSigma`); ``local``: the lung-field contrast of the per-image
-    score (:class:`LungContrast`)."""
+    score (:class:`LungContrast`); ``contrast_density`` (``"gaussian"``: the contrast of u;
+    ``"knn"``: of the kNN distance map, module docstring), ``contrast_knn`` (its settings,
+    unfitted; default :func:`default_contrast_knn`) and ``contrast_dtype`` (``"float16"`` or
+    ``"float32"``, the memory bank as kept and stored)."""
 
     def __init__(
         self,
@@ -98,8 +135,21 @@ class OODDetector:
         offset: float = 1.0,
         gain: float = 3.0,
         local: LungContrast | None = None,
+        contrast_density: str = "gaussian",
+        contrast_knn: KNNDensity | None = None,
+        contrast_dtype: str = "float16",
         **density_kw,
     ) -> None:
+        if contrast_density not in CONTRAST_DENSITIES:
+            raise ValueError(
+                f"OODDetector: contrast_density {contrast_density!r} is not one of "
+                f"{CONTRAST_DENSITIES}"
+            )
+        if contrast_dtype not in CONTRAST_DTYPES:
+            raise ValueError(
+                f"OODDetector: contrast_dtype {contrast_dtype!r} is not one of "
+                f"{tuple(CONTRAST_DTYPES)}"
+            )
         self.model = model
         self.levels = tuple(levels)
         self.level = level
@@ -121,12 +171,39 @@ class OODDetector:
         self.threshold: OODThreshold | None = None
         self.val_scores: np.ndarray | None = None  # per-image scores of the validation images
         self.image_score: MaxZScore | None = None  # None: the pooled distance alone (legacy)
+        self.contrast_density, self.contrast_dtype = contrast_density, contrast_dtype
+        self.contrast_knn: KNNDensity | None = None  # fitted (contrast_density "knn")
+        if contrast_density == "knn":
+            self.contrast_knn = contrast_knn if contrast_knn is not None else default_contrast_knn()
+
+    @property
+    def contrast_level(self) -> int:
+        """The encoder level whose patch vectors the kNN contrast reads: the first pixel
+        level."""
+        return self.pixel_levels[0]
 
     def fit(self, train: Iterable[torch.Tensor], val: Iterable[torch.Tensor]) -> OODDetector:
         """``train``, ``val``: iterables of normalized inputs (B, C, H, W) of the two splits:
-        the densities on ``train``, then :meth:`calibrate` on ``val``."""
-        self.density.fit(list(train))
+        the densities on ``train`` (with ``contrast_density="knn"`` also the kNN density, on
+        the pixel vectors the Gaussian of :attr:`contrast_level` is fitted on), then
+        :meth:`calibrate` on ``val``."""
+        knn = self.contrast_density == "knn"
+        self.density.fit(list(train), keep_vectors=knn)
+        if knn:
+            vectors = self.density.pixel_vectors.pop(self.contrast_level)
+            self.density.pixel_vectors = {}
+            self.fit_contrast(vectors)
         return self.calibrate(val)
+
+    def fit_contrast(self, vectors) -> OODDetector:
+        """Fit the kNN contrast density on the pixel-level patch vectors ``vectors`` (n, p),
+        its memory bank rounded to ``contrast_dtype``; returns self (then :meth:`calibrate`)."""
+        if self.contrast_knn is None:
+            raise RuntimeError("OODDetector.fit_contrast: contrast_density is not 'knn'")
+        knn = self.contrast_knn.fit(np.asarray(vectors, dtype=np.float32))
+        dtype = CONTRAST_DTYPES[self.contrast_dtype]
+        knn.memory = knn.memory.astype(dtype).astype(np.float32)
+        return self
 
     def with_calibration_options(self, other: OODDetector) -> OODDetector:
         """Take ``other``'s options of the validation step (:data:`CALIBRATION_OPTIONS`: the
@@ -142,10 +219,11 @@ class OODDetector:
             raise RuntimeError("OODDetector.calibrate: the densities are not fitted")
         dist, sig, stats = [], [], []
         for x in val:
-            d, s, out = self.density.evaluate(x)
+            feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)
+            d, s, out = self.density.evaluate_features(feats, out, x)
             dist.append(d.double().flatten().cpu().numpy())
             sig.append(ggd_std(out.alpha, out.beta).double().flatten().cpu().numpy())
-            stats.append(self._statistics(d, s, out))
+            stats.append(self._statistics(d, s, out, feats, x))
         if not dist:
             raise ValueError("OODDetector.calibrate: no validation images")
         dist, sig = np.concatenate(dist), np.concatenate(sig)
@@ -170,17 +248,49 @@ class OODDetector:
         self.threshold = OODThreshold.calibrate(self.val_scores, self.level, name)
         return self
 
-    def _statistics(self, dist: torch.Tensor, pooled: np.ndarray, out) -> dict[str, np.ndarray]:
-        """Per image (B,) each: the pooled distance and the lung-field contrast of ``dist``."""
-        return {
-            "pooled": np.asarray(pooled, dtype=np.float64),
-            "lung_contrast": self.local(dist, out.mu),
-        }
+    def _statistics(self, dist, pooled, out, feats, x) -> dict[str, np.ndarray]:
+        """Per image (B,) each: the pooled distance and the lung-field contrast (of ``dist``,
+        or with ``contrast_density="knn"`` of the kNN map, :meth:`knn_contrast`)."""
+        if self.contrast_knn is None:
+            contrast = self.local(dist, out.mu)
+        else:
+            contrast = self.knn_contrast(feats, out.mu, x)
+        return {"pooled": np.asarray(pooled, dtype=np.float64), "lung_contrast": contrast}
 
-    def _score(self, dist: torch.Tensor, pooled: np.ndarray, out) -> np.ndarray:
+    def _score(self, dist, pooled, out, feats, x) -> np.ndarray:
         if self.image_score is None:
             return np.asarray(pooled, dtype=np.float64)
-        return self.image_score(self._statistics(dist, pooled, out))
+        return self.image_score(self._statistics(dist, pooled, out, feats, x))
+
+    def knn_contrast(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
+        """The lung-field contrast (B,) of the kNN map ``v = d_knn(g) / reference`` of the
+        patch vectors ``g`` of :attr:`contrast_level` (``feats``: encoder outputs of
+        ``self.density.levels``, padded coordinates; ``mu`` (B, 1, H, W) the predicted mean;
+        ``x`` the input). At a full-resolution level the distances are computed only at the
+        pixels of the eroded lung field ``R`` (:meth:`LungContrast.region`); otherwise over
+        the whole level, upsampled bilinearly to the padded input and cropped, as u is."""
+        knn = self.contrast_knn
+        if knn is None or knn.memory is None:
+            raise RuntimeError("OODDetector.knn_contrast: no fitted kNN contrast density")
+        f = feats[self.density.levels.index(self.contrast_level)].detach().float().cpu()
+        g = patch_features(f, self.density.patch)  # (B, P, h, w), padded coordinates
+        xp, pads = pad_to_multiple(x, self.model.config.stride)
+        if g.shape[-2:] != xp.shape[-2:]:  # a coarser level: the whole map, as u
+            b, c, h, w = g.shape
+            v = knn.distance(g.permute(0, 2, 3, 1).reshape(-1, c)) / knn.reference
+            size = tuple(xp.shape[-2:])
+            up = F.interpolate(v.reshape(b, 1, h, w), size=size, mode="bilinear")
+            return self.local(unpad(up, pads).to(x.dtype), mu)
+        top, left = int(pads[0]), int(pads[2])
+        out = np.ones(g.shape[0])
+        for i, mi in enumerate(mu.detach().double().cpu().numpy()[:, 0]):
+            ys, xs = np.nonzero(self.local.region(mi))
+            if ys.size < self.local.min_pixels:
+                continue
+            rows = g[i][:, torch.from_numpy(ys + top), torch.from_numpy(xs + left)].T
+            v = (knn.distance(rows) / knn.reference).to(x.dtype)
+            out[i] = self.local.contrast(v.double().numpy())
+        return out
 
     def score(self, x: torch.Tensor) -> np.ndarray:
         """The per-image score (B,) of normalized inputs ``x`` (B, C, H, W); one pass."""
@@ -191,8 +301,9 @@ class OODDetector:
         ``x``, from one pass; ``epistemic_sigma(u)`` is the density's epistemic sigma."""
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
-        dist, pooled, out = self.density.evaluate(x)
-        return self._score(dist, pooled, out), dist
+        feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)
+        dist, pooled, out = self.density.evaluate_features(feats, out, x)
+        return self._score(dist, pooled, out, feats, x), dist
 
     def score_features(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
         """:meth:`score` from the stage's encoder outputs ``feats`` (one per level, padded
@@ -207,13 +318,14 @@ class OODDetector:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         dist, pooled, out = self.density.evaluate_features(feats, _Mean(mu), x)
-        return self._score(dist, pooled, out), dist
+        return self._score(dist, pooled, out, feats, x), dist
 
     def predict(self, x: torch.Tensor) -> OODPrediction:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
-        dist, pooled, out = self.density.evaluate(x)  # one forward pass
-        score = self._score(dist, pooled, out)
+        feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)  # one pass
+        dist, pooled, out = self.density.evaluate_features(feats, out, x)
+        score = self._score(dist, pooled, out, feats, x)
         mean, ale = out.mu, ggd_std(out.alpha, out.beta)
         epi = self.epistemic_sigma(dist).to(ale.dtype)
         return OODPrediction(
@@ -239,7 +351,7 @@ class OODDetector:
             }
             for p in self.density.parts
         ]
-        return {
+        state = {
             "levels": list(self.levels),
             "level": self.level,
             "stage": self.stage,
@@ -255,6 +367,19 @@ class OODDetector:
             "image_ref": list(self.density.image_ref),
             "parts": parts,
         }
+        if self.contrast_knn is not None:  # absent: the Gaussian contrast (older states too)
+            state["contrast"] = self._contrast_state()
+        return state
+
+    def _contrast_state(self) -> dict:
+        """The kNN contrast density as plain data, its memory bank a ``contrast_dtype``
+        tensor (float16: 2 bytes per value; the rest are floats and small arrays)."""
+        d = self.contrast_knn.to_dict()
+        d["memory"] = torch.from_numpy(d["memory"]).to(getattr(torch, self.contrast_dtype))
+        d["index"] = torch.from_numpy(d["index"])
+        if d["matrix"] is not None:
+            d["matrix"] = torch.from_numpy(d["matrix"])
+        return {"density": "knn", "dtype": self.contrast_dtype, "knn": d}
 
     @classmethod
     def from_state(cls, model, state: dict) -> OODDetector:
@@ -286,4 +411,13 @@ class OODDetector:
         for part, saved in zip(det.density.parts, state["parts"], strict=True):
             part.pixel = None if saved.get("pixel") is None else GaussianDensity(**saved["pixel"])
             part.image = GaussianDensity(**saved["image"])
+        contrast = state.get("contrast")  # absent: the Gaussian contrast of u
+        if contrast is not None:
+            if contrast.get("density") != "knn":
+                raise ValueError(
+                    f"OODDetector.from_state: contrast density {contrast.get('density')!r} "
+                    "is not 'knn'"
+                )
+            det.contrast_density, det.contrast_dtype = "knn", str(contrast["dtype"])
+            det.contrast_knn = KNNDensity.from_dict(contrast["knn"])
         return det

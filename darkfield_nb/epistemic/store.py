@@ -6,15 +6,22 @@ The entry survives ``torch.load(weights_only=True)``: the detector's NumPy array
 precisions of every level) become float64 tensors, everything else is plain numbers, strings,
 lists and dicts::
 
-    version      3 (2: written before the combined per-image score, 1: before pixel_levels /
-                 patch / conversion; both read and scored as they were written)
+    version      4 when the detector carries a kNN lung contrast (``contrast``, below), else 3
+                 (so that a reader of version 3 still reads every Gaussian entry, and refuses
+                 a kNN one it would score wrongly); 2: written before the combined per-image
+                 score, 1: before pixel_levels / patch / conversion; all read and scored as
+                 they were written
     detector     OODDetector.state(), arrays as tensors: levels, level (0.05: 5 % of
                  in-distribution images flagged), stage, pixel_levels, patch, conversion
                  {u_ref, sigma_ref, power, quantile, offset, gain}, d_ref, sigma_ref,
                  threshold {threshold, level, n_calibration, score}, image_score {kind,
                  names, mean, std, local {mu_threshold, erosion, q_hi, q_lo, min_pixels}},
                  val_scores, pixel_ref, image_ref, parts [{pixel: {mean, precision,
-                 shrinkage} or None, image: {...}} per level]
+                 shrinkage} or None, image: {...}} per level]; version 4 only: contrast
+                 {density "knn", dtype, knn {kind, size, dim, k, projection, seed, memory
+                 (size x p, float16 by default: 10,000 x 144 is 2.9 MB, float32 5.8 MB),
+                 matrix (None unless projection "all"), index (int64), radius,
+                 reference}} (absent: the Gaussian contrast of the pixel map)
     fitted_on    {data, n_train, n_val, stage, densities_from (only when the densities were
                  kept from an earlier entry: its fitted_on)}
     score        one sentence: what the per-image score is and what the flag promises
@@ -39,13 +46,17 @@ from darkfield_nb.hardware import pick_device
 from .detector import OODDetector
 
 KEY = "ood"
-VERSION = 3
+VERSION = 4  # the newest entry this code reads
+GAUSSIAN_VERSION = 3  # written for an entry without a kNN contrast
 SCORE_TEXT = (
     "per-image score: the larger of two z-scores against the validation images, of the log "
     "pooled distance (mean over encoder levels of the Mahalanobis distance of the pooled "
     "features, each divided by its training median) and of the log contrast Q99/Q50 of the "
     "pixel distance map inside the predicted lung field; flag: score above the 95th percentile "
     "of the validation images' leave-one-out scores (5 % of in-distribution images flagged)"
+)
+KNN_SCORE_TEXT = SCORE_TEXT.replace(
+    "of the pixel distance map", "of the nearest-neighbour (coreset kNN) patch distance map"
 )
 
 
@@ -100,13 +111,16 @@ def fit_ood_detector(
     ``val``) and return the checkpoint entry described in the module docstring.
     ``detector_kw``: the options of :class:`OODDetector` (``levels``, ``level``, ``stage``,
     ``pixel_levels``, ``patch``, ``power``, ``quantile``, ``offset``, ``gain``, ``local``,
+    ``contrast_density`` ("gaussian" or "knn"), ``contrast_knn``, ``contrast_dtype``,
     ``max_pixels``), its defaults where not given.
 
     ``densities_from``: an earlier entry of the same model whose train-split densities are
     kept (its ``levels``, ``pixel_levels``, ``patch`` and ``stage`` win over the options);
     only the validation step (:meth:`OODDetector.calibrate`) is redone, with the options'
     ``level`` and conversion and score settings, which saves one forward pass per training
-    image."""
+    image. The kept densities include the entry's contrast density (kNN or Gaussian); asking
+    for ``contrast_density="knn"`` on an entry without one is a ValueError (the kNN needs the
+    training split)."""
     splits = ("val",) if densities_from is not None else ("train", "val")
     require_splits(data_root, splits, "the out-of-distribution detector")
     device = pick_device(device)
@@ -118,7 +132,13 @@ def fit_ood_detector(
     det = OODDetector(model, **detector_kw)
     val = (x.to(device) for x in batches(ds["val"], batch_size))
     if densities_from is not None:
-        det = detector_from_entry(model, densities_from).with_calibration_options(det)
+        kept = detector_from_entry(model, densities_from)
+        if det.contrast_density == "knn" and kept.contrast_knn is None:
+            raise ValueError(
+                "fit_ood_detector: contrast_density='knn' with kept densities, but the kept "
+                "entry has no kNN contrast density; refit on the training split instead"
+            )
+        det = kept.with_calibration_options(det)
         det.calibrate(val)
         n_train = int(densities_from["fitted_on"]["n_train"])
     else:
@@ -133,11 +153,12 @@ def fit_ood_detector(
     }
     if densities_from is not None:
         fitted_on["densities_from"] = dict(densities_from["fitted_on"])
+    knn = det.contrast_knn is not None
     return {
-        "version": VERSION,
+        "version": VERSION if knn else GAUSSIAN_VERSION,
         "detector": _to_tensors(det.state()),
         "fitted_on": fitted_on,
-        "score": SCORE_TEXT,
+        "score": KNN_SCORE_TEXT if knn else SCORE_TEXT,
     }
 
 
@@ -223,7 +244,9 @@ def attach_ood_detector(
     """Fit on ``data_root`` (:func:`fit_ood_detector`; the stage is the last one trained unless
     given) and write ``dst``. Returns (dst, entry). Checks the output before fitting.
     ``keep_densities``: keep the train-split densities of the detector ``src`` carries and
-    refit only its validation step (ValueError naming ``src`` when it carries none)."""
+    refit only its validation step (ValueError naming ``src`` when it carries none).
+    ``contrast_density="knn"`` (with ``contrast_knn``, ``contrast_dtype``) passes through to
+    :class:`OODDetector`: the per-image score's lung contrast from a kNN patch density."""
     src, dst = Path(src), Path(dst)
     ckpt, model, last = open_source(src, dst, overwrite, pick_device(device))
     fit_kw.setdefault("stage", last)
