@@ -7,7 +7,8 @@
 * :mod:`.density`: Mahalanobis distance of encoder features (or their local patches) to the
   training features;
 * :mod:`.knn`: distance to the nearest members of a coreset of training patch vectors
-  (PatchCore), the detector's optional lung-contrast density;
+  (PatchCore);
+* :mod:`.knn_contrast`: the detector's optional per-image lung contrast from that density;
 * :mod:`.conversion`: distance to an epistemic sigma in dark-field units;
 * :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
 * :mod:`.combined`: the default per-image score, a global (pooled distance) and a local
@@ -30,9 +31,10 @@ from .density import (
     ledoit_wolf,
     patch_features,
 )
-from .detector import OODDetector, OODPrediction, default_contrast_knn
+from .detector import OODDetector, OODPrediction
 from .ensemble import ensemble_predict, reinit_last_stage, train_last_stage_ensemble
 from .knn import KNNDensity
+from .knn_contrast import default_contrast_knn
 from .placement import (
     KINDS,
     PLACEMENTS,

@@ -27,30 +27,9 @@ Predict, for an image x:
 
 so 5 % of in-distribution images are flagged (up to the sampling error of the validation split).
 
-``contrast_density="knn"`` (opt-in; the default ``"gaussian"`` is all of the above) takes the
-lung-field contrast from a second density of the same pixel-level patch vectors instead of u:
-:class:`~.knn.KNNDensity` (distance to the nearest member of a greedy k-center coreset, default
-10,000 members picked in a 64-dim random projection, k = 1), fitted on the very vectors the
-pixel Gaussian is fitted on (``MultiLevelDensity.fit(keep_vectors=True)``):
+``contrast_density="knn"`` (opt-in) takes the lung-field contrast from a nearest-neighbour
+patch density instead of u (:mod:`.knn_contrast`: the formula, its cost, its storage).
 
-    contrast = Q_0.99(v) / Q_0.5(v) over R,   v(x) = d_knn(g_0(x)) / reference,
-
-``R`` the eroded predicted lung field of :class:`LungContrast`, ``g_0`` the patch vectors of
-the first pixel level. Only the per-image score changes; u, the epistemic sigma and the total
-map stay Gaussian (the kNN map did not help them, ``bench/ood_knn.py``). At a full-resolution
-pixel level (level 0) the kNN distances are computed only at the pixels of ``R``; at a coarser
-one, over the whole level and upsampled like u. The memory bank is rounded to
-``contrast_dtype`` (float16 by default, as stored) right after the fit, so a stored detector
-scores exactly as the fitted one (float16 moves a distance by at most
-``max_j ||m_j - fp16(m_j)|| <= 2^-11 max_j ||m_j||``; on v5's patch vectors 0.07 % at most,
-the contrast by 2e-5 relative).
-
-Cost per 256 px image, 1 thread, v5 (session 21, 2 shared cores at load average 3.5-4.4;
-fastest of 3-5; encoder features given): the Gaussian contrast 0.0006-0.0007 s (on the map u,
-which the pixel map needs anyway: 0.115 s with the pooled distances); the kNN contrast
-restricted to the lung field 0.77 s (9,581 lung pixels) to 1.36 s (17,896), against 4.9-5.1 s
-for the kNN distance at all 65,536 pixels; the forward pass 0.44-0.50 s. The kNN contrast
-costs 1.5-3 forward passes.
 Defaults chosen in ``bench/ood_targets.py`` (pixel levels, patch size, conversion) on half of
 the simulated device cases. A state written before these options (no ``patch`` /
 ``conversion``) keeps its old behaviour: every level in the pixel map, no patch, and
@@ -67,9 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from darkfield_nb.data.transforms import pad_to_multiple, unpad
 from darkfield_nb.ggd import ggd_std
 
 from .combined import LungContrast, MaxZScore
@@ -82,18 +59,18 @@ from .density import (
     patch_features,
 )
 from .knn import KNNDensity
+from .knn_contrast import (
+    CONTRAST_DENSITIES,
+    CONTRAST_DTYPES,
+    contrast_from_state,
+    contrast_state,
+    default_contrast_knn,
+    knn_lung_contrast,
+)
 from .score import OODThreshold
 
 MIN_VAL_COMBINED = 5  # fewer validation images: the pooled score alone (with a warning)
 CALIBRATION_OPTIONS = ("level", "power", "quantile", "offset", "gain", "local")
-CONTRAST_DENSITIES = ("gaussian", "knn")
-CONTRAST_DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def default_contrast_knn() -> KNNDensity:
-    """The kNN settings chosen in ``bench/ood_knn.py`` (session 21): 10,000 coreset members
-    picked in a 64-dim random projection, exact distances, k = 1, seed 0."""
-    return KNNDensity(size=10_000, dim=64, projection="coreset", k=1, seed=0)
 
 
 @dataclass
@@ -283,23 +260,7 @@ class OODDetector:
             raise RuntimeError("OODDetector.knn_contrast: no fitted kNN contrast density")
         f = feats[self.density.levels.index(self.contrast_level)].detach().float().cpu()
         g = patch_features(f, self.density.patch)  # (B, P, h, w), padded coordinates
-        xp, pads = pad_to_multiple(x, self.model.config.stride)
-        if g.shape[-2:] != xp.shape[-2:]:  # a coarser level: the whole map, as u
-            b, c, h, w = g.shape
-            v = knn.distance(g.permute(0, 2, 3, 1).reshape(-1, c)) / knn.reference
-            size = tuple(xp.shape[-2:])
-            up = F.interpolate(v.reshape(b, 1, h, w), size=size, mode="bilinear")
-            return self.local(unpad(up, pads).to(x.dtype), mu)
-        top, left = int(pads[0]), int(pads[2])
-        out = np.ones(g.shape[0])
-        for i, mi in enumerate(mu.detach().double().cpu().numpy()[:, 0]):
-            ys, xs = np.nonzero(self.local.region(mi))
-            if ys.size < self.local.min_pixels:
-                continue
-            rows = g[i][:, torch.from_numpy(ys + top), torch.from_numpy(xs + left)].T
-            v = (knn.distance(rows) / knn.reference).to(x.dtype)
-            out[i] = self.local.contrast(v.double().numpy())
-        return out
+        return knn_lung_contrast(knn, self.local, g, mu, x, self.model.config.stride)
 
     def score(self, x: torch.Tensor) -> np.ndarray:
         """The per-image score (B,) of normalized inputs ``x`` (B, C, H, W); one pass."""
@@ -377,18 +338,8 @@ class OODDetector:
             "parts": parts,
         }
         if self.contrast_knn is not None:  # absent: the Gaussian contrast (older states too)
-            state["contrast"] = self._contrast_state()
+            state["contrast"] = contrast_state(self.contrast_knn, self.contrast_dtype)
         return state
-
-    def _contrast_state(self) -> dict:
-        """The kNN contrast density as plain data, its memory bank a ``contrast_dtype``
-        tensor (float16: 2 bytes per value; the rest are floats and small arrays)."""
-        d = self.contrast_knn.to_dict()
-        d["memory"] = torch.from_numpy(d["memory"]).to(getattr(torch, self.contrast_dtype))
-        d["index"] = torch.from_numpy(d["index"])
-        if d["matrix"] is not None:
-            d["matrix"] = torch.from_numpy(d["matrix"])
-        return {"density": "knn", "dtype": self.contrast_dtype, "knn": d}
 
     @classmethod
     def from_state(cls, model, state: dict) -> OODDetector:
@@ -422,11 +373,6 @@ class OODDetector:
             part.image = GaussianDensity(**saved["image"])
         contrast = state.get("contrast")  # absent: the Gaussian contrast of u
         if contrast is not None:
-            if contrast.get("density") != "knn":
-                raise ValueError(
-                    f"OODDetector.from_state: contrast density {contrast.get('density')!r} "
-                    "is not 'knn'"
-                )
-            det.contrast_density, det.contrast_dtype = "knn", str(contrast["dtype"])
-            det.contrast_knn = KNNDensity.from_dict(contrast["knn"])
+            det.contrast_density = "knn"
+            det.contrast_dtype, det.contrast_knn = contrast_from_state(contrast)
         return det
