@@ -44,11 +44,15 @@ from darkfield_nb.train.recipes import _mc_dropout_generator  # noqa: E402
 BATCH = 8
 
 
-def config(steps: int, steps_per_epoch: int = 250):
+def config(steps: int, n_train: int, steps_per_epoch: int = 250):
     """The single-stage baseline's losses on a width-16 generator, whole images, ``steps``
-    optimizer steps in epochs of ``steps_per_epoch``."""
+    optimizer steps in epochs of at most ``steps_per_epoch`` (fewer when the ``n_train``
+    training images give fewer batches: then more epochs, so both runs take ``steps`` steps)."""
     base = recipes.single_stage_baseline()
-    epochs = max(1, round(steps / steps_per_epoch))
+    per_epoch = min(
+        steps_per_epoch, max(1, n_train // BATCH)
+    )  # the loader drops the last part batch
+    epochs = max(1, round(steps / per_epoch))
     stage = replace(base.stages[0], epochs=epochs, batch_size=BATCH, warmup_epochs=1)
     return replace(
         base,
@@ -111,13 +115,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.cmd == "train":
         torch.set_num_threads(1)
-        train_progressive(
-            args.data,
-            args.out,
-            config(args.steps, args.steps_per_epoch),
-            device="cpu",
-            progress=False,
-        )
+        n_train = len(PairedDataset(args.data, split="train", pad_multiple=1))
+        cfg = config(args.steps, n_train, args.steps_per_epoch)
+        print(f"{n_train} training images, {cfg.stages[0].epochs} epochs", flush=True)
+        train_progressive(args.data, args.out, cfg, device="cpu", progress=False)
         return
     rows = [score(r, args.test) for r in args.runs]
     for r in rows:
