@@ -130,3 +130,23 @@ def toy_recalibration(scaling: dict, n_images: int, version: int = 1) -> dict:
         "rcps": {**rcps, "halfwidth_level": 0.9},
         "fitted_on": {"split": "val", "n_images": n_images},
     }
+
+
+def write_toy_pairs(root: Path, n: int, *, size: int = 32, n_val: int = 2) -> Path:
+    """Toy paired folder of ``n`` images: D a smooth function of a random blocky attenuation
+    field (8-pixel blocks), D = 0.5 (1 - field)^2; the last ``n_val`` images are the validation
+    split, the rest training. Seeded: ``np.random.default_rng(0)``."""
+    from darkfield_nb.contract import write_manifest
+    from darkfield_nb.io import write_image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        field = rng.random((size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
+        write_image(root / "attenuation" / f"im{i}.png", (field * 60000 + 1000).astype(np.uint16))
+        write_image(root / "darkfield" / f"im{i}.tif", (0.5 * (1 - field) ** 2).astype(np.float32))
+        rows.append(
+            {"id": f"im{i}", "patient": f"p{i}", "split": "val" if i >= n - n_val else "train"}
+        )
+    write_manifest(root / "manifest.csv", rows)
+    return root

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import write_toy_pairs
 from scipy import stats
 from scipy.spatial.distance import mahalanobis
 from torch import nn
 
-from darkfield_nb.contract import write_manifest
 from darkfield_nb.epistemic import (
     DistanceSigma,
     FeatureDensity,
@@ -39,7 +39,6 @@ from darkfield_nb.epistemic import (
     set_rate,
     train_last_stage_ensemble,
 )
-from darkfield_nb.io import write_image
 from darkfield_nb.models import DiscriminatorConfig, GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.train import StageSchedule, TrainConfig, make_datasets
 from darkfield_nb.uncertainty import mc_dropout_predict
@@ -549,19 +548,8 @@ def test_few_validation_images_fall_back_to_the_pooled_score() -> None:
 
 
 def _pairs(root, n: int = 6, size: int = 32, n_val: int = 2):
-    """Toy paired folder: D a smooth function of a random attenuation field; the last
-    ``n_val`` images are the validation split."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        field = rng.random((size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
-        write_image(root / "attenuation" / f"im{i}.png", (field * 60000 + 1000).astype(np.uint16))
-        write_image(root / "darkfield" / f"im{i}.tif", (0.5 * (1 - field) ** 2).astype(np.float32))
-        rows.append(
-            {"id": f"im{i}", "patient": f"p{i}", "split": "val" if i >= n - n_val else "train"}
-        )
-    write_manifest(root / "manifest.csv", rows)
-    return root
+    """:func:`helpers.write_toy_pairs` with this file's defaults."""
+    return write_toy_pairs(root, n, size=size, n_val=n_val)
 
 
 def test_train_last_stage_ensemble_trains_only_the_last_stage(tmp_path) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import write_toy_pairs
 from scipy import ndimage
 
-from darkfield_nb.contract import write_manifest
 from darkfield_nb.epistemic import (
     KNNDensity,
     LungContrast,
@@ -22,7 +22,6 @@ from darkfield_nb.epistemic import (
     OODDetector,
     encoder_features,
 )
-from darkfield_nb.io import write_image
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,17 +204,8 @@ def test_bad_options_are_errors() -> None:
 
 
 def _pairs(root, n: int = 10, size: int = 32, n_val: int = 6):
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        field = rng.random((size // 8, size // 8)).repeat(8, 0).repeat(8, 1)
-        write_image(root / "attenuation" / f"im{i}.png", (field * 60000 + 1000).astype(np.uint16))
-        write_image(root / "darkfield" / f"im{i}.tif", (0.5 * (1 - field) ** 2).astype(np.float32))
-        rows.append(
-            {"id": f"im{i}", "patient": f"p{i}", "split": "val" if i >= n - n_val else "train"}
-        )
-    write_manifest(root / "manifest.csv", rows)
-    return root
+    """:func:`helpers.write_toy_pairs` with this file's defaults."""
+    return write_toy_pairs(root, n, size=size, n_val=n_val)
 
 
 def test_attach_passes_the_option_through_and_stores_float16(tmp_path) -> None:
