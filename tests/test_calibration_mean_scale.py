@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import toy_generator, toy_recalibration
 
-from darkfield_nb.calibration.mean_scale import MIN_LUNG_PIXELS, fit_mean_scale
+from darkfield_nb.calibration.mean_scale import MIN_LUNG_PIXELS, fit_mean_scale, lung_d_bias
 from darkfield_nb.calibration.store import (
     apply_recalibration,
     check_entry,
@@ -69,6 +69,9 @@ def test_fit_mean_scale_makes_the_mean_lung_d_right():
     per_image = lambda a: np.ma.masked_array(a, ~lung).mean(axis=(1, 2)).filled()  # noqa: E731
     assert per_image(c * mu).mean() == pytest.approx(per_image(y).mean(), rel=1e-10)
     assert c == pytest.approx(1 / 1.07, rel=0.02)
+    want = per_image(mu).mean() / per_image(y).mean() - 1
+    assert lung_d_bias(y, mu, lung) == pytest.approx(want, rel=1e-10)
+    assert lung_d_bias(y, c * mu, lung) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_fit_mean_scale_errors():

@@ -156,11 +156,17 @@ class OODDetector:
         self.threshold: OODThreshold | None = None
         self.val_scores: np.ndarray | None = None  # per-image scores of the validation images
         self.image_score: MaxZScore | None = None  # None: the pooled distance alone (legacy)
-        self.contrast_density, self.contrast_dtype = contrast_density, contrast_dtype
-        self.contrast_knn: KNNDensity | None = None  # fitted (contrast_density "knn")
+        self.contrast_dtype = contrast_dtype
+        self.contrast_knn: KNNDensity | None = None  # set: the kNN contrast (fitted by fit())
         if contrast_density == "knn":
             knn = contrast_knn if contrast_knn is not None else default_contrast_knn()
             self.contrast_knn = replace(knn)  # a copy: fit() fills it in
+
+    @property
+    def contrast_density(self) -> str:
+        """ "knn" when the per-image score's lung contrast comes from the kNN density, else
+        "gaussian" (the contrast of u)."""
+        return "gaussian" if self.contrast_knn is None else "knn"
 
     @property
     def contrast_level(self) -> int:
@@ -173,7 +179,7 @@ class OODDetector:
         the densities on ``train`` (with ``contrast_density="knn"`` also the kNN density, on
         the pixel vectors the Gaussian of :attr:`contrast_level` is fitted on), then
         :meth:`calibrate` on ``val``."""
-        knn = self.contrast_density == "knn"
+        knn = self.contrast_knn is not None
         self.density.fit(list(train), keep_vectors=knn)
         if knn:
             vectors = self.density.pixel_vectors.pop(self.contrast_level)
@@ -205,8 +211,7 @@ class OODDetector:
             raise RuntimeError("OODDetector.calibrate: the densities are not fitted")
         dist, sig, stats = [], [], []
         for x in val:
-            feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)
-            d, s, out = self.density.evaluate_features(feats, out, x)
+            feats, d, s, out = self._evaluate(x)
             dist.append(d.double().flatten().cpu().numpy())
             sig.append(ggd_std(out.alpha, out.beta).double().flatten().cpu().numpy())
             stats.append(self._statistics(d, s, out, feats, x))
@@ -233,6 +238,12 @@ class OODDetector:
             name = "pooled multi-level Mahalanobis"
         self.threshold = OODThreshold.calibrate(self.val_scores, self.level, name)
         return self
+
+    def _evaluate(self, x: torch.Tensor):
+        """One eval-mode forward pass of ``x``: (the encoder outputs of ``density.levels``,
+        the per-pixel distance map u, the pooled distances, the stage output)."""
+        feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)
+        return (feats, *self.density.evaluate_features(feats, out, x))
 
     def _statistics(self, dist, pooled, out, feats, x) -> dict[str, np.ndarray]:
         """Per image (B,) each: the pooled distance and the lung-field contrast (of ``dist``,
@@ -271,8 +282,7 @@ class OODDetector:
         ``x``, from one pass; ``epistemic_sigma(u)`` is the density's epistemic sigma."""
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
-        feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)
-        dist, pooled, out = self.density.evaluate_features(feats, out, x)
+        feats, dist, pooled, out = self._evaluate(x)
         return self._score(dist, pooled, out, feats, x), dist
 
     def score_features(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
@@ -293,8 +303,7 @@ class OODDetector:
     def predict(self, x: torch.Tensor) -> OODPrediction:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
-        feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)  # one pass
-        dist, pooled, out = self.density.evaluate_features(feats, out, x)
+        feats, dist, pooled, out = self._evaluate(x)  # one forward pass
         score = self._score(dist, pooled, out, feats, x)
         mean, ale = out.mu, ggd_std(out.alpha, out.beta)
         epi = self.epistemic_sigma(dist).to(ale.dtype)
@@ -373,6 +382,5 @@ class OODDetector:
             part.image = GaussianDensity(**saved["image"])
         contrast = state.get("contrast")  # absent: the Gaussian contrast of u
         if contrast is not None:
-            det.contrast_density = "knn"
             det.contrast_dtype, det.contrast_knn = contrast_from_state(contrast)
         return det

@@ -53,6 +53,12 @@ def _scaling(recal: dict):
     return SigmaScaling.from_dict(recal["sigma_scaling"])
 
 
+def _mean_factor(recal: dict) -> float:
+    from darkfield_nb.calibration.store.entry import mean_factor
+
+    return mean_factor(recal)
+
+
 def recalibration_scale(recal: dict, mean: np.ndarray) -> float | np.ndarray:
     """What multiplies the sigma maps of a prediction with MC mean ``mean`` (any shape, at the
     model geometry): the map s(x) = f_in if mean(x) > t else f_out (float64, ``mean``'s shape)
@@ -68,9 +74,7 @@ def apply_recalibration_maps(maps: dict, recal: dict | None) -> tuple[dict, floa
     map is applied in float64 and the maps keep their dtype."""
     if recal is None:
         return maps, None
-    from darkfield_nb.calibration.store.entry import mean_factor
-
-    c = mean_factor(recal)
+    c = _mean_factor(recal)
     if c != 1.0:
         d = maps["darkfield"]
         maps = {**maps, "darkfield": np.asarray(d * c, dtype=d.dtype)}
@@ -114,9 +118,7 @@ def recalibration_message(recal: dict, checkpoint: str | Path) -> str:
         )
     else:
         how = f"sigma x {sc.factor:.4g}"
-    from darkfield_nb.calibration.store.entry import mean_factor
-
-    c = mean_factor(recal)
+    c = _mean_factor(recal)
     if c != 1.0:
         how = f"dark-field x {c:.4g}, {how}"
     return (

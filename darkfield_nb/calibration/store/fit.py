@@ -118,8 +118,9 @@ def fit_recalibration(
     )
     raw = preds
     lung = (preds.mask & LUNG) > 0
-    c, bias_before, skipped = 1.0, None, None if mean_scale else "not asked (mean_scale=False)"
+    c, bias_before, skipped = 1.0, None, "not asked (mean_scale=False)"
     if mean_scale:
+        skipped = None
         try:
             c = fit_mean_scale(preds.y, preds.mu, lung)
             bias_before = 1.0 / c - 1.0  # the mean lung D of mu over the truth's, minus 1
