@@ -78,6 +78,10 @@ def check_entry(recal: dict, where: str) -> dict:
     if int(recal.get("version", 1)) > VERSION:
         raise ValueError(f"{where}: recalibration version {recal['version']} is newer than this")
     try:
+        mean_factor(recal)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err
+    try:
         json.dumps(recal, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: recalibration entry is not strict JSON ({err})") from err
