@@ -284,7 +284,11 @@ def stored_entries(
         preds = collect_predictions(
             model, data, samples=samples, seed=seed, device=device, stage=stage, progress=progress
         )
-        figures["calibration"] = calibration_report(preds, recal)
+        level = getattr(model, "lung_level", None)
+        g = None
+        if level is not None:
+            _, g = level.factors(torch.from_numpy(preds.x)[:, None], preds.mu)
+        figures["calibration"] = calibration_report(preds, recal, level_factor=g)
     if detector is not None:
         missing = [s for s in ("test", "ood") if counts.get(s, 0) == 0]
         if missing:

@@ -80,7 +80,8 @@ class Synthesis:
     for an entry without field factors, else the map s(x) (float64) at the model geometry
     (``plan.model_shape``), from which the sigma maps were resampled back;
     ``ood_score`` / ``ood_flag`` the OOD detector's verdict on the model input (None: no
-    detector)."""
+    detector); ``lung_level`` / ``level_factor`` the lung level L and the factor g that scaled
+    the maps (None: the checkpoint carries no lung level)."""
 
     darkfield: np.ndarray
     aleatoric: np.ndarray
@@ -90,6 +91,8 @@ class Synthesis:
     scale: float | np.ndarray | None = None
     ood_score: float | None = None
     ood_flag: bool | None = None
+    lung_level: float | None = None
+    level_factor: float | None = None
 
 
 def model_geometry(model: torch.nn.Module) -> TrainingGeometry:
@@ -122,6 +125,7 @@ def synthesize(
     recalibration: dict | None = None,
     detector=None,
     epistemic: str = "auto",
+    level=None,
 ) -> Synthesis:
     """Predict the dark-field image of one radiograph with MC dropout (``samples`` passes;
     0: one deterministic pass).
@@ -142,11 +146,16 @@ def synthesize(
     detector's density sigma d in quadrature, ``epistemic = sqrt((s mc)^2 + d^2)``,
     ``total = sqrt((s aleatoric)^2 + epistemic^2)``; "auto" (default) "combined" when there is
     a detector, else "mc" (``inference.hookups.epistemic_mode``).
+    ``level``: a checkpoint's lung level (default ``model.lung_level``): before the
+    recalibration, the dark-field and sigma maps are multiplied by its factor g
+    (``inference.hookups.apply_level_factor``).
     """
     if recalibration is None:
         recalibration = getattr(model, "recalibration", None)
     if detector is None:
         detector = getattr(model, "ood_detector", None)
+    if level is None:
+        level = getattr(model, "lung_level", None)
     if image.ndim != 2:
         raise ValueError(f"synthesize: expected a 2-D radiograph, got shape {image.shape}")
     mode = epistemic_mode(epistemic, detector, getattr(model, "checkpoint_path", None))
@@ -166,7 +175,11 @@ def synthesize(
     xt = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(device)
     maps = mc_predict_batch(model, xt, samples=samples, seed=seed, stage=stage)
     out = {k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}
-    out, scale = apply_recalibration_maps(out, recalibration)
+    lung_level = level_factor = None
+    if level is not None:
+        got = level.factors(xt, out["darkfield"][None])
+        lung_level, level_factor = float(got[0][0]), float(got[1][0])
+    out, scale = apply_recalibration_maps(out, recalibration, level_factor=level_factor)
     ood = {}
     if mode == "combined":
         ood, density = density_of_input(detector, x, device)
@@ -179,7 +192,14 @@ def synthesize(
             k: resize_mean(v, shape) if k == "darkfield" else resize_sigma(v, shape)
             for k, v in out.items()
         }
-    return Synthesis(**{k: out[k] for k in MAPS}, plan=plan, scale=scale, **ood)
+    return Synthesis(
+        **{k: out[k] for k in MAPS},
+        plan=plan,
+        scale=scale,
+        lung_level=lung_level,
+        level_factor=level_factor,
+        **ood,
+    )
 
 
 def synthesize_folder(

@@ -94,7 +94,7 @@ def test_mean_factor_of_entries():
         mean_factor(bad)
     with pytest.raises(ValueError, match="x.pt: recalibration entry: mean_scale factor"):
         check_entry(bad, "x.pt")  # what loading a checkpoint with such an entry says
-    newer = {**_entry(0.95), "version": 4}
+    newer = {**_entry(0.95), "version": 5}
     with pytest.raises(ValueError, match="newer"):
         check_entry(newer, "x.pt")
 

@@ -21,7 +21,7 @@ LAYERS = {
     "train": 7, "pretrained": 7,
     "uncertainty": 8,
     "calibration": 9, "epistemic": 9, "ood": 9, "evaluation": 9,
-    "severity": 9,
+    "severity": 9, "level": 9,
     "viz": 10, "panels": 10, "inference": 10, "synthesis": 10, "stage_report": 10, "widgets": 10,
     "ablation": 11, "cli": 11,
 }  # fmt: skip

@@ -5,7 +5,7 @@ optional .npz cache (MC dropout on a few dozen 256 px images takes a minute on 2
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,18 @@ class Predictions(MCMaps):
     def regions(self) -> dict[str, np.ndarray]:
         """The five region maps (:func:`~darkfield_nb.calibration.regions.region_masks`)."""
         return region_masks(self.mask, self.x)
+
+    def scaled(self, g) -> Predictions:
+        """These predictions with each image's mean and every sigma / GGD-scale map times its
+        factor ``g`` (N,) (the lung level's, ``level.LungLevel.factors``): a GGD variable
+        scaled by g has scale g alpha and the same shape beta. Dtypes kept."""
+        g = np.asarray(g, np.float64).reshape(-1, 1, 1)
+        if len(g) != len(self.ids):
+            raise ValueError(f"Predictions.scaled: {len(g)} factors for {len(self.ids)} images")
+        names = ("mu", "aleatoric", "epistemic", "total", "alpha")
+        return replace(
+            self, **{k: (getattr(self, k) * g).astype(getattr(self, k).dtype) for k in names}
+        )
 
     def subset(self, index) -> Predictions:
         return Predictions(**{f.name: getattr(self, f.name)[index] for f in fields(self)})

@@ -4,7 +4,8 @@ Each subcommand is one small function ``_cmd_<name>(args) -> int`` (``make-data`
 ``_cmd_make_data``), found by :func:`main` in this package's namespace; heavy imports happen
 inside it so ``darkfield-nb info`` stays quick. Run ``darkfield-nb <command> --help`` for
 options. Modules: :mod:`.parser` (the argument parser), :mod:`.data` (info, validate,
-make-data), :mod:`.train`, :mod:`.evaluate`, :mod:`.predict`, :mod:`.calibrate`; ``ablate``
+make-data), :mod:`.train`, :mod:`.evaluate`, :mod:`.predict`, :mod:`.calibrate`, :mod:`.level`
+(``fit-level``); ``ablate``
 has its own parser in :mod:`darkfield_nb.ablation`.
 
 Errors the user can act on (a missing or unreadable file, a data set problem, a checkpoint that
@@ -26,6 +27,7 @@ from darkfield_nb.cli.data import _cmd_make_data as _cmd_make_data
 from darkfield_nb.cli.data import _cmd_validate as _cmd_validate
 from darkfield_nb.cli.evaluate import _cmd_evaluate as _cmd_evaluate
 from darkfield_nb.cli.evaluate import _load_model as _load_model
+from darkfield_nb.cli.level import _cmd_fit_level as _cmd_fit_level
 from darkfield_nb.cli.parser import build_parser
 from darkfield_nb.cli.predict import _cmd_predict as _cmd_predict
 from darkfield_nb.cli.predict import _print_warning as _print_warning

@@ -186,6 +186,25 @@ def _add_calibrate(sub) -> None:
     _add_run_options(p, overwrite_help="replace an existing --out")
 
 
+def _add_fit_level(sub) -> None:
+    p = sub.add_parser(
+        "fit-level",
+        help="train the lung-level networks (per-image mean lung D) and store them with the model",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="the model to add them to")
+    p.add_argument(
+        "--data", type=Path, nargs="+", required=True,
+        help="paired data folders made by make-data, all at one --size (e.g. 128)",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--splits", default="train,val", help="splits to train on (default train,val)")
+    p.add_argument("--members", type=int, default=2, help="networks averaged (seeds seed + k)")
+    p.add_argument("--max-epochs", type=int, default=30, help="most epochs per network")
+    p.add_argument("--max-minutes", type=float, default=13.0, help="wall-clock cap per network")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first network")
+    _add_run_options(p, overwrite_help="replace an existing --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command but ``ablate``'s options (it has its own parser)."""
     parser = argparse.ArgumentParser(
@@ -201,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_calibrate(sub)
+    _add_fit_level(sub)
     # listed here for `darkfield-nb --help`; main() hands its arguments to ablation.main unparsed
     sub.add_parser(
         "ablate", help="run a YAML grid of notebook-11 ablations through papermill (resumable)"

@@ -2,7 +2,12 @@
 recalibration (``darkfield-nb calibrate``, key "recalibration") and the per-image OOD
 detector (key "ood").
 
-Recalibration: predict and synthesize first multiply the dark-field by the entry's mean
+Lung level (key "lung_level", ``darkfield_nb.level``): where the checkpoint carries one,
+predict and synthesize first multiply the dark-field and every sigma map of each image by its
+factor g = L / (mean of mu over the predicted lung field), L the image's lung level read by the
+level networks (:func:`apply_level_factor`); the recalibration below was fitted on top of it.
+
+Recalibration: predict and synthesize then multiply the dark-field by the entry's mean
 factor c (version 3, ``calibration.mean_scale``; 1 for an older entry), mu = c mean, then every
 sigma map by the entry's factor map s(x) (``calibration.store.apply_recalibration(...)["scale"]``
 without label masks, which a radiograph does not have). For an entry with field factors (from
@@ -67,11 +72,45 @@ def recalibration_scale(recal: dict, mean: np.ndarray) -> float | np.ndarray:
     return sc.field_map(mean) if sc.per_field else float(sc.factor)
 
 
-def apply_recalibration_maps(maps: dict, recal: dict | None) -> tuple[dict, float | np.ndarray]:
+def apply_level_factor(maps: dict, level_factor: float | np.ndarray | None) -> dict:
+    """``maps`` with the dark-field and every sigma map times the lung level's factor g
+    (``level.LungLevel.factors``): a number for one image (H, W), or one per image (B,) for
+    stacks (B, H, W); unchanged when None. The arrays keep their dtype."""
+    if level_factor is None:
+        return maps
+    g = np.asarray(level_factor, np.float64)
+    out = {}
+    for k, v in maps.items():
+        if k in SIGMA_MAPS or k == "darkfield":
+            gk = g.reshape((-1,) + (1,) * (v.ndim - 1)) if g.ndim else g
+            out[k] = np.asarray(v * gk, dtype=v.dtype)
+        else:
+            out[k] = v
+    return out
+
+
+def level_items(level, x: torch.Tensor, mean: np.ndarray, items: list[dict]) -> np.ndarray | None:
+    """The lung level's factor g (B,) of model inputs ``x`` (B, 1, H, W) with MC means ``mean``
+    (B, H, W) (``LungLevel.factors``), setting ``it["level"]`` = {"lung_level": L,
+    "level_factor": g} for each of ``items`` (the summary columns); None without a level."""
+    if level is None:
+        return None
+    lung, g = level.factors(x, mean)
+    for i, it in enumerate(items):
+        it["level"] = {"lung_level": float(lung[i]), "level_factor": float(g[i])}
+    return g
+
+
+def apply_recalibration_maps(
+    maps: dict, recal: dict | None, level_factor: float | np.ndarray | None = None
+) -> tuple[dict, float | np.ndarray]:
     """(``maps`` with the dark-field times the mean factor c and the sigma maps times
     :func:`recalibration_scale` of that scaled dark-field, that scale); ``recal`` None:
-    (``maps`` unchanged, None). ``maps``: NumPy arrays at the model geometry; a field-factor
-    map is applied in float64 and the maps keep their dtype."""
+    (``maps`` unchanged, None). ``level_factor``: the lung level's g, applied first to the
+    dark-field and every sigma map (:func:`apply_level_factor`; the recalibration was fitted on
+    top of it). ``maps``: NumPy arrays at the model geometry; a field-factor map is applied in
+    float64 and the maps keep their dtype."""
+    maps = apply_level_factor(maps, level_factor)
     if recal is None:
         return maps, None
     c = _mean_factor(recal)
@@ -245,11 +284,13 @@ def combine_epistemic(maps: dict, density: np.ndarray | None) -> dict:
 __all__ = [
     "EPISTEMIC_MODES",
     "SIGMA_MAPS",
+    "apply_level_factor",
     "apply_recalibration_maps",
     "apply_sigma_factor",
     "combine_epistemic",
     "density_of_input",
     "epistemic_mode",
+    "level_items",
     "ood_of_input",
     "score_items",
     "shared_density",

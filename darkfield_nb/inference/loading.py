@@ -18,10 +18,12 @@ class LoadedModel:
     """``model`` (float32, eval mode; carries ``model.training_geometry``), ``stages_trained``,
     the training ``geometry`` (recorded, else ``checkpoint.DEFAULT_GEOMETRY``), whether it was
     ``recorded``, the checkpoint file's ``sha256`` and ``path``; the checkpoint's
-    ``recalibration`` entry (``calibration.recalibration_of``) and OOD ``detector``
-    (``epistemic.detector_from_checkpoint``, on ``model``), None when it carries none. Both
-    are also attached to the model (``model.recalibration``, ``model.ood_detector``), which
-    ``predict_folder`` and ``synthesize`` read by default."""
+    ``recalibration`` entry (``calibration.recalibration_of``), OOD ``detector``
+    (``epistemic.detector_from_checkpoint``, on ``model``) and lung ``level``
+    (``level.LungLevel``), None when it carries none. All three are also attached to the model
+    (``model.recalibration``, ``model.ood_detector``, ``model.lung_level``), which
+    ``predict_folder`` and ``synthesize`` read by default. A recalibration fitted with another
+    lung level than the checkpoint carries (or with one it lacks) is a CheckpointError."""
 
     model: torch.nn.Module
     stages_trained: int
@@ -31,6 +33,7 @@ class LoadedModel:
     path: Path
     recalibration: dict | None = None
     detector: Any = None
+    level: Any = None
 
 
 def load_model(
@@ -57,13 +60,28 @@ def load_model(
     model.training_geometry = geometry
     from darkfield_nb.calibration.store import recalibration_of
     from darkfield_nb.epistemic.store import detector_from_checkpoint
+    from darkfield_nb.level.store import level_digest, level_from_entry, level_of
 
     try:
         recal = recalibration_of(ckpt)
         detector = detector_from_checkpoint(ckpt, model)
+        level_entry = level_of(ckpt)
+        level = None if level_entry is None else level_from_entry(level_entry, str(path))
+        if level is not None:
+            level.to(next(model.parameters()).device)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise checkpoint.CheckpointError(f"{path}: unusable stored entry ({exc})") from exc
-    model.recalibration, model.ood_detector = recal, detector
+    if recal is not None:
+        fitted_with = (recal.get("lung_level") or {}).get("digest")
+        if fitted_with != level_digest(level_entry):
+            have = "carries a lung level" if level_entry is not None else "carries no lung level"
+            saw = f"lung level {fitted_with}" if fitted_with else "no lung level"
+            raise checkpoint.CheckpointError(
+                f"{path}: its recalibration was fitted with {saw}, but the checkpoint {have} "
+                f"({level_digest(level_entry) or 'none'}); run `darkfield-nb calibrate` on it "
+                "again so the mean and sigma factors fit the maps they scale"
+            )
+    model.recalibration, model.ood_detector, model.lung_level = recal, detector, level
     model.checkpoint_path = path  # named by predict_folder's errors
     return LoadedModel(
         model=model,
@@ -74,4 +92,5 @@ def load_model(
         path=path,
         recalibration=recal,
         detector=detector,
+        level=level,
     )

@@ -165,6 +165,8 @@ SUMMARY_COLUMNS = (
     "mean_total",
     "ood_score",
     "ood_flag",
+    "lung_level",
+    "level_factor",
     "seconds",
     "warnings",
     "epistemic",

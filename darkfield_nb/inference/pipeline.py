@@ -47,6 +47,7 @@ from darkfield_nb.inference.hookups import (
     apply_recalibration_maps,
     combine_epistemic,
     epistemic_mode,
+    level_items,
     recalibration_digest,
     score_items,
 )
@@ -168,6 +169,7 @@ def predict_folder(
     dist_ctx=None,
     recalibration: dict | None = None,
     detector=None,
+    level=None,
 ) -> PredictReport:
     """Synthesize every radiograph of ``inputs`` into ``out_dir`` (module docstring).
 
@@ -187,12 +189,17 @@ def predict_folder(
     (s: the recalibration factor map). Both default to what
     :func:`~darkfield_nb.inference.load_model` attached to ``model`` (``model.recalibration``,
     ``model.ood_detector``), None when absent; "combined" without a detector is a ValueError
-    naming the checkpoint (``model.checkpoint_path``).
+    naming the checkpoint (``model.checkpoint_path``). ``level``: a checkpoint's
+    ``level.LungLevel`` (default ``model.lung_level``): before the recalibration, each image's
+    dark-field and sigma maps are multiplied by its factor g (``hookups.apply_level_factor``),
+    and ``lung_level`` / ``level_factor`` fill the summary columns.
     """
     if recalibration is None:
         recalibration = getattr(model, "recalibration", None)
     if detector is None:
         detector = getattr(model, "ood_detector", None)
+    if level is None:
+        level = getattr(model, "lung_level", None)
     cfg = config or PredictConfig()
     cfg.check()
     ckpt = getattr(model, "checkpoint_path", None) or f"checkpoint {checkpoint_sha256[:12]}"
@@ -227,7 +234,12 @@ def predict_folder(
                 outputs.write_scale_sidecar(out_dir)
         dist_ctx.barrier()
         shard = paths[dist_ctx.rank :: dist_ctx.world_size]
-        extras = {"recalibration": recalibration, "detector": detector, "epistemic": mode}
+        extras = {
+            "recalibration": recalibration,
+            "detector": detector,
+            "epistemic": mode,
+            "level": level,
+        }
         _run_shard(model, shard, out_dir, geometry, checkpoint_sha256, cfg, dev, report, extras)
         rows = outputs.summary_rows(out_dir, shard, report.failed)
         if dist_ctx.enabled:
@@ -311,6 +323,7 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
     from tqdm.auto import tqdm
 
     recal, detector, mode = extras["recalibration"], extras["detector"], extras["epistemic"]
+    level = extras.get("level")
     cuda = dev.type == "cuda"
     amp_dtype = _amp_dtype(cfg, dev)
     channels_last = True if cfg.channels_last is None else cfg.channels_last
@@ -360,9 +373,9 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                 density = None  # the score (and density sigma) of the image the model sees
                 if detector is not None:
                     density = score_items(detector, mode, seen, det, x, model, items, pending, dev)
-                maps, _ = apply_recalibration_maps(
-                    {k: v[:, 0].cpu().numpy() for k, v in maps.items()}, recal
-                )
+                maps = {k: v[:, 0].float().cpu().numpy() for k, v in maps.items()}
+                g = level_items(level, x, maps["darkfield"], items)
+                maps, _ = apply_recalibration_maps(maps, recal, level_factor=g)
                 maps = combine_epistemic(maps, density)
                 seconds = (time.perf_counter() - t) / len(items)
                 for i, it in enumerate(items):

@@ -60,6 +60,7 @@ class SetWriter(threading.Thread):
         row = {"id": stem, "input": str(path), "status": "ok", **plan.summary()}
         row.update(outputs.map_stats(maps))
         row.update(item.get("ood") or {})
+        row.update(item.get("level") or {})
         row["seconds"] = round(seconds, 4)
         row["warnings"] = " | ".join(w.split(": ", 1)[-1] for w in plan.warnings)
         row["epistemic"] = outputs.EPISTEMIC_COLUMN[self.key.get("epistemic") or "mc"]

@@ -9,9 +9,14 @@ the GGD of the predicted shape beta whose standard deviation is the total MC-dro
 (total^2 = aleatoric^2 + epistemic^2). A checkpoint carries the fit under the key
 ``"recalibration"``, a strict-JSON dict (it survives ``torch.load(weights_only=True)``)::
 
-    version          3 (2: written before the mean's factor, 1: before the field factors;
-                     both still read and applied as before, with c = 1)
+    version          4 (3: written before the lung level, read as fitted without one; 2:
+                     before the mean's factor, 1: before the field factors; both still read
+                     and applied as before, with c = 1)
     method_default   "sigma_scaling": the interval predict / synthesize write unless told
+    lung_level       {"digest": d, "factor_min", "factor_max"} from version 4: d the
+                     ``level.store.level_digest`` of the checkpoint's lung level the fit was
+                     made on top of (predictions scaled by each image's g first), None without
+                     one; ``inference.load_model`` refuses a checkpoint whose level differs
     mean_scale       {"factor": c, "lung_D_bias_before": b} from version 3: predict and
                      synthesize write the dark-field c mu (:mod:`..mean_scale`: the mean lung D
                      over the fitting images made right; b the relative bias of mu there, None
@@ -47,7 +52,7 @@ import numpy as np
 from darkfield_nb.checkpoint_entry import write_checkpoint_entry
 
 KEY = "recalibration"
-VERSION = 3
+VERSION = 4
 METHODS = ("sigma_scaling", "isotonic", "rcps")
 
 

@@ -59,6 +59,19 @@ def _fit_coverage(
     return out
 
 
+def _apply_level(preds: Predictions, entry: dict, device) -> tuple[Predictions, dict]:
+    """(``preds`` scaled by the lung level's factors g, the entry's record: its digest, the
+    range of g and the mean lung D bias of the level-scaled mean on these images)."""
+    from darkfield_nb.level.store import level_digest, level_from_entry
+
+    level = level_from_entry(entry).to(pick_device(device))
+    _, g = level.factors(torch.from_numpy(preds.x)[:, None], preds.mu)
+    scaled = preds.scaled(g)
+    record = {"digest": level_digest(entry), "factor_min": float(g.min()),
+              "factor_max": float(g.max())}  # fmt: skip
+    return scaled, record
+
+
 def fit_recalibration(
     model: torch.nn.Module,
     data_root: str | os.PathLike,
@@ -77,6 +90,7 @@ def fit_recalibration(
     lung_threshold: float | None = LUNG_THRESHOLD,
     mean_scale: bool = True,
     cache: str | os.PathLike | None = None,
+    level_entry: dict | None = None,
 ) -> dict:
     """Fit every recalibrator on the MC-dropout predictions of ``split`` (the validation split:
     never the test split) and return the strict-JSON entry described in the module docstring.
@@ -103,6 +117,11 @@ def fit_recalibration(
             "skipped": None}. False, or a split where c cannot be fitted (no lung masks, a
             mean lung D <= 0: warned): c = 1, the bias None and "skipped" the reason.
         cache: optional .npz path for the predictions (:func:`.collect.collect_predictions`).
+        level_entry: the checkpoint's lung-level entry (``level.store``), or None: each
+            image's predictions are first scaled by its level factor g (as predict does) and
+            every fit is on top of that; stored as ``lung_level`` {"digest" (None without a
+            level), "factor_min", "factor_max"}, which ``inference.load_model`` checks
+            against the level the checkpoint carries.
     """
     require_splits(data_root, (split,), "calibration")
     dataset = PairedDataset(data_root, split=split, pad_multiple=1)
@@ -117,6 +136,9 @@ def fit_recalibration(
         progress=progress,
     )
     raw = preds
+    level_record: dict = {"digest": None}
+    if level_entry is not None:
+        preds, level_record = _apply_level(preds, level_entry, device)
     lung = (preds.mask & LUNG) > 0
     c, bias_before, skipped = 1.0, None, "not asked (mean_scale=False)"
     if mean_scale:
@@ -157,6 +179,7 @@ def fit_recalibration(
         {
             "version": VERSION,
             "method_default": "sigma_scaling",
+            "lung_level": level_record,
             "mean_scale": {"factor": c, "lung_D_bias_before": bias_before, "skipped": skipped},
             "sigma_scaling": sc.to_dict(),
             "isotonic": iso.to_dict(),
@@ -186,7 +209,8 @@ def calibrate_checkpoint(
 ) -> tuple[Path, dict]:
     """``darkfield-nb calibrate``: check the inputs and the output first, fit on the validation
     split (:func:`fit_recalibration`, keyword arguments passed on; the stage is the last one
-    trained), write ``dst`` (:func:`write_calibrated_checkpoint`). Returns (dst, entry).
+    trained; on top of the lung level ``src`` carries, if any), write ``dst``
+    (:func:`write_calibrated_checkpoint`). Returns (dst, entry).
     Refuses the test split: a calibration fitted there would be scored on the pixels it saw."""
     src, dst = Path(src), Path(dst)
     if fit_kw.get("split", "val") == "test":
@@ -196,7 +220,10 @@ def calibrate_checkpoint(
         )
     require_splits(data_root, (fit_kw.get("split", "val"),), "calibration")
     device = pick_device(device)
-    _, model, last = open_source(src, dst, overwrite, device)
+    ckpt, model, last = open_source(src, dst, overwrite, device)
     fit_kw.setdefault("stage", last)
+    from darkfield_nb.level.store import level_of
+
+    fit_kw.setdefault("level_entry", level_of(ckpt, str(src)))
     recal = fit_recalibration(model, data_root, device=device, **fit_kw)
     return write_calibrated_checkpoint(src, dst, recal, overwrite=overwrite), recal

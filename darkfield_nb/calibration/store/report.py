@@ -24,12 +24,14 @@ def _selections(regions: dict[str, np.ndarray], min_pixels: int) -> dict:
     return sel
 
 
-def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
+def calibration_report(preds: Predictions, recal: dict, level_factor=None, **summary_kw) -> dict:
     """Every figure of :func:`.report.calibration_summary`, pooled and per region, on ``preds``
     (the test split) before and after the stored recalibration: what ``evaluate --json`` adds.
 
-    ``before`` is the network's mean mu and total sigma as they are. Every ``after`` figure is on
-    the scaled mean c mu (c the entry's mean factor, 1 before version 3; ``after.mean_scale``:
+    ``before`` is the network's mean mu and total sigma as they are. ``level_factor``: the lung
+    level's factors g (N,) of these images (``level.LungLevel.factors``), None without a level:
+    every ``after`` figure is then on g mu and g total. Every ``after`` figure is on the scaled
+    mean c mu (c the entry's mean factor, 1 before version 3; ``after.mean_scale``:
     that alone, sigma unchanged), as predict writes it. ``after.sigma_scaling`` uses the global
     factor, ``after.sigma_scaling_per_region`` the
     (label-mask) region factors and, for an entry with field factors (version 2),
@@ -42,8 +44,11 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
     (the quantity it controls; None when no lambda was certified). Strict JSON.
     """
     recal = check_entry(recal, "calibration_report")
-    y, raw, beta, a_t = preds.y, preds.mu, preds.beta, preds.alpha_total
-    mu = mean_factor(recal) * raw
+    raw, a_raw = preds.mu, preds.alpha_total
+    if level_factor is not None:
+        preds = preds.scaled(level_factor)
+    y, beta, a_t = preds.y, preds.beta, preds.alpha_total
+    mu = mean_factor(recal) * preds.mu
     regions = preds.regions()
     sc = SigmaScaling.from_dict(recal["sigma_scaling"])
     p = float(summary_kw.pop("p", sc.p))
@@ -90,7 +95,7 @@ def calibration_report(preds: Predictions, recal: dict, **summary_kw) -> dict:
             "n_images": len(y),
             "level": p,
             "fitted_on": recal.get("fitted_on"),
-            "before": summary(a_t, raw),
+            "before": summary(a_raw, raw),
             "after": {**after, "isotonic": iso_out, "rcps": rcps_out},
         }
     )

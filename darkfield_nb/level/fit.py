@@ -1,0 +1,170 @@
+"""Train the lung-level network on simulated paired folders.
+
+The target of image i is its true mean lung dark-field,
+
+    t_i = (1 / |L_i|) sum_{p in L_i} y_i(p)
+
+(y_i the target D map, L_i the pixels whose mask carries the LUNG bit), and the input the
+normalized attenuation image exactly as the generator sees it (``PairedDataset``'s ``input``).
+Training (:func:`train_level_net`): MSE on the standardized target, Adam with a cosine
+schedule, random left-right flips, a seeded holdout share of the images deciding early stopping
+by its Spearman correlation (the figure issue 9 measures); the best holdout epoch is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from darkfield_nb.data import PairedDataset, require_splits
+from darkfield_nb.hardware import pick_device, seed_everything
+from darkfield_nb.labels import LUNG, has_label
+
+from .net import LevelConfig, LevelNet, predict_standardized
+
+#: an image needs this many lung pixels to give a training target
+MIN_LUNG_PIXELS = 16
+
+
+@dataclass
+class LevelData:
+    """Inputs ``x`` (N, H, W) float32 (normalized, as the generator sees them), targets ``t``
+    (N,) float64 (mean true lung D), ``ids`` (N,) strings "folder-name/id"."""
+
+    x: np.ndarray
+    t: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def level_data(
+    roots: Sequence[str | os.PathLike],
+    splits: Sequence[str] = ("train", "val"),
+    *,
+    progress: bool = True,
+) -> LevelData:
+    """The images of ``splits`` of every folder in ``roots`` (made by ``darkfield-nb
+    make-data``) with their lung-D targets (module docstring). Images with fewer than
+    ``MIN_LUNG_PIXELS`` lung pixels are left out. Raises ValueError naming the folder when a
+    folder lacks the splits or masks, or its images differ in size from the first folder's."""
+    xs, ts, ids = [], [], []
+    shape = None
+    for root in map(Path, roots):
+        require_splits(root, tuple(splits), "the lung-level network")
+        ds = PairedDataset(root, split=list(splits), pad_multiple=1)
+        for i in tqdm(range(len(ds)), desc=f"read {root.name}", disable=not progress):
+            item = ds[i]
+            if item["mask"] is None or item["mask"].numel() == 0:
+                raise ValueError(f"{root}: image {item['id']} has no label mask")
+            x = item["input"][0].numpy().astype(np.float32)
+            if shape is None:
+                shape = x.shape
+            elif x.shape != shape:
+                raise ValueError(
+                    f"{root}: image {item['id']} is {x.shape[0]} x {x.shape[1]} px, the "
+                    f"training images before it {shape[0]} x {shape[1]}; make every folder "
+                    "at one --size"
+                )
+            lung = has_label(item["mask"][0].numpy().astype(np.int64), LUNG)
+            if lung.sum() < MIN_LUNG_PIXELS:
+                continue
+            xs.append(x)
+            ts.append(float(item["target"][0].numpy()[lung].astype(np.float64).mean()))
+            ids.append(f"{root.name}/{item['id']}")
+    if not ts:
+        raise ValueError(f"level_data: no image with a lung in {[str(r) for r in roots]}")
+    return LevelData(np.stack(xs), np.asarray(ts), np.asarray(ids))
+
+
+def train_level_net(
+    data: LevelData,
+    cfg: LevelConfig | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[LevelNet, dict]:
+    """Train :class:`LevelNet` on ``data`` (module docstring); deterministic for a seed on one
+    device. Returns (the network at its best holdout epoch, in eval mode on the CPU, ``info``:
+    ``target_mean``, ``target_sd`` (of the fitted images), ``best_holdout_spearman``, ``n_fit``,
+    ``n_holdout``, ``history`` (one dict per epoch))."""
+    cfg = cfg or LevelConfig()
+    device = pick_device(device)
+    seed_everything(cfg.seed)
+    x = torch.from_numpy(data.x).float()[:, None]
+    t = data.t
+    n = len(t)
+    n_hold = int(round(cfg.holdout_fraction * n))
+    if n_hold < 3 or n - n_hold < 2:
+        raise ValueError(
+            f"train_level_net: {n} images leave too few for a holdout of "
+            f"{cfg.holdout_fraction:g} (need 3 or more holdout and 2 or more to fit)"
+        )
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    hold, fit = order[:n_hold], order[n_hold:]
+    m, s = float(t[fit].mean()), float(t[fit].std())
+    if not s > 0:
+        raise ValueError("train_level_net: every training target is the same; nothing to learn")
+    y = torch.from_numpy((t - m) / s).float()
+    model = LevelNet(1, cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_epochs)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best, best_state, history, stale, start = -2.0, None, [], 0, time.time()
+    bar = tqdm(total=cfg.max_epochs, desc="lung level", unit="epoch", disable=not progress)
+    for epoch in range(cfg.max_epochs):
+        model.train()
+        perm = torch.from_numpy(fit)[torch.randperm(len(fit), generator=gen)]
+        losses = []
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two
+                continue
+            xb = x[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb[flip] = xb[flip].flip(-1)
+            loss = F.mse_loss(model(xb.to(device)), y[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        rho = float(spearmanr(t[hold], predict_standardized(model, x[hold], device))[0])
+        minutes = (time.time() - start) / 60
+        history.append(
+            {"epoch": epoch, "loss": float(np.mean(losses)), "holdout_spearman": rho,
+             "minutes": minutes}
+        )  # fmt: skip
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", holdout_rho=f"{rho:.3f}")
+        if rho > best or best_state is None:
+            best, best_state, stale = rho, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        if (stale >= cfg.patience and epoch + 1 >= cfg.min_epochs) or minutes > cfg.max_minutes:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    info = {
+        "target_mean": m,
+        "target_sd": s,
+        "best_holdout_spearman": best,
+        "n_fit": len(fit),
+        "n_holdout": n_hold,
+        "history": history,
+    }
+    return model.cpu().eval(), info
+
+
+__all__ = ["MIN_LUNG_PIXELS", "LevelData", "level_data", "train_level_net"]

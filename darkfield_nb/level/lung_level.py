@@ -1,0 +1,122 @@
+"""Set the level of a predicted dark-field map from the lung-level networks.
+
+The generator's map keeps its shape; its level is scaled so that the mean over the predicted
+lung field equals the lung level the networks read from the whole radiograph. For an image x
+with (MC mean) prediction mu at the model geometry:
+
+    L(x)   = (1 / K) sum_k (m_k + s_k (f_k(P x) + f_k(flip(P x))) / 2)
+    F      = {p : mu(p) > t}                         (the predicted lung field)
+    g(x)   = clip(L(x) / mean_{p in F} mu(p), g_lo, g_hi)
+    mu'    = g mu,    sigma' = g sigma               (every sigma map)
+
+P resamples x to the networks' input shape by area averaging, f_k are the K member networks
+(:class:`~darkfield_nb.level.net.LevelNet`) and m_k, s_k their training targets' mean and
+standard deviation. Scaling a generalized Gaussian's variable by g scales its scale alpha (and
+every standard deviation) by g and keeps its shape beta, so the predictive distribution of each
+pixel is the generator's, stretched by g; air (mu about 0) stays about 0. Where the predicted
+field has fewer than ``min_field_pixels`` pixels (no chest in view, or a model predicting no
+lung), g = 1.
+
+What it can and cannot do: it moves each image's mean lung D to the networks' estimate (on
+never-trained simulated patients the estimate ranks patients far better than the generator's
+own mean: ``bench/lung_level.py``); it cannot place a regional disease, whose pattern stays the
+generator's, and the estimate is only as good as the simulator the networks were trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .net import LevelNet, predict_standardized
+
+
+@dataclass
+class LungLevel:
+    """Member networks and what turns their outputs into the factor g (module docstring).
+
+    members: fitted :class:`LevelNet` (eval mode); target_mean, target_sd: m_k and s_k, one
+    per member; input_shape: (H, W) the networks were trained at; field_threshold: t in D;
+    factor_range: (g_lo, g_hi); min_field_pixels: fewest pixels of F (at the model geometry)
+    for a factor other than 1."""
+
+    members: list[LevelNet]
+    target_mean: list[float]
+    target_sd: list[float]
+    input_shape: tuple[int, int] = (128, 128)
+    field_threshold: float = 0.1
+    factor_range: tuple[float, float] = (0.5, 2.0)
+    min_field_pixels: int = 64
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        k = len(self.members)
+        if k == 0 or len(self.target_mean) != k or len(self.target_sd) != k:
+            raise ValueError(
+                f"LungLevel: {k} members with {len(self.target_mean)} target means and "
+                f"{len(self.target_sd)} target sds; need one of each per member, at least one"
+            )
+        lo, hi = self.factor_range
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(f"LungLevel.factor_range={self.factor_range}: need 0 < lo <= 1 <= hi")
+        if not self.field_threshold > 0:
+            raise ValueError(f"LungLevel.field_threshold={self.field_threshold}: need > 0")
+        self.input_shape = (int(self.input_shape[0]), int(self.input_shape[1]))
+
+    def to(self, device: str | torch.device) -> LungLevel:
+        for m in self.members:
+            m.to(device)
+        return self
+
+    @torch.no_grad()
+    def estimate(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """L(x) (B,) float64 of model inputs ``x`` (B, 1, H, W) or (H, W): normalized, at the
+        model geometry, as the generator sees them."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == 2:
+            x = x[None, None]
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(
+                f"LungLevel.estimate: expected (B, 1, H, W) inputs, got {tuple(x.shape)}"
+            )
+        device = next(self.members[0].parameters()).device
+        x = x.to(device).float()
+        if tuple(x.shape[-2:]) != self.input_shape:
+            x = F.interpolate(x, size=self.input_shape, mode="area")
+        preds = [
+            m + s * predict_standardized(net, x, device)
+            for net, m, s in zip(self.members, self.target_mean, self.target_sd, strict=True)
+        ]
+        return np.mean(preds, axis=0)
+
+    def field_means(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean of ``mu`` over its predicted lung field F, the size of F) per image of ``mu``
+        (B, H, W) or (H, W); the mean is NaN where F is empty."""
+        mu = np.asarray(mu, np.float64)
+        if mu.ndim == 2:
+            mu = mu[None]
+        inside = mu > self.field_threshold
+        count = inside.sum(axis=(1, 2))
+        total = np.where(inside, mu, 0.0).sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return total / count, count
+
+    def factors(
+        self, x: torch.Tensor | np.ndarray, mu: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(L (B,), g (B,)) for model inputs ``x`` and the predictions' means ``mu`` (B, H, W) at
+        the same geometry (module docstring)."""
+        level = self.estimate(x)
+        mean_f, count = self.field_means(mu)
+        if len(mean_f) != len(level):
+            raise ValueError(f"LungLevel.factors: {len(level)} inputs but {len(mean_f)} means")
+        ok = (count >= self.min_field_pixels) & (mean_f > 0)
+        g = np.ones_like(level)
+        g[ok] = np.clip(level[ok] / mean_f[ok], *self.factor_range)
+        return level, g
+
+
+__all__ = ["LungLevel"]

@@ -1,0 +1,216 @@
+"""The lung-level networks stored with a model, under the checkpoint key ``"lung_level"``.
+
+The entry survives ``torch.load(weights_only=True)``::
+
+    version           1
+    members           [state dict per member network, float16 tensors (BatchNorm's batch
+                      counters int64)]
+    config            LevelConfig as a dict (the architecture the states fit)
+    target_mean       [m_k]; target_sd [s_k]
+    input_shape       [H, W] the networks were trained at
+    field_threshold   t (D); factor_range [g_lo, g_hi]; min_field_pixels
+    fitted_on         {data: [folders], splits, n_images, holdout_spearman: [per member]}
+
+A checkpoint's recalibration (``darkfield-nb calibrate``) is fitted on top of the level: the
+recalibration entry records the :func:`level_digest` of the entry it saw (None: none), and
+``inference.load_model`` refuses a checkpoint whose two disagree (the mean's factor c and the
+sigma factors would no longer fit the maps they scale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from darkfield_nb.checkpoint_entry import check_destination, write_checkpoint_entry
+
+from .lung_level import LungLevel
+from .net import LevelConfig, LevelNet
+
+KEY = "lung_level"
+VERSION = 1
+_NEEDED = (
+    "version", "members", "config", "target_mean", "target_sd", "input_shape",
+    "field_threshold", "factor_range", "min_field_pixels", "fitted_on",
+)  # fmt: skip
+
+
+def _half(state: dict) -> dict:
+    return {
+        k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu().clone())
+        for k, v in state.items()
+    }
+
+
+def entry_from_level(level: LungLevel, fitted_on: dict, config: LevelConfig) -> dict:
+    """The checkpoint entry of ``level`` (module docstring); weights stored in float16."""
+    return {
+        "version": VERSION,
+        "members": [_half(m.state_dict()) for m in level.members],
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "target_mean": [float(v) for v in level.target_mean],
+        "target_sd": [float(v) for v in level.target_sd],
+        "input_shape": list(level.input_shape),
+        "field_threshold": float(level.field_threshold),
+        "factor_range": [float(v) for v in level.factor_range],
+        "min_field_pixels": int(level.min_field_pixels),
+        "fitted_on": dict(fitted_on),
+    }
+
+
+def check_entry(entry, where: str) -> dict:
+    """``entry`` if it is a readable lung-level entry, else ValueError naming ``where``."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: {KEY!r} entry is a {type(entry).__name__}, not a dict")
+    missing = [k for k in _NEEDED if k not in entry]
+    if missing:
+        raise ValueError(f"{where}: {KEY!r} entry lacks {missing}")
+    if int(entry["version"]) > VERSION:
+        raise ValueError(
+            f"{where}: {KEY!r} entry version {entry['version']} is newer than this package "
+            f"reads ({VERSION})"
+        )
+    k = len(entry["members"])
+    if k == 0 or len(entry["target_mean"]) != k or len(entry["target_sd"]) != k:
+        raise ValueError(
+            f"{where}: {KEY!r} entry has {k} members, {len(entry['target_mean'])} target "
+            f"means and {len(entry['target_sd'])} target sds"
+        )
+    sds = np.asarray(entry["target_sd"], float)
+    if not (np.isfinite(sds).all() and (sds > 0).all()):
+        raise ValueError(f"{where}: {KEY!r} entry target_sd {list(sds)}: need positive values")
+    lo, hi = entry["factor_range"]
+    if not 0 < float(lo) <= 1 <= float(hi):
+        raise ValueError(f"{where}: {KEY!r} entry factor_range [{lo}, {hi}] must hold 1")
+    return entry
+
+
+def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
+    """The :class:`LungLevel` of a checked entry (float32 networks on the CPU, eval mode).
+    ValueError naming ``where`` when the weights do not fit the stored config."""
+    check_entry(entry, where)
+    cfg = LevelConfig(**entry["config"])
+    members = []
+    for i, state in enumerate(entry["members"]):
+        net = LevelNet(1, cfg)
+        try:
+            net.load_state_dict({k: v.to(net.state_dict()[k].dtype) for k, v in state.items()})
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f"{where}: member {i} does not fit its config ({exc})") from exc
+        members.append(net.eval())
+    return LungLevel(
+        members=members,
+        target_mean=[float(v) for v in entry["target_mean"]],
+        target_sd=[float(v) for v in entry["target_sd"]],
+        input_shape=tuple(entry["input_shape"]),
+        field_threshold=float(entry["field_threshold"]),
+        factor_range=tuple(float(v) for v in entry["factor_range"]),
+        min_field_pixels=int(entry["min_field_pixels"]),
+        info=dict(entry["fitted_on"]),
+    )
+
+
+def level_of(ckpt: dict, where: str = "checkpoint") -> dict | None:
+    """The checked lung-level entry of a raw checkpoint dict, or None without one."""
+    entry = ckpt.get(KEY)
+    return None if entry is None else check_entry(entry, where)
+
+
+def level_digest(entry: dict | None) -> str | None:
+    """A short SHA-256 digest of the entry's weights and numbers (None for None): what a
+    recalibration records to say which level it was fitted on."""
+    if entry is None:
+        return None
+    h = hashlib.sha256()
+    for state in entry["members"]:
+        for name in sorted(state):
+            h.update(name.encode())
+            h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    numbers = [entry[k] for k in _NEEDED if k not in ("members", "fitted_on", "config")]
+    h.update(repr(numbers).encode())
+    return h.hexdigest()[:16]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return level_digest(a) == level_digest(b)
+
+
+def write_level_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, entry: dict, *, overwrite: bool = False
+) -> Path:
+    """Copy checkpoint ``src`` to ``dst`` with ``entry`` under ``"lung_level"``, atomically,
+    reloaded and compared before it takes the name ``dst``. The recalibration ``src`` carries
+    was fitted without this level; recalibrate ``dst`` (``darkfield-nb calibrate``) before
+    predicting with it (``load_model`` refuses the mismatch)."""
+    check_entry(entry, str(dst))
+    level_from_entry(entry, str(dst))
+    return write_checkpoint_entry(
+        src, dst, KEY, entry, read_back=level_of, same=_same, overwrite=overwrite
+    )
+
+
+def fit_lung_level(
+    src: str | os.PathLike,
+    data_roots: Sequence[str | os.PathLike],
+    dst: str | os.PathLike,
+    *,
+    members: int = 2,
+    config: LevelConfig | None = None,
+    splits: Sequence[str] = ("train", "val"),
+    device: str | torch.device = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, dict]:
+    """``darkfield-nb fit-level``: train ``members`` networks (seeds config.seed + k) on the
+    ``splits`` of ``data_roots`` (:func:`.fit.level_data`, :func:`.fit.train_level_net`) and
+    write ``dst``: ``src`` with the entry. Returns (dst, entry). The output is checked first."""
+    from dataclasses import replace
+
+    from darkfield_nb import checkpoint
+
+    from .fit import level_data, train_level_net
+
+    src, dst = Path(src), Path(dst)
+    checkpoint.load_checkpoint(src)
+    check_destination(src, dst, overwrite)
+    if members < 1:
+        raise ValueError(f"fit_lung_level: members={members}; need at least 1")
+    cfg = config or LevelConfig()
+    data = level_data(data_roots, splits, progress=progress)
+    nets, means, sds, rhos = [], [], [], []
+    for k in range(members):
+        net, info = train_level_net(
+            data, replace(cfg, seed=cfg.seed + k), device=device, progress=progress
+        )
+        nets.append(net)
+        means.append(info["target_mean"])
+        sds.append(info["target_sd"])
+        rhos.append(info["best_holdout_spearman"])
+    level = LungLevel(nets, means, sds, input_shape=data.x.shape[-2:])
+    fitted_on = {
+        "data": [str(r) for r in data_roots],
+        "splits": list(splits),
+        "n_images": len(data),
+        "holdout_spearman": rhos,
+    }
+    entry = entry_from_level(level, fitted_on, cfg)
+    return write_level_checkpoint(src, dst, entry, overwrite=overwrite), entry
+
+
+__all__ = [
+    "KEY",
+    "VERSION",
+    "check_entry",
+    "entry_from_level",
+    "fit_lung_level",
+    "level_digest",
+    "level_from_entry",
+    "level_of",
+    "write_level_checkpoint",
+]
