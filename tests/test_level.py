@@ -207,6 +207,8 @@ def test_lung_level_constructor_errors():
         LungLevel(nets, [0.1], [0.1], factor_range=(0.0, 2.0))
     with pytest.raises(ValueError, match="field_threshold=0"):
         LungLevel(nets, [0.1], [0.1], field_threshold=0)
+    with pytest.raises(ValueError, match="input_shape=\\(0, 32\\)"):
+        LungLevel(nets, [0.1], [0.1], input_shape=(0, 32))
     with pytest.raises(ValueError, match="channels"):
         LevelConfig(channels=(8, 0))
     with pytest.raises(ValueError, match="holdout_fraction"):
@@ -257,6 +259,9 @@ def test_entry_round_trip_through_a_checkpoint(setup, tmp_path):
         (lambda e: e.update(target_sd=[0.1, 0.0]), "need positive values"),
         (lambda e: e.update(version=2), "newer than this package reads"),
         (lambda e: e.update(members=[]), "0 members"),
+        (lambda e: e.update(field_threshold=0.0), "field_threshold=0.0: need > 0"),
+        (lambda e: e.update(input_shape=[0, 32]), "input_shape=\\(0, 32\\): need positive"),
+        (lambda e: e["config"].update(newer_field=1), "config: .*newer_field"),
     ],
 )
 def test_malformed_entries_are_refused_by_name(setup, tmp_path, change, words):

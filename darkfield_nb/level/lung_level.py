@@ -65,6 +65,8 @@ class LungLevel:
         if not self.field_threshold > 0:
             raise ValueError(f"LungLevel.field_threshold={self.field_threshold}: need > 0")
         self.input_shape = (int(self.input_shape[0]), int(self.input_shape[1]))
+        if min(self.input_shape) < 1:
+            raise ValueError(f"LungLevel.input_shape={self.input_shape}: need positive sizes")
 
     def to(self, device: str | torch.device) -> LungLevel:
         for m in self.members:

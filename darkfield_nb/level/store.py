@@ -95,7 +95,10 @@ def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
     """The :class:`LungLevel` of a checked entry (float32 networks on the CPU, eval mode).
     ValueError naming ``where`` when the weights do not fit the stored config."""
     check_entry(entry, where)
-    cfg = LevelConfig(**entry["config"])
+    try:
+        cfg = LevelConfig(**entry["config"])
+    except (TypeError, ValueError) as exc:  # a field this package lacks, or a bad value
+        raise ValueError(f"{where}: {KEY!r} entry config: {exc}") from exc
     members = []
     for i, state in enumerate(entry["members"]):
         net = LevelNet(1, cfg)
@@ -104,16 +107,19 @@ def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
         except (RuntimeError, KeyError) as exc:
             raise ValueError(f"{where}: member {i} does not fit its config ({exc})") from exc
         members.append(net.eval())
-    return LungLevel(
-        members=members,
-        target_mean=[float(v) for v in entry["target_mean"]],
-        target_sd=[float(v) for v in entry["target_sd"]],
-        input_shape=tuple(entry["input_shape"]),
-        field_threshold=float(entry["field_threshold"]),
-        factor_range=tuple(float(v) for v in entry["factor_range"]),
-        min_field_pixels=int(entry["min_field_pixels"]),
-        info=dict(entry["fitted_on"]),
-    )
+    try:
+        return LungLevel(
+            members=members,
+            target_mean=[float(v) for v in entry["target_mean"]],
+            target_sd=[float(v) for v in entry["target_sd"]],
+            input_shape=tuple(entry["input_shape"]),
+            field_threshold=float(entry["field_threshold"]),
+            factor_range=tuple(float(v) for v in entry["factor_range"]),
+            min_field_pixels=int(entry["min_field_pixels"]),
+            info=dict(entry["fitted_on"]),
+        )
+    except ValueError as exc:  # field_threshold or input_shape out of range
+        raise ValueError(f"{where}: {KEY!r} entry: {exc}") from exc
 
 
 def level_of(ckpt: dict, where: str = "checkpoint") -> dict | None:
