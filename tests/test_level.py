@@ -457,6 +457,25 @@ def test_predict_fills_the_level_columns(setup, tmp_path, capsys):
             np.testing.assert_allclose(b, g * a, rtol=2e-6, atol=1e-9, err_msg=name)
 
 
+def test_a_new_lung_level_redoes_the_sets(setup, tmp_path):
+    """predict_folder with the same checkpoint digest: sets written without a level are redone
+    when a level is passed (the completion key carries its digest), and skipped on a rerun."""
+    from darkfield_nb.inference import PredictConfig, predict_folder
+
+    loaded = load_model(setup["level"])
+    cfg = PredictConfig(samples=1, resample="off", progress=False, workers=0)
+    kw = dict(checkpoint_sha256="same", config=cfg, device="cpu")
+    src, out = setup["data"] / "attenuation", tmp_path / "out"
+    loaded.model.lung_level = None  # else level=None picks the model's level up
+    first = predict_folder(loaded.model, src, out, **kw)
+    assert first.totals["written"] == 5
+    again = predict_folder(loaded.model, src, out, level=loaded.level, **kw)
+    assert again.totals["skipped"] == 0, again.totals
+    assert set(again.redone.values()) == {"lung level changed"}, again.redone
+    rerun = predict_folder(loaded.model, src, out, level=loaded.level, **kw)
+    assert rerun.totals["skipped"] == 5
+
+
 # ----------------------------------------------------------------------------- 8. calibrate
 def test_recalibration_fitted_on_top_of_the_level(setup, tmp_path):
     """c = mean_i(lung mean of y_i) / mean_i(lung mean of g_i mu_i), g_i = L / mean of mu_i over

@@ -283,6 +283,7 @@ def _run_shard(model, shard, out_dir, geometry, ckpt_sha, cfg, dev, report, extr
         recalibration=recalibration_digest(recal),
         ood=extras["detector"] is not None,
         epistemic=extras["epistemic"],
+        level=getattr(extras["level"], "digest", None),
     )
     pending: set[Path] = set()
     for p in shard:

@@ -59,11 +59,13 @@ def run_key(
     recalibration: str | None = None,
     ood: bool = False,
     epistemic: str = "mc",
+    level: str | None = None,
 ) -> dict[str, Any]:
     """What produced an output set, apart from the input. ``recalibration``: the digest of the
     applied recalibration (``hookups.recalibration_digest``, None without one); ``ood``:
     whether the sets carry an OOD score; ``epistemic``: the epistemic map written ("mc" or
-    "combined"; "mc" is stored as None, so sets made before the option resume)."""
+    "combined"; "mc" is stored as None, so sets made before the option resume); ``level``: the
+    digest of the applied lung level (``LungLevel.digest``; None without one)."""
     return {
         "checkpoint_sha256": checkpoint_sha256,
         "samples": int(samples),
@@ -75,6 +77,7 @@ def run_key(
         "recalibration": recalibration,
         "ood": True if ood else None,  # None as in records that predate the field
         "epistemic": None if epistemic == "mc" else epistemic,
+        "level": level,
     }
 
 
@@ -89,6 +92,7 @@ _WHAT = {
     "recalibration": "recalibration changed",
     "ood": "OOD detector added or removed",
     "epistemic": "epistemic map changed",
+    "level": "lung level changed",
 }
 
 

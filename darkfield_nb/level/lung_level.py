@@ -41,7 +41,9 @@ class LungLevel:
     members: fitted :class:`LevelNet` (eval mode); target_mean, target_sd: m_k and s_k, one
     per member; input_shape: (H, W) the networks were trained at; field_threshold: t in D;
     factor_range: (g_lo, g_hi); min_field_pixels: fewest pixels of F (at the model geometry)
-    for a factor other than 1."""
+    for a factor other than 1; info: what it was fitted on; digest: the stored entry's
+    ``store.level_digest`` (None for a level not read from a checkpoint), which joins
+    predict's completion key."""
 
     members: list[LevelNet]
     target_mean: list[float]
@@ -51,6 +53,7 @@ class LungLevel:
     factor_range: tuple[float, float] = (0.5, 2.0)
     min_field_pixels: int = 64
     info: dict = field(default_factory=dict)
+    digest: str | None = None
 
     def __post_init__(self) -> None:
         k = len(self.members)

@@ -117,6 +117,7 @@ def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
             factor_range=tuple(float(v) for v in entry["factor_range"]),
             min_field_pixels=int(entry["min_field_pixels"]),
             info=dict(entry["fitted_on"]),
+            digest=level_digest(entry),
         )
     except ValueError as exc:  # field_threshold or input_shape out of range
         raise ValueError(f"{where}: {KEY!r} entry: {exc}") from exc

@@ -60,8 +60,8 @@ def _fit_coverage(
 
 
 def _apply_level(preds: Predictions, entry: dict, device) -> tuple[Predictions, dict]:
-    """(``preds`` scaled by the lung level's factors g, the entry's record: its digest, the
-    range of g and the mean lung D bias of the level-scaled mean on these images)."""
+    """(``preds`` scaled by the lung level's factors g, the entry's record: its digest and the
+    range of g on these images)."""
     from darkfield_nb.level.store import level_digest, level_from_entry
 
     level = level_from_entry(entry).to(pick_device(device))
@@ -119,8 +119,8 @@ def fit_recalibration(
         cache: optional .npz path for the predictions (:func:`.collect.collect_predictions`).
         level_entry: the checkpoint's lung-level entry (``level.store``), or None: each
             image's predictions are first scaled by its level factor g (as predict does) and
-            every fit is on top of that; stored as ``lung_level`` {"digest" (None without a
-            level), "factor_min", "factor_max"}, which ``inference.load_model`` checks
+            every fit is on top of that; stored as ``lung_level`` {"digest", "factor_min",
+            "factor_max"} ({"digest": None} without a level), which ``inference.load_model`` checks
             against the level the checkpoint carries.
     """
     require_splits(data_root, (split,), "calibration")
