@@ -25,8 +25,9 @@ SUM_NAME = "pretrained.sha256"
 
 
 #: Checkpoint entries an export carries over besides the generator: the training geometry,
-#: the recalibration (``darkfield-nb calibrate``) and the out-of-distribution detector.
-CARRIED_ENTRIES = ("recalibration", "ood")
+#: the recalibration (``darkfield-nb calibrate``), the out-of-distribution detector and the
+#: lung level (``darkfield-nb fit-level``).
+CARRIED_ENTRIES = ("recalibration", "ood", "lung_level")
 
 
 def export_pretrained(source: str | os.PathLike, out_dir: str | os.PathLike, *, info: dict) -> Path:

@@ -46,8 +46,9 @@ def test_export_round_trip_and_tamper_detection(tmp_path):
 
 
 def test_export_keeps_geometry_and_stored_entries(tmp_path):
-    """The training geometry, the recalibration and the OOD entry travel with the export, in
-    the float16 file whose checksum then matches; a later entry needs a new checksum."""
+    """The training geometry, the recalibration, the OOD entry and the lung level travel with
+    the export, in the float16 file whose checksum then matches; a later entry needs a new
+    checksum."""
     torch.manual_seed(0)
     model = ProgressiveGenerator(GeneratorConfig(n_stages=1, base_width=4, depth=2))
     geometry = checkpoint.make_geometry(512, field_of_view_mm=400.0)
@@ -55,6 +56,7 @@ def test_export_keeps_geometry_and_stored_entries(tmp_path):
     raw = checkpoint.load_checkpoint(src)
     raw["recalibration"] = {"kind": "sigma_scale", "scale": 0.5}
     raw["ood"] = {"threshold": 1.5}
+    raw["lung_level"] = {"version": 1, "members": [{"w": torch.ones(2, dtype=torch.float16)}]}
     torch.save(raw, src)
     out = tmp_path / "ship"
     path = export_pretrained(src, out, info={})
@@ -66,6 +68,7 @@ def test_export_keeps_geometry_and_stored_entries(tmp_path):
     }
     assert stored["recalibration"] == {"kind": "sigma_scale", "scale": 0.5}
     assert stored["ood"] == {"threshold": 1.5}
+    assert torch.equal(stored["lung_level"]["members"][0]["w"], torch.ones(2).half())
     assert stored["generator_dtype"] == "float16"
     assert verify_pretrained(out) == []
     stored["recalibration"]["scale"] = 0.6
