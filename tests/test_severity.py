@@ -2,28 +2,44 @@
 
 References: the simulator itself (the true D of a sweep is the simulated pair's), scipy's
 gennorm for the central interval, scipy.stats.spearmanr / linregress for the summary, and
-hand-made rows for pooling and the verdict's branches.
+hand-made rows for pooling and the verdict's branches. The maps as predict writes them: a
+tiny checkpoint with a constant-output lung level (L = 0.55, so g = L / mean of mu over
+{mu > 0.1} in NumPy) and a recalibration with mean factor c = 0.9, checked against the bare
+maps, ``LungLevel.factors`` on the same input, the generator read with ``checkpoint`` and run
+with ``mc_dropout_predict`` directly (the old behaviour), and ``synthesize`` (what a user gets).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
+from helpers import toy_generator, toy_recalibration
 from scipy import stats
 
-from darkfield_nb import labels
+from darkfield_nb import checkpoint, labels
 from darkfield_nb import severity as sv
+from darkfield_nb.calibration import ggd_halfwidth, predictive_alpha
+from darkfield_nb.calibration.store import write_calibrated_checkpoint
+from darkfield_nb.level import LevelConfig, LevelNet, LungLevel
+from darkfield_nb.level.store import entry_from_level, level_digest, write_level_checkpoint
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.physics import make_patient, simulate
+from darkfield_nb.synthesis import synthesize
+from darkfield_nb.uncertainty import mc_dropout_predict
 from darkfield_nb.viz import plot_severity_sweep
 
 matplotlib.use("Agg")
 
 SIZE, SEED = 64, 9001  # patient 9001: a regional emphysema with lesions in both lungs
+LEVEL_L, C, SIGMA_F = 0.55, 0.9, 1.5  # the toy level's L, the mean factor, the sigma factor
+NEW_KEYS = ("as_written", "lung_level", "level_factor", "mean_factor")
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +203,181 @@ def test_plot_and_bad_input(sweep, model):
         sv.predict_case(model, SEED, 1.5, size=SIZE, samples=1, device="cpu")
     with pytest.raises(ValueError, match="at least one"):
         sv.severity_sweep(model, patient_seeds=[], severities=[0.5])
+
+
+# ------------------------------------------------------------- the maps as predict writes them
+def _constant_net(b: float, cfg: LevelConfig) -> LevelNet:
+    """A LevelNet whose output is ``b`` for every input (zero ``out`` weight, bias b)."""
+    torch.manual_seed(0)
+    net = LevelNet(1, cfg)
+    with torch.no_grad():
+        net.out.weight.zero_()
+        net.out.bias.fill_(b)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """base.pt: the toy generator with a positive mean (head bias +0.4); level.pt: the same
+    with a two-member constant lung level, L = mean(0.3 + 0.1, 0.5 + 0.2) = 0.55; cal.pt: that
+    with a recalibration fitted on the level (mean factor C, global sigma factor SIGMA_F)."""
+    root = tmp_path_factory.mktemp("severity_level")
+    gen = toy_generator()
+    with torch.no_grad():
+        gen.stages[-1].head_mu.bias.fill_(0.4)
+    geometry = {"size": [SIZE, SIZE], "pixel_mm": 400.0 / SIZE}
+    base = checkpoint.save_trained(root / "base.pt", gen, stage=1, epoch=1, geometry=geometry)
+    cfg = LevelConfig(channels=(8, 16, 16), hidden=8, dropout=0.0)
+    level = LungLevel(
+        [_constant_net(1.0, cfg), _constant_net(1.0, cfg)], [0.3, 0.5], [0.1, 0.2],
+        input_shape=(32, 32), factor_range=(0.25, 4.0),
+    )  # fmt: skip
+    fitted_on = {"data": ["toy"], "splits": ["train"], "n_images": 0, "holdout_spearman": []}
+    entry = entry_from_level(level, fitted_on, cfg)
+    with_level = write_level_checkpoint(base, root / "level.pt", entry)
+    scaling = {"kind": "sigma_scaling", "factor": SIGMA_F, "per_region": {}, "method": "coverage",
+               "p": 0.9}  # fmt: skip
+    recal = toy_recalibration(scaling, n_images=3, version=4)
+    recal["mean_scale"] = {"factor": C, "lung_D_bias_before": 1 / C - 1, "skipped": None}
+    recal["lung_level"] = {"digest": level_digest(entry)}
+    cal = write_calibrated_checkpoint(with_level, root / "cal.pt", recal)
+    return {"root": root, "base": base, "level": with_level, "cal": cal, "recal": recal}
+
+
+@pytest.fixture(scope="module")
+def both(ckpts):
+    """The calibrated checkpoint's model and, for patient SEED at severity 1, its case as
+    written (the default) and bare."""
+    model, stage, path = sv.load_model(ckpts["cal"], "cpu")
+    kw = dict(size=SIZE, samples=2, device="cpu", stage=stage)
+    return (
+        model,
+        sv.predict_case(model, SEED, 1.0, **kw),
+        sv.predict_case(model, SEED, 1.0, as_written=False, **kw),
+    )
+
+
+def test_load_model_attaches_the_level_and_the_recalibration(ckpts):
+    model, stage, path = sv.load_model(ckpts["cal"], "cpu")
+    assert path == ckpts["cal"] and stage == 1 and model.checkpoint_path == path
+    assert isinstance(model.lung_level, LungLevel) and len(model.lung_level.members) == 2
+    assert model.recalibration["mean_scale"]["factor"] == C
+    plain, _, _ = sv.load_model(ckpts["base"], "cpu")
+    assert plain.lung_level is None and plain.recalibration is None
+    only_level, _, _ = sv.load_model(ckpts["level"], "cpu")
+    assert only_level.lung_level is not None and only_level.recalibration is None
+    # a recalibration fitted on the level, on a checkpoint without it: refused, naming the file
+    lacking = write_calibrated_checkpoint(
+        ckpts["base"], ckpts["root"] / "lacking.pt", ckpts["recal"]
+    )
+    with pytest.raises(checkpoint.CheckpointError, match="darkfield-nb calibrate") as err:
+        sv.load_model(lacking, "cpu")
+    assert str(lacking) in str(err.value)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        sv.load_model(ckpts["root"] / "missing.pt", "cpu")
+
+
+def test_as_written_is_c_g_times_the_bare_maps(both):
+    """mu' = c g mu, every sigma g times, g from LungLevel.factors on the same input and the
+    bare mu and from its closed form in NumPy; the interval is scipy's gennorm interval of the
+    scaled total (g times the bare one), and the row records L, g and c."""
+    model, written, bare = both
+    L, g = model.lung_level.factors(torch.from_numpy(bare.x)[None, None], bare.mu[None])
+    L, g = float(L[0]), float(g[0])
+    mu64 = np.float64(bare.mu)
+    g_np = np.clip(LEVEL_L / mu64[mu64 > 0.1].mean(), 0.25, 4.0)
+    assert L == pytest.approx(LEVEL_L, rel=1e-6) and g == pytest.approx(g_np, rel=1e-6)
+    assert abs(g - 1) > 0.05  # the level changes something here
+    assert (written.lung_level, written.level_factor, written.mean_factor) == (L, g, C)
+    assert written.as_written and not bare.as_written
+    assert (bare.level_factor, bare.mean_factor) == (1.0, 1.0) and math.isnan(bare.lung_level)
+    np.testing.assert_allclose(written.mu, C * g * mu64, rtol=1e-6)
+    for k in ("aleatoric", "epistemic", "total"):
+        np.testing.assert_allclose(getattr(written, k), g * np.float64(getattr(bare, k)),
+                                   rtol=1e-6, err_msg=k)  # fmt: skip
+        assert getattr(written, k).dtype == np.float32
+    for k in ("beta", "x", "y", "y_clean", "mask"):
+        np.testing.assert_array_equal(getattr(written, k), getattr(bare, k), err_msg=k)
+    beta = np.float64(written.beta)
+    alpha_t = np.float64(written.total) / stats.gennorm(beta).std()
+    lo, hi = stats.gennorm.interval(0.9, beta, loc=np.float64(written.mu), scale=alpha_t)
+    np.testing.assert_allclose(written.half, (hi - lo) / 2, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(written.half, g * np.float64(bare.half), rtol=1e-4)
+    row, row0 = sv.case_row(written), sv.case_row(bare)
+    assert {k: row[k] for k in NEW_KEYS} == {
+        "as_written": True, "lung_level": L, "level_factor": g, "mean_factor": C
+    }  # fmt: skip
+    assert row0["as_written"] is False and row0["level_factor"] == 1.0
+    assert math.isnan(row0["lung_level"]) and row0["mean_factor"] == 1.0
+    assert row["pred_lung_D"] == pytest.approx(C * g * row0["pred_lung_D"], rel=1e-5)
+    assert row["width_lung"] == pytest.approx(g * row0["width_lung"], rel=1e-4)
+    assert row["true_lung_D"] == row0["true_lung_D"]
+
+
+def test_bare_option_is_the_old_generator_alone(both, ckpts):
+    """as_written=False gives, bit for bit, the maps of the checkpoint's generator read with
+    ``checkpoint.load_with_generator`` (what the study loaded before) and run with
+    ``mc_dropout_predict`` (seed 0), with the half-width from that total; and a model without a
+    level or recalibration gives the same maps whether as written or not."""
+    model, _, bare = both
+    _, gen = checkpoint.load_with_generator(ckpts["cal"], "cpu")
+    assert not hasattr(gen, "lung_level")
+    xt = torch.from_numpy(bare.x)[None, None]
+    mc = mc_dropout_predict(gen, xt, samples=2, seed=0, stage=1).image_maps(0)
+    for k in ("mu", "aleatoric", "epistemic", "total", "beta"):
+        np.testing.assert_array_equal(getattr(bare, k), mc[k], err_msg=k)
+    half = ggd_halfwidth(0.9, predictive_alpha(mc["total"], mc["beta"]), mc["beta"])
+    np.testing.assert_array_equal(bare.half, half.astype(np.float32))
+    kw = dict(size=SIZE, samples=2, device="cpu", stage=1)
+    old = sv.predict_case(gen, SEED, 1.0, **kw)  # no attributes: nothing to apply
+    for k in ("mu", "aleatoric", "epistemic", "total", "beta", "half"):
+        np.testing.assert_array_equal(getattr(old, k), getattr(bare, k), err_msg=k)
+    assert {k: v for k, v in sv.case_row(old).items() if k not in NEW_KEYS} == {
+        k: v for k, v in sv.case_row(bare).items() if k not in NEW_KEYS
+    }
+
+
+def test_as_written_matches_synthesize(both):
+    """The study's default maps are what ``synthesize`` (predict's per-image path) writes for
+    the same radiograph (no resampling): the dark-field and g equal, the sigma maps equal after
+    dividing out the recalibration's sigma factor, which the study leaves out. Dropout is
+    switched off in a copy of the model: the two paths draw their MC masks differently (and
+    differ by float rounding, up to about 1.5e-6 in D here)."""
+    model = copy.deepcopy(both[0])
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+    assert model.lung_level is not None and model.recalibration is not None
+    written = sv.predict_case(model, SEED, 1.0, size=SIZE, samples=2, device="cpu")
+    pair = simulate(make_patient(SEED, 0, "emphysema", severity=1.0), SIZE)
+    out = synthesize(model, pair.attenuation, samples=2, seed=0, resample=False, device="cpu")
+    assert abs(written.level_factor - 1) > 0.05
+    assert out.level_factor == pytest.approx(written.level_factor, rel=1e-5)
+    np.testing.assert_allclose(out.darkfield, written.mu, rtol=1e-5, atol=1e-5)
+    for k in ("aleatoric", "total"):
+        np.testing.assert_allclose(getattr(out, k) / SIGMA_F, getattr(written, k), rtol=1e-5,
+                                   atol=1e-5, err_msg=k)  # fmt: skip
+
+
+def test_sweep_rows_carry_the_factors_and_old_rows_stay_readable(ckpts, tmp_path):
+    model, stage, _ = sv.load_model(ckpts["cal"], "cpu")
+    kw = dict(patient_seeds=[SEED], severities=[0.0, 1.0], size=SIZE, samples=2, device="cpu",
+              progress=False, stage=stage)  # fmt: skip
+    rows = sv.severity_sweep(model, **kw)
+    bare = sv.severity_sweep(model, as_written=False, **kw)
+    for r, b in zip(rows, bare, strict=True):
+        assert r["as_written"] and r["mean_factor"] == C and r["lung_level"] == pytest.approx(0.55)
+        assert r["pred_lung_D"] == pytest.approx(C * r["level_factor"] * b["pred_lung_D"], 1e-5)
+        assert not b["as_written"] and b["level_factor"] == 1.0 and math.isnan(b["lung_level"])
+    back = sv.load_rows(sv.save_rows(tmp_path / "rows.json", rows))
+    assert [r["level_factor"] for r in back] == [r["level_factor"] for r in rows]
+    assert all(r["as_written"] is True for r in back)
+    # a row cached before these keys existed: the bare network's, and it reads as such
+    old = [{k: v for k, v in b.items() if k not in NEW_KEYS} for b in bare]
+    got = sv.load_rows(sv.save_rows(tmp_path / "old.json", old))
+    for g_row in got:
+        assert g_row["as_written"] is False and math.isnan(g_row["lung_level"])
+        assert (g_row["level_factor"], g_row["mean_factor"]) == (1.0, 1.0)
+    assert sv.emphysema_summary(got)["slope_lung_D"] == pytest.approx(
+        sv.emphysema_summary(bare)["slope_lung_D"]
+    )

@@ -8,6 +8,16 @@ only the disease changes. The model sees the processed attenuation radiograph, n
 :func:`darkfield_nb.data.normalize_input` as in training, and predicts with MC dropout
 (:func:`darkfield_nb.uncertainty.mc_dropout_predict`, ``samples`` passes).
 
+What is studied. By default (``as_written=True``) a case's maps are what ``predict`` writes
+for the level and the mean: with the checkpoint's lung level (factor g = L / mean of mu over
+the predicted lung field, ``level.LungLevel.factors``) and its recalibration's mean factor c
+(``calibration.store.mean_factor``), mu' = c g mu and aleatoric' = g aleatoric, epistemic' =
+g epistemic, total' = g total (:mod:`.written`; g = 1 without a level, c = 1 without a
+recalibration). The recalibration's sigma factors are left out: the interval below is the
+uncalibrated one of the level-scaled maps. ``as_written=False`` studies the bare network.
+Unlike ``predict``, the study does not resample: the simulator draws the pair at ``size`` and
+the model (and g) see it there.
+
 The "true D" is the measured dark-field target (noise, blur, stripes: what a test set holds and
 what the predicted distribution is a distribution of); the noise-free D is reported beside it.
 
@@ -27,8 +37,9 @@ The band of the predicted mean lung D is [mean_lung(mu - h), mean_lung(mu + h)]:
 the per-pixel bounds, i.e. the interval of the lung mean if all pixel errors moved together
 (an upper bound on its width: independent errors would average out).
 
-Modules: :mod:`.sweep` (simulate and predict each case, :func:`case_row`) and :mod:`.verdict`
-(the summary over a sweep, the rows as strict JSON, the answer in words).
+Modules: :mod:`.written` (the model with its level and recalibration, the maps as predict
+writes them), :mod:`.sweep` (simulate and predict each case, :func:`case_row`) and
+:mod:`.verdict` (the summary over a sweep, the rows as strict JSON, the answer in words).
 """
 
 from darkfield_nb.severity.sweep import (
@@ -36,7 +47,6 @@ from darkfield_nb.severity.sweep import (
     LEVEL,
     SweepCase,
     case_row,
-    load_model,
     predict_case,
     severity_sweep,
 )
@@ -50,6 +60,7 @@ from darkfield_nb.severity.verdict import (
     save_rows,
     severity_verdict,
 )
+from darkfield_nb.severity.written import load_model, scale_maps, written_factors
 
 __all__ = [
     "CASE_BITS",
@@ -65,6 +76,8 @@ __all__ = [
     "load_rows",
     "predict_case",
     "save_rows",
+    "scale_maps",
     "severity_sweep",
     "severity_verdict",
+    "written_factors",
 ]

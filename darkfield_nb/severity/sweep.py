@@ -1,29 +1,27 @@
-"""The severity sweep: one patient at one severity, simulated and predicted with MC dropout,
-and the figures of that case (:func:`case_row`). The study's method is described in
-:mod:`darkfield_nb.severity`.
+"""The severity sweep: one patient at one severity, simulated and predicted with MC dropout
+(by default with the maps scaled as ``predict`` writes them, :mod:`.written`), and the figures
+of that case (:func:`case_row`). The study's method is described in :mod:`darkfield_nb.severity`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from darkfield_nb import checkpoint as ckpt_io
 from darkfield_nb import labels
 from darkfield_nb.calibration import ggd_halfwidth, predictive_alpha
 from darkfield_nb.data import normalize_input
 from darkfield_nb.hardware import pick_device
-from darkfield_nb.paths import pretrained_checkpoint
 from darkfield_nb.physics import DisplayRanges, FramingRanges, make_patient, simulate
 from darkfield_nb.physics.pathology import PATHOLOGY_CASES
 from darkfield_nb.uncertainty import MCMaps, mc_dropout_predict
+
+from .written import scale_maps, written_factors
 
 LEVEL = 0.9  # nominal level of the central interval studied
 CASE_BITS = {
@@ -42,7 +40,10 @@ class SweepCase(MCMaps):
     The MC-dropout maps of :class:`~darkfield_nb.uncertainty.MCMaps` (``mu`` MC mean,
     ``aleatoric`` / ``epistemic`` / ``total`` standard deviations, ``beta`` mean shape), and
     ``y`` measured D (the target), ``y_clean`` noise-free D, ``x`` normalized input, ``half``
-    the half-width of the central ``level`` interval (mu +- half).
+    the half-width of the central ``level`` interval (mu +- half). ``as_written``: whether
+    the maps are scaled as predict writes them (:mod:`.written`), with ``lung_level`` L (NaN
+    without a level), ``level_factor`` g and ``mean_factor`` c the values applied (g = c = 1
+    for the bare network).
     """
 
     patient_seed: int
@@ -55,6 +56,10 @@ class SweepCase(MCMaps):
     x: np.ndarray
     mask: np.ndarray
     half: np.ndarray
+    as_written: bool = False
+    lung_level: float = math.nan
+    level_factor: float = 1.0
+    mean_factor: float = 1.0
 
     @property
     def lung(self) -> np.ndarray:
@@ -67,18 +72,6 @@ class SweepCase(MCMaps):
     @property
     def rest(self) -> np.ndarray:
         return self.lung & ~self.lesion
-
-
-def load_model(
-    checkpoint: str | os.PathLike | None = None, device: str | torch.device = "auto"
-) -> tuple[torch.nn.Module, int, Path]:
-    """(generator, last trained stage (0-based), path) of ``checkpoint`` (None: the shipped
-    model, ``data_samples/pretrained.pt``)."""
-    path = Path(checkpoint) if checkpoint else pretrained_checkpoint()
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    ck, model = ckpt_io.load_with_generator(path, pick_device(device))
-    return model, int(ck["stages_trained"]) - 1, path
 
 
 @torch.no_grad()
@@ -96,12 +89,20 @@ def predict_case(
     mc_seed: int = 0,
     framing: FramingRanges | None = None,
     display: DisplayRanges | None = None,
+    as_written: bool = True,
 ) -> SweepCase:
     """Simulate patient ``patient_seed`` (index 0) with ``case`` at ``severity`` and predict it
     with ``samples`` MC-dropout passes (masks seeded with ``mc_seed``, so a case is repeatable).
     ``framing`` / ``display``: the simulator's ranges (None: its defaults, the varied framing
     and vendor looks; ``FramingRanges.fixed()`` / ``DisplayRanges.fixed()`` the first
-    simulator's single framing and look)."""
+    simulator's single framing and look).
+
+    ``as_written`` (default): the maps as predict writes them for the level and the mean,
+    mu' = c g mu and every sigma map g times (``model.lung_level``'s factor g of this input
+    and MC mean, ``model.recalibration``'s mean factor c; :mod:`.written`), and the interval
+    half-width from the scaled total. The recalibration's sigma factors are not applied: the
+    study reports the uncalibrated interval. False: the bare network's maps (g = c = 1 however
+    the model is loaded)."""
     if case not in PATHOLOGY_CASES:
         raise ValueError(f"case must be a pathology, one of {', '.join(PATHOLOGY_CASES)}")
     if not 0.0 <= float(severity) <= 1.0:
@@ -117,6 +118,10 @@ def predict_case(
     mc = mc_dropout_predict(model, xt, samples=samples, seed=mc_seed, stage=stage)
     maps = mc.image_maps(0)
     del maps["alpha"]  # a case keeps the total sigma and beta, not the mean alpha
+    applied = {"lung_level": math.nan, "level_factor": 1.0, "mean_factor": 1.0}
+    if as_written:
+        applied = written_factors(model, xt, maps["mu"])
+        maps = scale_maps(maps, applied["level_factor"], applied["mean_factor"])
     tot, beta = maps["total"], maps["beta"]
     half = ggd_halfwidth(level, predictive_alpha(tot, beta), beta).astype(np.float32)
     diffuse = getattr(patient.pathology, "diffuse", None)
@@ -132,6 +137,8 @@ def predict_case(
         mask=pair.mask,
         **maps,
         half=half,
+        as_written=bool(as_written),
+        **applied,
     )
 
 
@@ -142,7 +149,8 @@ def _mean(a: np.ndarray, region: np.ndarray) -> float:
 def case_row(c: SweepCase, min_pixels: int = 20) -> dict:
     """The figures of one case (see the module docstring for regions, interval and ratio).
 
-    Keys: patient_seed, severity, case, diffuse, lung_pixels, lesion_pixels, true_lung_D,
+    Keys: patient_seed, severity, case, diffuse, as_written, lung_level (L, NaN without a
+    level), level_factor (g), mean_factor (c), lung_pixels, lesion_pixels, true_lung_D,
     true_lung_D_clean, pred_lung_D, pred_lung_D_lo / _hi (band), true_ratio, pred_ratio,
     coverage_lesion, coverage_lung (share of pixels with |y - mu| <= half), width_lesion,
     width_rest, width_lung (mean 2 half), aleatoric_lesion / _rest, epistemic_lesion / _rest
@@ -161,6 +169,10 @@ def case_row(c: SweepCase, min_pixels: int = 20) -> dict:
         "severity": c.severity,
         "case": c.case,
         "diffuse": c.diffuse,
+        "as_written": c.as_written,
+        "lung_level": c.lung_level,
+        "level_factor": c.level_factor,
+        "mean_factor": c.mean_factor,
         "lung_pixels": int(lung.sum()),
         "lesion_pixels": n_les,
         "true_lung_D": _mean(c.y, lung),
@@ -197,10 +209,13 @@ def severity_sweep(
     framing: FramingRanges | None = None,
     display: DisplayRanges | None = None,
     keep: list | None = None,
+    as_written: bool = True,
 ) -> list[dict]:
     """One row (:func:`case_row`) per patient x severity, patients outer, severities in the
     given order. Every case uses MC seed 0 (:func:`predict_case`). ``keep``: a list that
-    receives each :class:`SweepCase` (the maps), for pictures."""
+    receives each :class:`SweepCase` (the maps), for pictures. ``as_written``: the maps as
+    predict writes them for the lung level and the mean (default), or the bare network's
+    (:func:`predict_case`)."""
     if not patient_seeds or not severities:
         raise ValueError("severity_sweep: give at least one patient seed and one severity")
     dev = pick_device(device)
@@ -219,6 +234,7 @@ def severity_sweep(
             level=level,
             framing=framing,
             display=display,
+            as_written=as_written,
         )
         rows.append(case_row(c))
         if keep is not None:

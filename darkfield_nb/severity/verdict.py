@@ -125,14 +125,30 @@ def save_rows(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
     return path
 
 
+# what a row written before the study applied predict's level and mean factor was: the bare
+# network's (no level, no mean factor)
+OLD_ROW_DEFAULTS = {
+    "as_written": False,
+    "lung_level": math.nan,
+    "level_factor": 1.0,
+    "mean_factor": 1.0,
+}
+
+
 def load_rows(path: str | os.PathLike) -> list[dict]:
     """Rows written by :func:`save_rows`, with null figures back as NaN (``diffuse`` stays
-    None where the pathology has no such property)."""
+    None where the pathology has no such property). A row written before the keys
+    ``as_written`` / ``lung_level`` / ``level_factor`` / ``mean_factor`` existed was the bare
+    network's, and gets them as such (False, NaN, 1, 1: ``OLD_ROW_DEFAULTS``)."""
     import json
 
     rows = json.loads(Path(path).read_text())
     return [
-        {k: math.nan if v is None and k != "diffuse" else v for k, v in r.items()} for r in rows
+        {
+            **OLD_ROW_DEFAULTS,
+            **{k: math.nan if v is None and k != "diffuse" else v for k, v in r.items()},
+        }
+        for r in rows
     ]
 
 
