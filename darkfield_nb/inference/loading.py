@@ -60,27 +60,16 @@ def load_model(
     model.training_geometry = geometry
     from darkfield_nb.calibration.store import recalibration_of
     from darkfield_nb.epistemic.store import detector_from_checkpoint
-    from darkfield_nb.level.store import level_digest, level_from_entry, level_of
+    from darkfield_nb.level.store import stored_level
 
     try:
         recal = recalibration_of(ckpt)
         detector = detector_from_checkpoint(ckpt, model)
-        level_entry = level_of(ckpt)
-        level = None if level_entry is None else level_from_entry(level_entry, str(path))
-        if level is not None:
-            level.to(next(model.parameters()).device)
+        level = stored_level(ckpt, recal, str(path))
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise checkpoint.CheckpointError(f"{path}: unusable stored entry ({exc})") from exc
-    if recal is not None:
-        fitted_with = (recal.get("lung_level") or {}).get("digest")
-        if fitted_with != level_digest(level_entry):
-            have = "carries a lung level" if level_entry is not None else "carries no lung level"
-            saw = f"lung level {fitted_with}" if fitted_with else "no lung level"
-            raise checkpoint.CheckpointError(
-                f"{path}: its recalibration was fitted with {saw}, but the checkpoint {have} "
-                f"({level_digest(level_entry) or 'none'}); run `darkfield-nb calibrate` on it "
-                "again so the mean and sigma factors fit the maps they scale"
-            )
+    if level is not None:
+        level.to(next(model.parameters()).device)
     model.recalibration, model.ood_detector, model.lung_level = recal, detector, level
     model.checkpoint_path = path  # named by predict_folder's errors
     return LoadedModel(

@@ -129,6 +129,26 @@ def level_of(ckpt: dict, where: str = "checkpoint") -> dict | None:
     return None if entry is None else check_entry(entry, where)
 
 
+def stored_level(ckpt: dict, recal: dict | None, where: str) -> LungLevel | None:
+    """The :class:`LungLevel` a raw checkpoint dict carries (None without one), after checking
+    that its recalibration entry ``recal`` (None: none) was fitted on that same level: the
+    recorded ``lung_level.digest`` must equal :func:`level_digest` of the entry (both None
+    without a level). ValueError naming ``where`` otherwise, or for a malformed entry."""
+    entry = level_of(ckpt, where)
+    if recal is not None:
+        fitted_with = (recal.get("lung_level") or {}).get("digest")
+        have = level_digest(entry)
+        if fitted_with != have:
+            saw = f"lung level {fitted_with}" if fitted_with else "no lung level"
+            carries = f"carries lung level {have}" if have else "carries no lung level"
+            raise ValueError(
+                f"{where}: its recalibration was fitted with {saw}, but the checkpoint "
+                f"{carries}; run `darkfield-nb calibrate` on it again so the mean and sigma "
+                "factors fit the maps they scale"
+            )
+    return None if entry is None else level_from_entry(entry, where)
+
+
 def level_digest(entry: dict | None) -> str | None:
     """A short SHA-256 digest of the entry's weights and numbers (None for None): what a
     recalibration records to say which level it was fitted on."""
@@ -219,5 +239,6 @@ __all__ = [
     "level_digest",
     "level_from_entry",
     "level_of",
+    "stored_level",
     "write_level_checkpoint",
 ]

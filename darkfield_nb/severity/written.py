@@ -29,7 +29,7 @@ import torch
 from darkfield_nb import checkpoint as ckpt_io
 from darkfield_nb.calibration.store import mean_factor, recalibration_of
 from darkfield_nb.hardware import pick_device
-from darkfield_nb.level.store import level_digest, level_from_entry, level_of
+from darkfield_nb.level.store import stored_level
 from darkfield_nb.paths import pretrained_checkpoint
 
 SIGMA_MAPS = ("aleatoric", "epistemic", "total")
@@ -53,18 +53,11 @@ def load_model(
     ck, model = ckpt_io.load_with_generator(path, dev)
     try:
         recal = recalibration_of(ck)
-        entry = level_of(ck, str(path))
-        level = None if entry is None else level_from_entry(entry, str(path)).to(dev)
+        level = stored_level(ck, recal, str(path))
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ckpt_io.CheckpointError(f"{path}: unusable stored entry ({exc})") from exc
-    if recal is not None:
-        fitted_with = (recal.get("lung_level") or {}).get("digest")
-        if fitted_with != level_digest(entry):
-            raise ckpt_io.CheckpointError(
-                f"{path}: its recalibration was fitted with lung level {fitted_with or 'none'}, "
-                f"but the checkpoint carries {level_digest(entry) or 'none'}; run "
-                "`darkfield-nb calibrate` on it again"
-            )
+    if level is not None:
+        level.to(dev)
     model.lung_level, model.recalibration, model.checkpoint_path = level, recal, path
     return model, int(ck["stages_trained"]) - 1, path
 
