@@ -66,19 +66,16 @@ the target (0.5) lies inside the interval of the largest run and below the 0.675
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from scipy.stats import pearsonr, spearmanr
 from sklearn.linear_model import RidgeCV
 
@@ -86,8 +83,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.lung_d_information import descriptors  # noqa: E402
 from darkfield_nb.data import PairedDataset  # noqa: E402
-from darkfield_nb.hardware import pick_device, seed_everything  # noqa: E402
+from darkfield_nb.hardware import pick_device  # noqa: E402
 from darkfield_nb.labels import LUNG, has_label  # noqa: E402
+from darkfield_nb.level import LevelConfig, LevelNet, predict_standardized  # noqa: E402
+from darkfield_nb.level.fit import LevelData, train_level_net  # noqa: E402
 from darkfield_nb.physics import generate_dataset, materials  # noqa: E402
 
 ID_SPLITS = ["train", "val", "test"]
@@ -107,22 +106,9 @@ class DataSpec:
         return work / f"data_seed{self.seed}_n{self.patients}_{self.size}px"
 
 
-@dataclass
-class RegressorConfig:
-    """The CNN regressor and its training; every field has a working default."""
-
-    channels: tuple[int, ...] = (16, 32, 48, 64, 96, 128)
-    hidden: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    dropout: float = 0.2
-    max_epochs: int = 30
-    min_epochs: int = 12
-    patience: int = 8
-    max_minutes: float = 13.0
-    holdout_fraction: float = 0.1
-    seed: int = 0
+#: the regressor is the library's lung-level network and its training (darkfield_nb.level)
+RegressorConfig = LevelConfig
+Regressor = LevelNet
 
 
 def make_data(spec: DataSpec, work: Path) -> Path:
@@ -187,33 +173,6 @@ def load_arrays(root: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-class Regressor(nn.Module):
-    """Strided conv blocks, global average pool, two-layer head: one number per image."""
-
-    def __init__(self, in_channels: int, cfg: RegressorConfig) -> None:
-        super().__init__()
-        layers, c = [], in_channels
-        for k in cfg.channels:
-            layers += [
-                nn.Conv2d(c, k, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(k),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(k, k, 3, padding=1, bias=False),
-                nn.BatchNorm2d(k),
-                nn.ReLU(inplace=True),
-            ]
-            c = k
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            nn.Linear(c, cfg.hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)
-        )
-        self.out = nn.Linear(cfg.hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x).mean((2, 3))
-        return self.out(self.head(f))[:, 0]
-
-
 def inputs(a: dict[str, np.ndarray], variant: str) -> torch.Tensor:
     """(N, C, H, W): the normalized attenuation image, plus the true lung mask for ``mask``."""
     x = torch.from_numpy(a["x"]).float()[:, None]
@@ -222,83 +181,19 @@ def inputs(a: dict[str, np.ndarray], variant: str) -> torch.Tensor:
     return x
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, device, batch: int = 64) -> np.ndarray:
     """Model output averaged over the image and its mirror (left-right)."""
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch):
-        b = x[i : i + batch].to(device)
-        out.append(((model(b) + model(b.flip(-1))) / 2).cpu())
-    return torch.cat(out).numpy()
+    return predict_standardized(model, x, device, batch)
 
 
 def train(
     a: dict[str, np.ndarray], variant: str, cfg: RegressorConfig, device
 ) -> tuple[nn.Module, dict]:
-    """Train on the training set minus a seeded holdout; keep the best holdout Spearman."""
-    seed_everything(cfg.seed)
-    x, t = inputs(a, variant), a["true"]
-    n = len(t)
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    n_hold = int(round(cfg.holdout_fraction * n))
-    hold, fit = order[:n_hold], order[n_hold:]
-    m, s = float(t[fit].mean()), float(t[fit].std())
-    y = torch.from_numpy((t - m) / s).float()
-    model = Regressor(x.shape[1], cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_epochs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best, best_state, history, stale, start = -2.0, None, [], 0, time.time()
-    for epoch in range(cfg.max_epochs):
-        model.train()
-        perm = torch.from_numpy(fit)[torch.randperm(len(fit), generator=gen)]
-        losses = []
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            xb = x[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb[flip] = xb[flip].flip(-1)
-            loss = F.mse_loss(model(xb.to(device)), y[idx].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        sched.step()
-        rho = float(spearmanr(t[hold], predict(model, x[hold], device))[0])
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": float(np.mean(losses)),
-                "holdout_spearman": rho,
-                "minutes": (time.time() - start) / 60,
-            }
-        )
-        print(
-            f"[{variant}] epoch {epoch} loss {np.mean(losses):.3f} holdout rho {rho:.3f} "
-            f"{history[-1]['minutes']:.1f} min",
-            flush=True,
-        )
-        if rho > best or best_state is None:
-            best, best_state, stale = rho, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-        if (stale >= cfg.patience and epoch + 1 >= cfg.min_epochs) or history[-1][
-            "minutes"
-        ] > cfg.max_minutes:
-            break
-    model.load_state_dict(best_state)
-    info = {
-        "target_mean": m,
-        "target_sd": s,
-        "best_holdout_spearman": best,
-        "n_fit": len(fit),
-        "n_holdout": n_hold,
-        "history": history,
-    }
-    return model, info
+    """``darkfield_nb.level.fit.train_level_net`` on the training set (minus its seeded
+    holdout; the best holdout Spearman is kept)."""
+    data = LevelData(inputs(a, variant).numpy(), a["true"], a["patient"])
+    model, info = train_level_net(data, cfg, device=device)
+    return model.to(device), info
 
 
 def trained(

@@ -38,7 +38,8 @@ MIN_LUNG_PIXELS = 16
 
 @dataclass
 class LevelData:
-    """Inputs ``x`` (N, H, W) float32 (normalized, as the generator sees them), targets ``t``
+    """Inputs ``x`` (N, H, W) float32 (normalized, as the generator sees them; (N, C, H, W) for
+    extra channels, as a benchmark's lung-mask variant), targets ``t``
     (N,) float64 (mean true lung D), ``ids`` (N,) strings "folder-name/id"."""
 
     x: np.ndarray
@@ -102,7 +103,9 @@ def train_level_net(
     cfg = cfg or LevelConfig()
     device = pick_device(device)
     seed_everything(cfg.seed)
-    x = torch.from_numpy(data.x).float()[:, None]
+    x = torch.from_numpy(data.x).float()
+    if x.ndim == 3:  # (N, H, W): one channel
+        x = x[:, None]
     t = data.t
     n = len(t)
     n_hold = int(round(cfg.holdout_fraction * n))
@@ -117,7 +120,7 @@ def train_level_net(
     if not (s > 0 and np.ptp(t[fit]) > 0):  # the sd of equal floats can be a rounding residue
         raise ValueError("train_level_net: every training target is the same; nothing to learn")
     y = torch.from_numpy((t - m) / s).float()
-    model = LevelNet(1, cfg).to(device)
+    model = LevelNet(x.shape[1], cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_epochs)
     gen = torch.Generator().manual_seed(cfg.seed)
