@@ -150,3 +150,17 @@ def write_toy_pairs(root: Path, n: int, *, size: int = 32, n_val: int = 2) -> Pa
         )
     write_manifest(root / "manifest.csv", rows)
     return root
+
+
+def constant_level_net(b: float, cfg=None):
+    """A ``level.LevelNet`` (config ``cfg``, default (8, 16, 16) wide, no dropout) whose output is
+    ``b`` for every input: zero ``out`` weight, bias b; eval mode."""
+    from darkfield_nb.level import LevelConfig, LevelNet
+
+    cfg = cfg or LevelConfig(channels=(8, 16, 16), hidden=8, dropout=0.0)
+    torch.manual_seed(0)
+    net = LevelNet(1, cfg)
+    with torch.no_grad():
+        net.out.weight.zero_()
+        net.out.bias.fill_(b)
+    return net.eval()

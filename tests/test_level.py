@@ -18,7 +18,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from helpers import toy_generator, toy_recalibration, write_toy_chest_set
+from helpers import constant_level_net, toy_generator, toy_recalibration, write_toy_chest_set
 from scipy import stats
 
 from darkfield_nb import calibration as cal
@@ -52,13 +52,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thr
 
 
 def _constant_net(b: float, cfg: LevelConfig = SMALL) -> LevelNet:
-    """A LevelNet whose output is ``b`` for every input (zero ``out`` weight, bias b)."""
-    torch.manual_seed(0)
-    net = LevelNet(1, cfg)
-    with torch.no_grad():
-        net.out.weight.zero_()
-        net.out.bias.fill_(b)
-    return net.eval()
+    return constant_level_net(b, cfg)
 
 
 def _random_net(seed: int, cfg: LevelConfig = SMALL) -> LevelNet:

@@ -18,14 +18,14 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from helpers import toy_generator, toy_recalibration
+from helpers import constant_level_net, toy_generator, toy_recalibration
 from scipy import stats
 
 from darkfield_nb import checkpoint, labels
 from darkfield_nb import severity as sv
 from darkfield_nb.calibration import ggd_halfwidth, predictive_alpha
 from darkfield_nb.calibration.store import write_calibrated_checkpoint
-from darkfield_nb.level import LevelConfig, LevelNet, LungLevel
+from darkfield_nb.level import LevelConfig, LungLevel
 from darkfield_nb.level.store import entry_from_level, level_digest, write_level_checkpoint
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 from darkfield_nb.physics import make_patient, simulate
@@ -206,14 +206,6 @@ def test_plot_and_bad_input(sweep, model):
 
 
 # ------------------------------------------------------------- the maps as predict writes them
-def _constant_net(b: float, cfg: LevelConfig) -> LevelNet:
-    """A LevelNet whose output is ``b`` for every input (zero ``out`` weight, bias b)."""
-    torch.manual_seed(0)
-    net = LevelNet(1, cfg)
-    with torch.no_grad():
-        net.out.weight.zero_()
-        net.out.bias.fill_(b)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +221,7 @@ def ckpts(tmp_path_factory):
     base = checkpoint.save_trained(root / "base.pt", gen, stage=1, epoch=1, geometry=geometry)
     cfg = LevelConfig(channels=(8, 16, 16), hidden=8, dropout=0.0)
     level = LungLevel(
-        [_constant_net(1.0, cfg), _constant_net(1.0, cfg)], [0.3, 0.5], [0.1, 0.2],
+        [constant_level_net(1.0, cfg), constant_level_net(1.0, cfg)], [0.3, 0.5], [0.1, 0.2],
         input_shape=(32, 32), factor_range=(0.25, 4.0),
     )  # fmt: skip
     fitted_on = {"data": ["toy"], "splits": ["train"], "n_images": 0, "holdout_spearman": []}
