@@ -430,8 +430,9 @@ def test_predict_fills_the_level_columns(setup, tmp_path, capsys):
         return main([*args, *opts, "--quiet"])
 
     assert run(setup["base"], tmp_path / "plain") == 0
+    assert "lung level" not in capsys.readouterr().out
     assert run(setup["level"], tmp_path / "level") == 0
-    capsys.readouterr()
+    assert "applying the lung level stored in" in capsys.readouterr().out
 
     def summary(out):
         with open(out / "summary.csv", newline="") as fh:

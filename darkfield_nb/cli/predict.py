@@ -37,6 +37,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             from darkfield_nb.inference.hookups import recalibration_message
 
             print(recalibration_message(loaded.recalibration, loaded.path))
+        if loaded.level is not None and ctx.is_main:
+            from darkfield_nb.inference.hookups import level_message
+
+            print(level_message(loaded.level, loaded.path))
         # --samples --seed --batch-size --workers --format --preview --resample --precision
         # --epistemic
         cfg = PredictConfig(

@@ -165,6 +165,16 @@ def recalibration_message(recal: dict, checkpoint: str | Path) -> str:
     )
 
 
+def level_message(level, checkpoint: str | Path) -> str:
+    """The line predict prints when the checkpoint carries a lung level."""
+    n = len(level.members)
+    return (
+        f"applying the lung level stored in {checkpoint} ({n} network{'s' * (n > 1)}): each "
+        "image's dark-field and sigma maps x g, so that its predicted lung field's mean D is the "
+        "level read from the whole radiograph (summary columns lung_level, level_factor)"
+    )
+
+
 def shared_ood(
     detector, prefix, x: torch.Tensor, model, mean: torch.Tensor | None = None
 ) -> list[dict] | None:
@@ -291,6 +301,7 @@ __all__ = [
     "density_of_input",
     "epistemic_mode",
     "level_items",
+    "level_message",
     "ood_of_input",
     "score_items",
     "shared_density",
