@@ -306,7 +306,7 @@ def test_calibrate_stores_the_field_factors_by_default(setup, tmp_path, capsys):
         capsys.readouterr().out
     )
     recal = cal.recalibration_of(checkpoint.load_checkpoint(dst))
-    assert recal["version"] == VERSION == 3
+    assert recal["version"] == VERSION == 4
     g = checkpoint.generator_from_checkpoint(checkpoint.load_checkpoint(setup["base"]))
     ds = PairedDataset(setup["data"], split="val", pad_multiple=1)
     preds = cal.collect_predictions(g, ds, samples=2, seed=0, stage=1, progress=False)
