@@ -177,6 +177,14 @@ def test_verdict_follows_the_numbers():
     # a summary read back from strict JSON has None where a level had no lesion (severity 0)
     stored = {"0": {"coverage_lesion": None, "width_lesion": None}, **levels["by_severity"]}
     assert "from 95 % to 50 %" in sv.severity_verdict({**blind, "by_severity": stored})
+    level_only = {**base, "spearman_ratio": 0.3}  # the lung's level moves, the lesion is not placed
+    assert "follows the disease's effect on the whole lung's D but does not place" in (
+        sv.severity_verdict(level_only)
+    )
+    assert "misses part of the lesions" in sv.severity_verdict(
+        {**level_only, "coverage_lesion": 0.8}
+    )
+    assert "wide enough to cover" in sv.severity_verdict(level_only)
     few = sv.severity_verdict({**base, "spearman_ratio": math.nan, "n_ratio": 2})
     assert few.startswith("The model sees") and "not computed (2 cases" in few
 

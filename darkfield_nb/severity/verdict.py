@@ -159,12 +159,16 @@ def severity_verdict(summary: dict) -> str:
     ``SEES_SLOPE`` (0.5) and Spearman of the lesion / rest ratios at least ``SEES_SPEARMAN``
     (0.5; when fewer than 3 cases have a ratio, the slope alone decides and the text says so).
     "says it cannot": the lesion coverage of the central 90 % interval is at least
-    ``COVERAGE_TARGET`` (0.85, the issue's bar). Both, one or neither may hold.
+    ``COVERAGE_TARGET`` (0.85, the issue's bar). Both, one or neither may hold. A slope of at
+    least 0.5 with a lower ratio Spearman is said as it is: the model follows the disease's
+    effect on the whole lung's D (as a lung level does) without placing the lesion.
     """
     s = summary
     rho = s["spearman_ratio"]
     has_rho = math.isfinite(rho)
-    sees = s["slope_lung_D_within"] >= SEES_SLOPE and (not has_rho or rho >= SEES_SPEARMAN)
+    follows = s["slope_lung_D_within"] >= SEES_SLOPE  # the whole lung's D moves with it
+    places = not has_rho or rho >= SEES_SPEARMAN  # the lesion is lower than the rest
+    sees = follows and places
     rho_text = (
         f"{rho:.2f} over {s['n_ratio']} cases"
         if has_rho
@@ -198,6 +202,16 @@ def severity_verdict(summary: dict) -> str:
         answer = "The model sees the disease in the attenuation image, and its interval covers it."
     elif sees:
         answer = "The model sees the disease, but its interval is too narrow in the lesions."
+    elif follows and covers:
+        answer = (
+            "The model follows the disease's effect on the whole lung's D but does not place "
+            "the lesion; its interval is wide enough to cover the lesions."
+        )
+    elif follows:
+        answer = (
+            "The model follows the disease's effect on the whole lung's D but does not place "
+            "the lesion, and its interval misses part of the lesions."
+        )
     elif covers:
         answer = "The model does not follow the disease, but its interval is wide enough to say so."
     else:
