@@ -443,6 +443,10 @@ def test_predict_fills_the_level_columns(setup, tmp_path, capsys):
     for stem, row in level.items():
         assert plain[stem]["lung_level"] == "" and plain[stem]["level_factor"] == ""
         assert float(row["lung_level"]) == pytest.approx(CONST["L"], rel=1e-9)
+        members = [m + s * b for m, s, b in zip(CONST["m"], CONST["s"], CONST["b"], strict=True)]
+        want_sd = np.std(members, ddof=1)  # 0.4 and 0.7: 0.3 / sqrt(2)
+        assert float(row["lung_level_sd"]) == pytest.approx(want_sd, rel=1e-6)
+        assert plain[stem]["lung_level_sd"] == ""
         d_plain = read_image(tmp_path / "plain" / "darkfield" / f"{stem}.tif")
         g = _field_g(d_plain[None], CONST["L"])[0]
         assert float(row["level_factor"]) == pytest.approx(g, rel=1e-6) and abs(g - 1) > 0.1

@@ -166,6 +166,7 @@ SUMMARY_COLUMNS = (
     "ood_score",
     "ood_flag",
     "lung_level",
+    "lung_level_sd",
     "level_factor",
     "seconds",
     "warnings",

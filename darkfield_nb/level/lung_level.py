@@ -76,10 +76,16 @@ class LungLevel:
             m.to(device)
         return self
 
-    @torch.no_grad()
     def estimate(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """L(x) (B,) float64 of model inputs ``x`` (B, 1, H, W) or (H, W): normalized, at the
-        model geometry, as the generator sees them."""
+        model geometry, as the generator sees them; the mean of :meth:`member_estimates`."""
+        return self.member_estimates(x).mean(axis=0)
+
+    @torch.no_grad()
+    def member_estimates(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Each member's m_k + s_k (f_k(P x) + f_k(flip(P x))) / 2, (K, B) float64 (inputs as
+        :meth:`estimate`). Their spread over k says how much the members disagree on an
+        image (a deep-ensemble reading of the level's epistemic uncertainty)."""
         x = torch.as_tensor(x, dtype=torch.float32)
         if x.ndim == 2:
             x = x[None, None]
@@ -95,7 +101,7 @@ class LungLevel:
             m + s * predict_standardized(net, x, device)
             for net, m, s in zip(self.members, self.target_mean, self.target_sd, strict=True)
         ]
-        return np.mean(preds, axis=0)
+        return np.stack(preds)
 
     def field_means(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean of ``mu`` over its predicted lung field F, the size of F) per image of ``mu``
@@ -115,13 +121,18 @@ class LungLevel:
         """(L (B,), g (B,)) for model inputs ``x`` and the predictions' means ``mu`` (B, H, W) at
         the same geometry (module docstring)."""
         level = self.estimate(x)
+        return level, self.factors_of(level, mu)
+
+    def factors_of(self, level: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """g (B,) of given levels L (B,) and means ``mu`` (B, H, W) (module docstring)."""
+        level = np.asarray(level, np.float64)
         mean_f, count = self.field_means(mu)
         if len(mean_f) != len(level):
             raise ValueError(f"LungLevel.factors: {len(level)} inputs but {len(mean_f)} means")
         ok = (count >= self.min_field_pixels) & (mean_f > 0)
         g = np.ones_like(level)
         g[ok] = np.clip(level[ok] / mean_f[ok], *self.factor_range)
-        return level, g
+        return g
 
 
 __all__ = ["LungLevel"]
