@@ -192,7 +192,7 @@ def predict_folder(
     naming the checkpoint (``model.checkpoint_path``). ``level``: a checkpoint's
     ``level.LungLevel`` (default ``model.lung_level``): before the recalibration, each image's
     dark-field and sigma maps are multiplied by its factor g (``hookups.apply_level_factor``),
-    and ``lung_level`` / ``level_factor`` fill the summary columns.
+    and ``lung_level`` / ``lung_level_sd`` / ``level_factor`` fill the summary columns.
     """
     if recalibration is None:
         recalibration = getattr(model, "recalibration", None)
