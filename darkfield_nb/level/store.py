@@ -22,14 +22,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from darkfield_nb import checkpoint
 from darkfield_nb.checkpoint_entry import check_destination, write_checkpoint_entry
 
+from .fit import level_data, train_level_net
 from .lung_level import LungLevel
 from .net import LevelConfig, LevelNet
 
@@ -175,8 +177,7 @@ def write_level_checkpoint(
     reloaded and compared before it takes the name ``dst``. The recalibration ``src`` carries
     was fitted without this level; recalibrate ``dst`` (``darkfield-nb calibrate``) before
     predicting with it (``load_model`` refuses the mismatch)."""
-    check_entry(entry, str(dst))
-    level_from_entry(entry, str(dst))
+    level_from_entry(entry, str(dst))  # checks the entry, and that its weights fit
     return write_checkpoint_entry(
         src, dst, KEY, entry, read_back=level_of, same=_same, overwrite=overwrite
     )
@@ -197,12 +198,6 @@ def fit_lung_level(
     """``darkfield-nb fit-level``: train ``members`` networks (seeds config.seed + k) on the
     ``splits`` of ``data_roots`` (:func:`.fit.level_data`, :func:`.fit.train_level_net`) and
     write ``dst``: ``src`` with the entry. Returns (dst, entry). The output is checked first."""
-    from dataclasses import replace
-
-    from darkfield_nb import checkpoint
-
-    from .fit import level_data, train_level_net
-
     src, dst = Path(src), Path(dst)
     checkpoint.load_checkpoint(src)
     check_destination(src, dst, overwrite)
