@@ -251,7 +251,7 @@ def test_entry_round_trip_through_a_checkpoint(setup, tmp_path):
         (lambda e: e.update(target_mean=[0.1]), "2 members, 1 target means"),
         (lambda e: e.update(factor_range=[1.1, 2.0]), "must hold 1"),
         (lambda e: e.update(target_sd=[0.1, 0.0]), "need positive values"),
-        (lambda e: e.update(version=2), "newer than this package reads"),
+        (lambda e: e.update(version=3), "newer than this package reads"),
         (lambda e: e.update(members=[]), "0 members"),
         (lambda e: e.update(field_threshold=0.0), "field_threshold=0.0: need > 0"),
         (lambda e: e.update(input_shape=[0, 32]), "input_shape=\\(0, 32\\): need positive"),

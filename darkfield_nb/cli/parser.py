@@ -202,6 +202,18 @@ def _add_fit_level(sub) -> None:
     p.add_argument("--max-epochs", type=int, default=30, help="most epochs per network")
     p.add_argument("--max-minutes", type=float, default=13.0, help="wall-clock cap per network")
     p.add_argument("--seed", type=int, default=0, help="seed of the first network")
+    p.add_argument(
+        "--no-mask", action="store_true",
+        help="no lung-mask network: the level's field is the generator's {mean > 0.1}",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-members", action="store_true",
+        help="keep the level networks --checkpoint carries; train only the lung-mask network",
+    )  # fmt: skip
+    p.add_argument("--mask-epochs", type=int, default=12, help="most epochs of the mask network")
+    p.add_argument(
+        "--mask-minutes", type=float, default=40.0, help="wall-clock cap of the mask network"
+    )
     _add_run_options(p, overwrite_help="replace an existing --out")
 
 

@@ -91,7 +91,8 @@ def apply_level_factor(maps: dict, level_factor: float | np.ndarray | None) -> d
 
 def level_items(level, x: torch.Tensor, mean: np.ndarray, items: list[dict]) -> np.ndarray | None:
     """The lung level's factor g (B,) of model inputs ``x`` (B, 1, H, W) with MC means ``mean``
-    (B, H, W) (``LungLevel.factors``), setting ``it["level"]`` = {"lung_level": L,
+    (B, H, W) over its lung field (``LungLevel.factors``, ``LungLevel.lung_field``), setting
+    ``it["level"]`` = {"lung_level": L,
     "lung_level_sd": the members' standard deviation (ddof 1; 0 for one member),
     "level_factor": g} for each of ``items`` (the summary columns); None without a level."""
     if level is None:
@@ -99,7 +100,7 @@ def level_items(level, x: torch.Tensor, mean: np.ndarray, items: list[dict]) -> 
     each = level.member_estimates(x)
     lung = each.mean(axis=0)
     spread = each.std(axis=0, ddof=1) if len(each) > 1 else np.zeros_like(lung)
-    g = level.factors_of(lung, mean)
+    g = level.factors_of(lung, mean, level.lung_field(x, mean))
     for i, it in enumerate(items):
         it["level"] = {
             "lung_level": float(lung[i]),

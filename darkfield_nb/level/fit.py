@@ -40,11 +40,13 @@ MIN_LUNG_PIXELS = 16
 class LevelData:
     """Inputs ``x`` (N, H, W) float32 (normalized, as the generator sees them; (N, C, H, W) for
     extra channels, as a benchmark's lung-mask variant), targets ``t``
-    (N,) float64 (mean true lung D), ``ids`` (N,) strings "folder-name/id"."""
+    (N,) float64 (mean true lung D), ``ids`` (N,) strings "folder-name/id", ``lung`` (N, H, W)
+    bool the true lung masks (what the lung-mask network learns; None where not kept)."""
 
     x: np.ndarray
     t: np.ndarray
     ids: np.ndarray
+    lung: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.t)
@@ -60,7 +62,7 @@ def level_data(
     make-data``) with their lung-D targets (module docstring). Images with fewer than
     ``MIN_LUNG_PIXELS`` lung pixels are left out. Raises ValueError naming the folder when a
     folder lacks the splits or masks, or its images differ in size from the first folder's."""
-    xs, ts, ids = [], [], []
+    xs, ts, ids, lungs = [], [], [], []
     shape = None
     for root in map(Path, roots):
         require_splits(root, tuple(splits), "the lung-level network")
@@ -82,11 +84,12 @@ def level_data(
             if lung.sum() < MIN_LUNG_PIXELS:
                 continue
             xs.append(x)
+            lungs.append(lung)
             ts.append(float(item["target"][0].numpy()[lung].astype(np.float64).mean()))
             ids.append(f"{root.name}/{item['id']}")
     if not ts:
         raise ValueError(f"level_data: no image with a lung in {[str(r) for r in roots]}")
-    return LevelData(np.stack(xs), np.asarray(ts), np.asarray(ids))
+    return LevelData(np.stack(xs), np.asarray(ts), np.asarray(ids), np.stack(lungs))
 
 
 def train_level_net(

@@ -5,14 +5,21 @@ lung field equals the lung level the networks read from the whole radiograph. Fo
 with (MC mean) prediction mu at the model geometry:
 
     L(x)   = (1 / K) sum_k (m_k + s_k (f_k(P x) + f_k(flip(P x))) / 2)
-    F      = {p : mu(p) > t}                         (the predicted lung field)
+    F      = {p : U(q(P x))(p) > 1/2}                (with a lung-mask network q)
+           = {p : mu(p) > t}                         (without one: the generator's own field)
     g(x)   = clip(L(x) / mean_{p in F} mu(p), g_lo, g_hi)
     mu'    = g mu,    sigma' = g sigma               (every sigma map)
 
 P resamples x to the networks' input shape by area averaging, f_k are the K member networks
 (:class:`~darkfield_nb.level.net.LevelNet`) and m_k, s_k their training targets' mean and
-standard deviation. Scaling a generalized Gaussian's variable by g scales its scale alpha (and
-every standard deviation) by g and keeps its shape beta, so the predictive distribution of each
+standard deviation; q is the lung-mask network (:class:`~darkfield_nb.level.lung_mask.LungMaskNet`,
+its flip-averaged probability) and U bilinear resampling back to mu's shape. The networks were
+trained on the mean D over the true lung, so F should be the lung: the generator's field
+{mu > t} misses it by a few pixels at every edge, and the ratio of the two means varies enough
+between images to cost ranking (``bench/lung_level.py``).
+
+Scaling a generalized Gaussian's variable by g scales its scale alpha (and every standard
+deviation) by g and keeps its shape beta, so the predictive distribution of each
 pixel is the generator's, stretched by g; air (mu about 0) stays about 0. Where the predicted
 field has fewer than ``min_field_pixels`` pixels (no chest in view, or a model predicting no
 lung), g = 1.
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .lung_mask import LungMaskNet, predict_lung_probability
 from .net import LevelNet, predict_standardized
 
 
@@ -52,6 +60,8 @@ class LungLevel:
     field_threshold: float = 0.1
     factor_range: tuple[float, float] = (0.5, 2.0)
     min_field_pixels: int = 64
+    mask_net: LungMaskNet | None = None
+    mask_threshold: float = 0.5
     info: dict = field(default_factory=dict)
     digest: str | None = None
 
@@ -67,6 +77,8 @@ class LungLevel:
             raise ValueError(f"LungLevel.factor_range={self.factor_range}: need 0 < lo <= 1 <= hi")
         if not self.field_threshold > 0:
             raise ValueError(f"LungLevel.field_threshold={self.field_threshold}: need > 0")
+        if not 0 < self.mask_threshold < 1:
+            raise ValueError(f"LungLevel.mask_threshold={self.mask_threshold}: need 0 < p < 1")
         self.input_shape = (int(self.input_shape[0]), int(self.input_shape[1]))
         if min(self.input_shape) < 1:
             raise ValueError(f"LungLevel.input_shape={self.input_shape}: need positive sizes")
@@ -74,6 +86,8 @@ class LungLevel:
     def to(self, device: str | torch.device) -> LungLevel:
         for m in self.members:
             m.to(device)
+        if self.mask_net is not None:
+            self.mask_net.to(device)
         return self
 
     def estimate(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -86,30 +100,65 @@ class LungLevel:
         """Each member's m_k + s_k (f_k(P x) + f_k(flip(P x))) / 2, (K, B) float64 (inputs as
         :meth:`estimate`). Their spread over k says how much the members disagree on an
         image (a deep-ensemble reading of the level's epistemic uncertainty)."""
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if x.ndim == 2:
-            x = x[None, None]
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(
-                f"LungLevel.estimate: expected (B, 1, H, W) inputs, got {tuple(x.shape)}"
-            )
-        device = next(self.members[0].parameters()).device
-        x = x.to(device).float()
-        if tuple(x.shape[-2:]) != self.input_shape:
-            x = F.interpolate(x, size=self.input_shape, mode="area")
+        x, device = self._network_input(x, "estimate")
         preds = [
             m + s * predict_standardized(net, x, device)
             for net, m, s in zip(self.members, self.target_mean, self.target_sd, strict=True)
         ]
         return np.stack(preds)
 
-    def field_means(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean of ``mu`` over its predicted lung field F, the size of F) per image of ``mu``
-        (B, H, W) or (H, W); the mean is NaN where F is empty."""
+    def _network_input(self, x, what: str) -> tuple[torch.Tensor, torch.device]:
+        """``x`` as (B, 1, h, w) float32 at the networks' input shape (area resampling) on their
+        device."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == 2:
+            x = x[None, None]
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(
+                f"LungLevel.{what}: expected (B, 1, H, W) inputs, got {tuple(x.shape)}"
+            )
+        device = next(self.members[0].parameters()).device
+        x = x.to(device).float()
+        if tuple(x.shape[-2:]) != self.input_shape:
+            x = F.interpolate(x, size=self.input_shape, mode="area")
+        return x, device
+
+    @torch.no_grad()
+    def lung_probability(self, x: torch.Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """The mask network's P(lung) (B, H, W) float32 at ``shape`` = (H, W) of model inputs
+        ``x`` (as :meth:`estimate`): q at the networks' input shape, resampled bilinearly.
+        ValueError without a mask network."""
+        if self.mask_net is None:
+            raise ValueError("LungLevel.lung_probability: this level has no lung-mask network")
+        x, device = self._network_input(x, "lung_probability")
+        p = torch.from_numpy(predict_lung_probability(self.mask_net, x, device))[:, None]
+        if tuple(p.shape[-2:]) != tuple(shape):
+            p = F.interpolate(p, size=tuple(shape), mode="bilinear", align_corners=False)
+        return p[:, 0].numpy()
+
+    def lung_field(self, x: torch.Tensor | np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """The lung field F (B, H, W) bool at ``mu``'s shape (module docstring): the mask
+        network's P(lung) > ``mask_threshold``, or {mu > t} without a mask network."""
+        mu = np.asarray(mu)
+        if mu.ndim == 2:
+            mu = mu[None]
+        if self.mask_net is None:
+            return mu > self.field_threshold
+        return self.lung_probability(x, mu.shape[-2:]) > self.mask_threshold
+
+    def field_means(
+        self, mu: np.ndarray, field: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mean of ``mu`` over the lung field F, the size of F) per image of ``mu`` (B, H, W)
+        or (H, W); ``field``: F (``mu``'s shape, bool), default {mu > t}. The mean is NaN
+        where F is empty."""
         mu = np.asarray(mu, np.float64)
         if mu.ndim == 2:
             mu = mu[None]
-        inside = mu > self.field_threshold
+        if field is None:
+            inside = mu > self.field_threshold
+        else:
+            inside = np.asarray(field, bool).reshape(mu.shape)
         count = inside.sum(axis=(1, 2))
         total = np.where(inside, mu, 0.0).sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -121,12 +170,15 @@ class LungLevel:
         """(L (B,), g (B,)) for model inputs ``x`` and the predictions' means ``mu`` (B, H, W) at
         the same geometry (module docstring)."""
         level = self.estimate(x)
-        return level, self.factors_of(level, mu)
+        return level, self.factors_of(level, mu, self.lung_field(x, mu))
 
-    def factors_of(self, level: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        """g (B,) of given levels L (B,) and means ``mu`` (B, H, W) (module docstring)."""
+    def factors_of(
+        self, level: np.ndarray, mu: np.ndarray, field: np.ndarray | None = None
+    ) -> np.ndarray:
+        """g (B,) of given levels L (B,) and means ``mu`` (B, H, W) over the lung field
+        ``field`` (:meth:`lung_field`; default {mu > t}) (module docstring)."""
         level = np.asarray(level, np.float64)
-        mean_f, count = self.field_means(mu)
+        mean_f, count = self.field_means(mu, field)
         if len(mean_f) != len(level):
             raise ValueError(f"LungLevel.factors: {len(level)} inputs but {len(mean_f)} means")
         ok = (count >= self.min_field_pixels) & (mean_f > 0)

@@ -2,7 +2,7 @@
 
 The entry survives ``torch.load(weights_only=True)``::
 
-    version           1
+    version           2 (1: no lung-mask network; still read)
     members           [state dict per member network, float16 tensors (BatchNorm's batch
                       counters int64)]
     config            LevelConfig as a dict (the architecture the states fit)
@@ -10,6 +10,9 @@ The entry survives ``torch.load(weights_only=True)``::
     input_shape       [H, W] the networks were trained at
     field_threshold   t (D); factor_range [g_lo, g_hi]; min_field_pixels
     fitted_on         {data: [folders], splits, n_images, holdout_spearman: [per member]}
+    lung_mask         (optional) {config: LungMaskConfig as a dict, state: float16 state dict,
+                      threshold: p, fitted_on: {..., holdout_dice}}: the lung-mask network
+                      whose field replaces {mu > t} (``lung_level`` module docstring)
 
 A checkpoint's recalibration (``darkfield-nb calibrate``) is fitted on top of the level: the
 recalibration entry records the :func:`level_digest` of the entry it saw (None: none), and
@@ -33,14 +36,16 @@ from darkfield_nb.checkpoint_entry import check_destination, write_checkpoint_en
 
 from .fit import level_data, train_level_net
 from .lung_level import LungLevel
+from .lung_mask import LungMaskConfig, LungMaskNet, train_lung_mask_net
 from .net import LevelConfig, LevelNet
 
 KEY = "lung_level"
-VERSION = 1
+VERSION = 2
 _NEEDED = (
     "version", "members", "config", "target_mean", "target_sd", "input_shape",
     "field_threshold", "factor_range", "min_field_pixels", "fitted_on",
 )  # fmt: skip
+_MASK_NEEDED = ("config", "state", "threshold", "fitted_on")
 
 
 def _half(state: dict) -> dict:
@@ -50,12 +55,18 @@ def _half(state: dict) -> dict:
     }
 
 
+def _config_dict(cfg) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
 def entry_from_level(level: LungLevel, fitted_on: dict, config: LevelConfig) -> dict:
-    """The checkpoint entry of ``level`` (module docstring); weights stored in float16."""
-    return {
+    """The checkpoint entry of ``level`` (module docstring); weights stored in float16. A level
+    with a lung-mask network stores it under ``"lung_mask"`` (its record:
+    ``level.info["mask"]``)."""
+    entry = {
         "version": VERSION,
         "members": [_half(m.state_dict()) for m in level.members],
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "config": _config_dict(config),
         "target_mean": [float(v) for v in level.target_mean],
         "target_sd": [float(v) for v in level.target_sd],
         "input_shape": list(level.input_shape),
@@ -64,6 +75,14 @@ def entry_from_level(level: LungLevel, fitted_on: dict, config: LevelConfig) -> 
         "min_field_pixels": int(level.min_field_pixels),
         "fitted_on": dict(fitted_on),
     }
+    if level.mask_net is not None:
+        entry["lung_mask"] = {
+            "config": _config_dict(level.mask_net.cfg),
+            "state": _half(level.mask_net.state_dict()),
+            "threshold": float(level.mask_threshold),
+            "fitted_on": dict(level.info.get("mask", {})),
+        }
+    return entry
 
 
 def check_entry(entry, where: str) -> dict:
@@ -90,7 +109,29 @@ def check_entry(entry, where: str) -> dict:
     lo, hi = entry["factor_range"]
     if not 0 < float(lo) <= 1 <= float(hi):
         raise ValueError(f"{where}: {KEY!r} entry factor_range [{lo}, {hi}] must hold 1")
+    mask = entry.get("lung_mask")
+    if mask is not None:
+        if not isinstance(mask, dict) or any(k not in mask for k in _MASK_NEEDED):
+            raise ValueError(
+                f"{where}: {KEY!r} entry's lung_mask must be a dict with {list(_MASK_NEEDED)}"
+            )
+        if not 0 < float(mask["threshold"]) < 1:
+            raise ValueError(
+                f"{where}: {KEY!r} entry's lung_mask threshold {mask['threshold']}: need 0 < p < 1"
+            )
     return entry
+
+
+def _mask_net_of(mask: dict, where: str) -> LungMaskNet:
+    try:
+        net = LungMaskNet(LungMaskConfig(**mask["config"]))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {KEY!r} entry's lung_mask config: {exc}") from exc
+    try:
+        net.load_state_dict({k: v.to(net.state_dict()[k].dtype) for k, v in mask["state"].items()})
+    except (RuntimeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{where}: the lung-mask network does not fit its config ({exc})") from exc
+    return net.eval()
 
 
 def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
@@ -109,6 +150,10 @@ def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
         except (RuntimeError, KeyError) as exc:
             raise ValueError(f"{where}: member {i} does not fit its config ({exc})") from exc
         members.append(net.eval())
+    mask = entry.get("lung_mask")
+    info = dict(entry["fitted_on"])
+    if mask is not None:
+        info["mask"] = dict(mask["fitted_on"])
     try:
         return LungLevel(
             members=members,
@@ -118,7 +163,9 @@ def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
             field_threshold=float(entry["field_threshold"]),
             factor_range=tuple(float(v) for v in entry["factor_range"]),
             min_field_pixels=int(entry["min_field_pixels"]),
-            info=dict(entry["fitted_on"]),
+            mask_net=None if mask is None else _mask_net_of(mask, where),
+            mask_threshold=0.5 if mask is None else float(mask["threshold"]),
+            info=info,
             digest=level_digest(entry),
         )
     except ValueError as exc:  # field_threshold or input_shape out of range
@@ -162,6 +209,12 @@ def level_digest(entry: dict | None) -> str | None:
             h.update(name.encode())
             h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
     numbers = [entry[k] for k in _NEEDED if k not in ("members", "fitted_on", "config")]
+    mask = entry.get("lung_mask")
+    if mask is not None:  # a level without a mask network keeps the digest it had
+        for name in sorted(mask["state"]):
+            h.update(name.encode())
+            h.update(mask["state"][name].detach().cpu().contiguous().numpy().tobytes())
+        numbers.append(float(mask["threshold"]))
     h.update(repr(numbers).encode())
     return h.hexdigest()[:16]
 
@@ -190,37 +243,72 @@ def fit_lung_level(
     *,
     members: int = 2,
     config: LevelConfig | None = None,
+    mask: bool = True,
+    mask_config: LungMaskConfig | None = None,
+    keep_members: bool = False,
     splits: Sequence[str] = ("train", "val"),
     device: str | torch.device = "auto",
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Path, dict]:
     """``darkfield-nb fit-level``: train ``members`` networks (seeds config.seed + k) on the
-    ``splits`` of ``data_roots`` (:func:`.fit.level_data`, :func:`.fit.train_level_net`) and
-    write ``dst``: ``src`` with the entry. Returns (dst, entry). The output is checked first."""
+    ``splits`` of ``data_roots`` (:func:`.fit.level_data`, :func:`.fit.train_level_net`) and,
+    with ``mask``, the lung-mask network on the same images' true lung masks
+    (:func:`.lung_mask.train_lung_mask_net`), and write ``dst``: ``src`` with the entry.
+    ``keep_members``: keep the level networks ``src`` already carries and train only the mask
+    network. Returns (dst, entry). The output is checked first."""
     src, dst = Path(src), Path(dst)
-    checkpoint.load_checkpoint(src)
+    ckpt = checkpoint.load_checkpoint(src)
     check_destination(src, dst, overwrite)
     if members < 1:
         raise ValueError(f"fit_lung_level: members={members}; need at least 1")
-    cfg = config or LevelConfig()
+    old = level_of(ckpt, str(src)) if keep_members else None
+    if keep_members and old is None:
+        raise ValueError(f"{src}: carries no lung level whose networks keep_members could keep")
+    if keep_members and not mask:
+        raise ValueError("fit_lung_level: keep_members without mask would change nothing")
     data = level_data(data_roots, splits, progress=progress)
-    nets, means, sds, rhos = [], [], [], []
-    for k in range(members):
-        net, info = train_level_net(
-            data, replace(cfg, seed=cfg.seed + k), device=device, progress=progress
-        )
-        nets.append(net)
-        means.append(info["target_mean"])
-        sds.append(info["target_sd"])
-        rhos.append(info["best_holdout_spearman"])
-    level = LungLevel(nets, means, sds, input_shape=data.x.shape[-2:])
     fitted_on = {
         "data": [str(r) for r in data_roots],
         "splits": list(splits),
         "n_images": len(data),
-        "holdout_spearman": rhos,
     }
+    if old is not None:
+        level = level_from_entry(old, str(src))
+        cfg = LevelConfig(**old["config"])
+        fitted_on = dict(old["fitted_on"])
+        if tuple(level.input_shape) != tuple(data.x.shape[-2:]):
+            raise ValueError(
+                f"fit_lung_level: {src}'s level networks take {level.input_shape} inputs, the "
+                f"data is {tuple(data.x.shape[-2:])}; make it at the networks' size"
+            )
+    else:
+        cfg = config or LevelConfig()
+        nets, means, sds, rhos = [], [], [], []
+        for k in range(members):
+            net, info = train_level_net(
+                data, replace(cfg, seed=cfg.seed + k), device=device, progress=progress
+            )
+            nets.append(net)
+            means.append(info["target_mean"])
+            sds.append(info["target_sd"])
+            rhos.append(info["best_holdout_spearman"])
+        level = LungLevel(nets, means, sds, input_shape=data.x.shape[-2:])
+        fitted_on["holdout_spearman"] = rhos
+    level.digest = None
+    if mask:
+        net, info = train_lung_mask_net(
+            data.x, data.lung, mask_config, device=device, progress=progress
+        )
+        level.mask_net = net
+        level.info = {
+            "mask": {
+                "data": [str(r) for r in data_roots],
+                "splits": list(splits),
+                "n_images": len(data),
+                "holdout_dice": info["best_holdout_dice"],
+            }
+        }
     entry = entry_from_level(level, fitted_on, cfg)
     return write_level_checkpoint(src, dst, entry, overwrite=overwrite), entry
 
