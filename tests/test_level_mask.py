@@ -181,8 +181,8 @@ def test_mask_net_learns_ellipses_deterministically():
     for (k, a), (_, b) in zip(net.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert [h["loss"] for h in info2["history"]] == [h["loss"] for h in info["history"]]
-    other, _ = train_lung_mask_net(x, m, LungMaskConfig(**{**vars(cfg), "seed": 1}),
-                                   device="cpu", progress=False)  # fmt: skip
+    seed1 = LungMaskConfig(**{**vars(cfg), "seed": 1})
+    other, _ = train_lung_mask_net(x, m, seed1, device="cpu", progress=False)
     assert not torch.equal(other.head.weight, net.head.weight)  # the seed matters
 
     with pytest.raises(ValueError, match=r"input \(30, 32\) is not divisible by 4"):
@@ -361,17 +361,12 @@ def test_entry_with_a_mask_network_round_trips():
     rng = np.random.default_rng(4)
     x = (rng.normal(0, 1, (3, 1, 64, 64)) + np.linspace(-1, 1, 64)).astype(np.float32)
     got = loaded.lung_probability(x, (64, 64))
-    ref = LungLevel(level.members, [0.3, 0.5], [0.1, 0.2], input_shape=(SIZE, SIZE),
-                    mask_net=_half_copy(level.mask_net))  # fmt: skip
+    ref = _const_level(mask_net=_half_copy(level.mask_net))
     np.testing.assert_allclose(got, ref.lung_probability(x, (64, 64)), rtol=1e-6, atol=1e-7)
     orig = level.lung_probability(x, (64, 64))
     assert np.abs(got - orig).max() < 5e-3  # float16 weights
-    assert (
-        np.abs(
-            orig - _const_level(mask_net=_random_mask_net(6)).lung_probability(x, (64, 64))
-        ).max()
-        > 0.1
-    )  # fmt: skip  (another network is far away)
+    other = _const_level(mask_net=_random_mask_net(6)).lung_probability(x, (64, 64))
+    assert np.abs(orig - other).max() > 0.1  # another network is far away
     mu = rng.uniform(0.05, 0.5, (3, 64, 64))
     np.testing.assert_array_equal(loaded.lung_field(x, mu), got > 0.4)
 
@@ -459,8 +454,8 @@ def test_fit_lung_level_keep_members_trains_only_the_mask(setup, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
-    for k in ("target_mean", "target_sd", "input_shape", "field_threshold", "factor_range",
-              "min_field_pixels", "fitted_on", "config"):  # fmt: skip
+    kept = ("target_mean", "target_sd", "input_shape", "field_threshold", "factor_range")
+    for k in (*kept, "min_field_pixels", "fitted_on", "config"):
         assert got[k] == src[k], k
     mask = got["lung_mask"]
     assert mask["fitted_on"]["n_images"] == 30 and mask["fitted_on"]["splits"] == ["train", "val"]
@@ -474,8 +469,9 @@ def test_fit_lung_level_keep_members_trains_only_the_mask(setup, tmp_path):
     with pytest.raises(ValueError, match=f"{setup['base']}: carries no lung level"):
         fit_lung_level(setup["base"], [setup["data"]], tmp_path / "y.pt", keep_members=True, **kw)
     with pytest.raises(ValueError, match="keep_members without mask"):
-        fit_lung_level(setup["level"], [setup["data"]], tmp_path / "z.pt", keep_members=True,
-                       mask=False, **kw)  # fmt: skip
+        fit_lung_level(
+            setup["level"], [setup["data"]], tmp_path / "z.pt", keep_members=True, mask=False, **kw
+        )
     assert not (tmp_path / "y.pt").exists() and not (tmp_path / "z.pt").exists()
 
 
