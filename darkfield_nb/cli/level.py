@@ -11,12 +11,14 @@ def _cmd_fit_level(args: argparse.Namespace) -> int:
     from darkfield_nb.level.store import fit_lung_level
 
     cfg = LevelConfig(max_epochs=args.max_epochs, max_minutes=args.max_minutes, seed=args.seed)
-    mask_cfg = LungMaskConfig(
-        max_epochs=args.mask_epochs,
-        min_epochs=min(4, args.mask_epochs),
-        max_minutes=args.mask_minutes,
-        seed=args.seed,
-    )
+    mask_cfg = None
+    if not args.no_mask:
+        mask_cfg = LungMaskConfig(
+            max_epochs=args.mask_epochs,
+            min_epochs=min(4, args.mask_epochs),
+            max_minutes=args.mask_minutes,
+            seed=args.seed,
+        )
     out, entry = fit_lung_level(
         args.checkpoint,
         args.data,

@@ -158,7 +158,14 @@ class LungLevel:
         if field is None:
             inside = mu > self.field_threshold
         else:
-            inside = np.asarray(field, bool).reshape(mu.shape)
+            inside = np.asarray(field, bool)
+            if inside.ndim == 2:
+                inside = inside[None]
+            if inside.shape != mu.shape:
+                raise ValueError(
+                    f"LungLevel.field_means: a field {inside.shape} for means {mu.shape}; "
+                    "need the same shape"
+                )
         count = inside.sum(axis=(1, 2))
         total = np.where(inside, mu, 0.0).sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -178,9 +185,10 @@ class LungLevel:
         """g (B,) of given levels L (B,) and means ``mu`` (B, H, W) over the lung field
         ``field`` (:meth:`lung_field`; default {mu > t}) (module docstring)."""
         level = np.asarray(level, np.float64)
+        n_mu = 1 if np.ndim(mu) == 2 else len(mu)
+        if n_mu != len(level):
+            raise ValueError(f"LungLevel.factors: {len(level)} inputs but {n_mu} means")
         mean_f, count = self.field_means(mu, field)
-        if len(mean_f) != len(level):
-            raise ValueError(f"LungLevel.factors: {len(level)} inputs but {len(mean_f)} means")
         ok = (count >= self.min_field_pixels) & (mean_f > 0)
         g = np.ones_like(level)
         g[ok] = np.clip(level[ok] / mean_f[ok], *self.factor_range)

@@ -115,9 +115,14 @@ def check_entry(entry, where: str) -> dict:
             raise ValueError(
                 f"{where}: {KEY!r} entry's lung_mask must be a dict with {list(_MASK_NEEDED)}"
             )
-        if not 0 < float(mask["threshold"]) < 1:
+        try:
+            ok = 0 < float(mask["threshold"]) < 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise ValueError(
-                f"{where}: {KEY!r} entry's lung_mask threshold {mask['threshold']}: need 0 < p < 1"
+                f"{where}: {KEY!r} entry's lung_mask threshold {mask['threshold']!r}: need a "
+                "number 0 < p < 1"
             )
     return entry
 
@@ -184,6 +189,7 @@ def stored_level(ckpt: dict, recal: dict | None, where: str) -> LungLevel | None
     recorded ``lung_level.digest`` must equal :func:`level_digest` of the entry (both None
     without a level). ValueError naming ``where`` otherwise, or for a malformed entry."""
     entry = level_of(ckpt, where)
+    level = None if entry is None else level_from_entry(entry, where)  # weights checked first
     if recal is not None:
         fitted_with = (recal.get("lung_level") or {}).get("digest")
         have = level_digest(entry)
@@ -195,7 +201,7 @@ def stored_level(ckpt: dict, recal: dict | None, where: str) -> LungLevel | None
                 f"{carries}; run `darkfield-nb calibrate` on it again so the mean and sigma "
                 "factors fit the maps they scale"
             )
-    return None if entry is None else level_from_entry(entry, where)
+    return level
 
 
 def level_digest(entry: dict | None) -> str | None:
@@ -268,6 +274,13 @@ def fit_lung_level(
     if keep_members and not mask:
         raise ValueError("fit_lung_level: keep_members without mask would change nothing")
     data = level_data(data_roots, splits, progress=progress)
+    multiple = LungMaskNet(mask_config).multiple if mask else 1
+    if data.x.shape[-2] % multiple or data.x.shape[-1] % multiple:
+        raise ValueError(
+            f"fit_lung_level: the images are {data.x.shape[-2]} x {data.x.shape[-1]} px; the "
+            f"lung-mask network needs sizes divisible by {multiple} (make the data at such a "
+            "--size, or pass mask=False)"
+        )
     fitted_on = {
         "data": [str(r) for r in data_roots],
         "splits": list(splits),
