@@ -244,7 +244,8 @@ def test_lung_field_of_a_known_mask_network():
     [2a, 2b) exactly. g = clip(L / mean of mu over the block) (NumPy); without a mask network F
     is {mu > t}."""
     x, block = _blocks64()
-    level = _const_level(mask_net=_Ramp(), factor_range=(0.25, 4.0))
+    # a_min 0: the field is the mask network's whatever mu says (the guard has its own test)
+    level = _const_level(mask_net=_Ramp(), factor_range=(0.25, 4.0), min_field_agreement=0.0)
     p = level.lung_probability(x, (64, 64))
     small = np.where(x[:, 0].reshape(3, 32, 2, 32, 2).mean(axis=(2, 4)) > 0, S5, 1 - S5)
     ref = np.stack([ndimage.zoom(s, 2, order=1, grid_mode=True, mode="nearest") for s in small])
@@ -277,7 +278,7 @@ def test_lung_field_of_a_known_mask_network():
     x32[np.abs(x32 - 0.5) < 1e-3] = 0.7
     np.testing.assert_array_equal(level.lung_field(x32, mu[:2, :SIZE, :SIZE]), x32[:, 0] > 0.5)
     # a higher threshold on P shrinks F to {x > 1/2 + ln(0.9 / 0.1) / 10}
-    strict = _const_level(mask_net=_Ramp(), mask_threshold=0.9)
+    strict = _const_level(mask_net=_Ramp(), mask_threshold=0.9, min_field_agreement=0.0)
     cut = 0.5 + np.log(9.0) / 10
     x32[np.abs(x32 - cut) < 1e-3] = 0.95
     np.testing.assert_array_equal(strict.lung_field(x32, mu[:2, :SIZE, :SIZE]), x32[:, 0] > cut)
@@ -292,6 +293,36 @@ def test_lung_field_of_a_known_mask_network():
     for bad in (0.0, 1.0):
         with pytest.raises(ValueError, match=f"mask_threshold={bad}: need 0 < p < 1"):
             _const_level(mask_threshold=bad)
+
+
+def test_mask_field_is_dropped_where_it_disagrees_with_the_generator():
+    """F = the mask network's field where its Dice with {mu > t} reaches a_min, else empty (so
+    g = 1): image 0 agrees exactly (Dice 1), image 1 not at all (Dice 0), image 2 partly; the
+    Dice of image 2 is scikit-learn's F1 of the two fields, and a_min just above / below it
+    drops / keeps that image's field."""
+    x, block = _blocks64()
+    mu = np.full((3, 64, 64), 0.05)
+    mu[0][block[0]] = 0.3  # {mu > 0.1} is the block
+    mu[1][~block[1]] = 0.3  # {mu > 0.1} is everything but the block
+    rows = np.zeros((64, 64), bool)
+    rows[2:40, 30:60] = True  # overlaps the block [2, 62) x [30, 60) in part
+    mu[2][rows] = 0.3
+    d2 = f1_score(block[2].ravel(), rows.ravel())
+    assert 0.3 < d2 < 0.9
+    for a_min, keep2 in ((d2 - 1e-6, True), (d2 + 1e-6, False)):
+        level = _const_level(mask_net=_Ramp(), factor_range=(0.25, 4.0), min_field_agreement=a_min)
+        field = level.lung_field(x, mu)
+        np.testing.assert_array_equal(field[0], block[0])
+        assert not field[1].any()
+        np.testing.assert_array_equal(field[2], block[2] if keep2 else np.zeros_like(rows))
+        _, g = level.factors(x, mu)
+        assert g[0] == pytest.approx(np.clip(L / 0.3, 0.25, 4.0), rel=1e-12)
+        assert g[1] == 1.0  # an empty field: the level is not applied
+        want2 = np.clip(L / mu[2][block[2]].mean(), 0.25, 4.0) if keep2 else 1.0
+        assert g[2] == pytest.approx(want2, rel=1e-12)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="min_field_agreement=.*need 0 <= a <= 1"):
+            _const_level(min_field_agreement=bad)
 
 
 def test_factors_with_a_mask_network_name_a_batch_mismatch():
@@ -325,7 +356,7 @@ def _half_copy(net: LungMaskNet) -> LungMaskNet:
 
 
 def _mask_entry() -> tuple[LungLevel, dict]:
-    level = _const_level(mask_net=_random_mask_net(5), mask_threshold=0.4)
+    level = _const_level(mask_net=_random_mask_net(5), mask_threshold=0.4, min_field_agreement=0.0)
     level.info = {"mask": {"data": ["toy"], "n_images": 7, "holdout_dice": 0.91}}
     return level, entry_from_level(level, FITTED_ON, SMALL)
 
@@ -336,6 +367,7 @@ def test_entry_with_a_mask_network_round_trips():
     mask weights and threshold and, without "lung_mask", is the entry's old digest."""
     level, entry = _mask_entry()
     assert entry["version"] == 2 and entry["lung_mask"]["threshold"] == 0.4
+    assert entry["lung_mask"]["min_agreement"] == 0.0
     assert entry["lung_mask"]["config"]["channels"] == [4, 8, 16]
     assert all(
         v.dtype == (torch.float16 if v.is_floating_point() else torch.int64)
@@ -348,6 +380,7 @@ def test_entry_with_a_mask_network_round_trips():
     loaded = level_from_entry(back, "x.pt")
     assert loaded.digest == level_digest(entry) == level_digest(back) is not None
     assert loaded.mask_threshold == 0.4 and isinstance(loaded.mask_net, LungMaskNet)
+    assert loaded.min_field_agreement == 0.0
     assert loaded.info == {**FITTED_ON, "mask": level.info["mask"]}
     assert not loaded.mask_net.training
     rng = np.random.default_rng(4)
@@ -373,6 +406,9 @@ def test_entry_with_a_mask_network_round_trips():
     thresh = copy.deepcopy(entry)
     thresh["lung_mask"]["threshold"] = 0.45
     assert level_digest(thresh) != base
+    agree = copy.deepcopy(entry)
+    agree["lung_mask"]["min_agreement"] = 0.5
+    assert level_digest(agree) != base
     without = entry_from_level(_const_level(), FITTED_ON, SMALL)  # no mask network
     before = level_digest(without)
     added = {**copy.deepcopy(without), "lung_mask": copy.deepcopy(entry["lung_mask"])}
@@ -402,6 +438,7 @@ def test_a_version_1_entry_keeps_its_digest():
     [
         (lambda m: m.pop("state"), "'lung_level' entry's lung_mask must be a dict with"),
         (lambda m: m.pop("threshold"), "'lung_level' entry's lung_mask must be a dict with"),
+        (lambda m: m.pop("min_agreement"), "'lung_level' entry's lung_mask must be a dict with"),
         (lambda m: m.pop("fitted_on"), "'lung_level' entry's lung_mask must be a dict with"),
         (lambda m: m.update(threshold=0.0), "lung_mask threshold 0.0: need a number 0 < p < 1"),
         (lambda m: m.update(threshold=1.0), "lung_mask threshold 1.0: need a number 0 < p < 1"),
@@ -504,7 +541,10 @@ def everywhere(setup):
     """The base model's checkpoint with a constant-member level (L = 0.55) whose mask network
     says P(lung) = sigmoid(5) at every pixel (F = the whole image) and a field threshold of
     0.45, so that the old field {mu > t} would be a part of the image."""
-    level = _const_level(mask_net=_everywhere_net(), factor_range=(0.25, 4.0), field_threshold=0.45)
+    level = _const_level(
+        mask_net=_everywhere_net(), factor_range=(0.25, 4.0), field_threshold=0.45,
+        min_field_agreement=0.0,
+    )  # fmt: skip
     entry = entry_from_level(level, FITTED_ON, SMALL)
     path = write_level_checkpoint(setup["base"], setup["root"] / "everywhere.pt", entry)
     return {"path": path, "entry": entry}

@@ -22,7 +22,14 @@ Scaling a generalized Gaussian's variable by g scales its scale alpha (and every
 deviation) by g and keeps its shape beta, so the predictive distribution of each
 pixel is the generator's, stretched by g; air (mu about 0) stays about 0. Where the predicted
 field has fewer than ``min_field_pixels`` pixels (no chest in view, or a model predicting no
-lung), g = 1.
+lung), g = 1. With a mask network, F is taken as empty (so g = 1) where it and the generator's
+own field disagree on where the lungs are,
+
+    Dice(F_q, {mu > t}) = 2 |F_q n {mu > t}| / (|F_q| + |{mu > t}|) < a_min,
+
+as for an inverted (negative) radiograph, where neither field is a lung (on never-trained
+simulated patients the Dice is 0.75-0.99, on the real radiographs 0.81-0.85, on the inverted copy
+of one 0.22; ``bench/RESULTS.md``).
 
 What it can and cannot do: it moves each image's mean lung D to the networks' estimate (on
 never-trained simulated patients the estimate ranks patients far better than the generator's
@@ -38,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .lung_mask import LungMaskNet, predict_lung_probability
+from .lung_mask import LungMaskNet, dice, predict_lung_probability
 from .net import LevelNet, predict_standardized
 
 
@@ -47,9 +54,13 @@ class LungLevel:
     """Member networks and what turns their outputs into the factor g (module docstring).
 
     members: fitted :class:`LevelNet` (eval mode); target_mean, target_sd: m_k and s_k, one
-    per member; input_shape: (H, W) the networks were trained at; field_threshold: t in D;
-    factor_range: (g_lo, g_hi); min_field_pixels: fewest pixels of F (at the model geometry)
-    for a factor other than 1; info: what it was fitted on; digest: the stored entry's
+    per member; input_shape: (H, W) the networks were trained at; field_threshold: t in D (the
+    generator's field {mu > t}); factor_range: (g_lo, g_hi); min_field_pixels: fewest pixels of
+    F (at the model geometry) for a factor other than 1; mask_net: the lung-mask network q
+    (None: F = {mu > t}); mask_threshold: the probability above which a pixel is lung;
+    min_field_agreement: a_min, the smallest Dice of the mask network's field with {mu > t} for
+    which it is used; info: what it was fitted on (``info["mask"]``: the mask network's);
+    digest: the stored entry's
     ``store.level_digest`` (None for a level not read from a checkpoint), which joins
     predict's completion key."""
 
@@ -62,6 +73,7 @@ class LungLevel:
     min_field_pixels: int = 64
     mask_net: LungMaskNet | None = None
     mask_threshold: float = 0.5
+    min_field_agreement: float = 0.5
     info: dict = field(default_factory=dict)
     digest: str | None = None
 
@@ -79,6 +91,10 @@ class LungLevel:
             raise ValueError(f"LungLevel.field_threshold={self.field_threshold}: need > 0")
         if not 0 < self.mask_threshold < 1:
             raise ValueError(f"LungLevel.mask_threshold={self.mask_threshold}: need 0 < p < 1")
+        if not 0 <= self.min_field_agreement <= 1:
+            raise ValueError(
+                f"LungLevel.min_field_agreement={self.min_field_agreement}: need 0 <= a <= 1"
+            )
         self.input_shape = (int(self.input_shape[0]), int(self.input_shape[1]))
         if min(self.input_shape) < 1:
             raise ValueError(f"LungLevel.input_shape={self.input_shape}: need positive sizes")
@@ -138,13 +154,19 @@ class LungLevel:
 
     def lung_field(self, x: torch.Tensor | np.ndarray, mu: np.ndarray) -> np.ndarray:
         """The lung field F (B, H, W) bool at ``mu``'s shape (module docstring): the mask
-        network's P(lung) > ``mask_threshold``, or {mu > t} without a mask network."""
+        network's P(lung) > ``mask_threshold``, empty for an image where its Dice with
+        {mu > t} is under ``min_field_agreement``; {mu > t} without a mask network."""
         mu = np.asarray(mu)
         if mu.ndim == 2:
             mu = mu[None]
+        own = mu > self.field_threshold
         if self.mask_net is None:
-            return mu > self.field_threshold
-        return self.lung_probability(x, mu.shape[-2:]) > self.mask_threshold
+            return own
+        mask = self.lung_probability(x, mu.shape[-2:]) > self.mask_threshold
+        if len(mask) != len(mu):
+            raise ValueError(f"LungLevel.lung_field: {len(mask)} inputs but {len(mu)} means")
+        mask[dice(mask, own) < self.min_field_agreement] = False
+        return mask
 
     def field_means(
         self, mu: np.ndarray, field: np.ndarray | None = None

@@ -11,7 +11,8 @@ The entry survives ``torch.load(weights_only=True)``::
     field_threshold   t (D); factor_range [g_lo, g_hi]; min_field_pixels
     fitted_on         {data: [folders], splits, n_images, holdout_spearman: [per member]}
     lung_mask         (optional) {config: LungMaskConfig as a dict, state: float16 state dict,
-                      threshold: p, fitted_on: {..., holdout_dice}}: the lung-mask network
+                      threshold: p, min_agreement: a_min, fitted_on: {..., holdout_dice}}:
+                      the lung-mask network
                       whose field replaces {mu > t} (``lung_level`` module docstring)
 
 A checkpoint's recalibration (``darkfield-nb calibrate``) is fitted on top of the level: the
@@ -45,7 +46,7 @@ _NEEDED = (
     "version", "members", "config", "target_mean", "target_sd", "input_shape",
     "field_threshold", "factor_range", "min_field_pixels", "fitted_on",
 )  # fmt: skip
-_MASK_NEEDED = ("config", "state", "threshold", "fitted_on")
+_MASK_NEEDED = ("config", "state", "threshold", "min_agreement", "fitted_on")
 
 
 def _half(state: dict) -> dict:
@@ -80,6 +81,7 @@ def entry_from_level(level: LungLevel, fitted_on: dict, config: LevelConfig) -> 
             "config": _config_dict(level.mask_net.cfg),
             "state": _half(level.mask_net.state_dict()),
             "threshold": float(level.mask_threshold),
+            "min_agreement": float(level.min_field_agreement),
             "fitted_on": dict(level.info.get("mask", {})),
         }
     return entry
@@ -170,6 +172,7 @@ def level_from_entry(entry: dict, where: str = "lung_level entry") -> LungLevel:
             min_field_pixels=int(entry["min_field_pixels"]),
             mask_net=None if mask is None else _mask_net_of(mask, where),
             mask_threshold=0.5 if mask is None else float(mask["threshold"]),
+            min_field_agreement=0.5 if mask is None else float(mask["min_agreement"]),
             info=info,
             digest=level_digest(entry),
         )
@@ -220,7 +223,7 @@ def level_digest(entry: dict | None) -> str | None:
         for name in sorted(mask["state"]):
             h.update(name.encode())
             h.update(mask["state"][name].detach().cpu().contiguous().numpy().tobytes())
-        numbers.append(float(mask["threshold"]))
+        numbers += [float(mask["threshold"]), float(mask["min_agreement"])]
     h.update(repr(numbers).encode())
     return h.hexdigest()[:16]
 
