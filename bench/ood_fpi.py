@@ -93,8 +93,9 @@ def cmd_train(args) -> dict:
         images,
         cfg,
         holdout=hold,
-        checkpoint=out / "fpi.pt",
+        checkpoint=out / args.name,
         device="cpu",
+        keep_epochs=args.keep_epochs,
         log=lambda s: print(s, flush=True),
     )
     return {"config": cfg.__dict__, "history": hist, "n_train": len(images)}
@@ -156,7 +157,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 def pixel_combiners(val: list[dict]) -> dict:
     """Name -> function(record) -> map. ``z``: (g(m) - mean) / sd over validation body pixels
     (g identity, or logit for FPI and log for u); ``p``: the validation empirical CDF F(m);
-    combined as the larger z, the mean z, the larger F, or Fisher's sum -log(1 - F)."""
+    combined as the larger z, the sum of the z, the larger F, Fisher's sum -log(1 - F), or
+    z(log u) + w z(logit FPI) for small weights w."""
     vals = {k: np.concatenate([r[k][r["fg"]] for r in val]) for k in ("fpi", "u")}
     g = {"fpi": _logit, "u": lambda u: np.log(np.maximum(u, 1e-9))}
     st = {k: (v.mean(), v.std()) for k, v in vals.items()}
@@ -173,16 +175,19 @@ def pixel_combiners(val: list[dict]) -> dict:
         n = len(srt[k])
         return np.searchsorted(srt[k], r[k], side="right") / (n + 1)
 
-    return {
+    out = {
         "FPI": lambda r: r["fpi"],
         "u (shipped)": lambda r: r["u"],
         "max z": lambda r: np.maximum(z(r, "fpi"), z(r, "u")),
-        "mean z": lambda r: z(r, "fpi") + z(r, "u"),
+        "sum z": lambda r: z(r, "fpi") + z(r, "u"),
         "max z (logit FPI, log u)": lambda r: np.maximum(zg(r, "fpi"), zg(r, "u")),
-        "mean z (logit FPI, log u)": lambda r: zg(r, "fpi") + zg(r, "u"),
+        "sum z (logit FPI, log u)": lambda r: zg(r, "fpi") + zg(r, "u"),
         "max F": lambda r: np.maximum(cdf(r, "fpi") + 1e-9 * r["fpi"], cdf(r, "u")),
         "Fisher": lambda r: -np.log1p(-cdf(r, "fpi")) - np.log1p(-cdf(r, "u")),
     }
+    for w in (0.1, 0.25, 0.5):
+        out[f"z(log u) + {w} z(logit FPI)"] = lambda r, w=w: zg(r, "u") + w * zg(r, "fpi")
+    return out
 
 
 def _worst(t: dict, part: str) -> float:
@@ -241,7 +246,7 @@ def cmd_evaluate(args) -> dict:
     t0 = time.perf_counter()
     data = collect_shipped(args, ds)
     print(f"shipped detector maps in {time.perf_counter() - t0:.0f} s", flush=True)
-    net = load_fpi(Path(args.out) / "fpi.pt")
+    net = load_fpi(Path(args.out) / args.name, best=not args.last)
     add_fpi(net, data)
     cases = sorted({r["case"] for r in data["ood"]})
     half = halves(ds["ood"], cases)
@@ -330,6 +335,8 @@ def cmd_evaluate(args) -> dict:
     out["image_chosen"] = pick["score"] if pick else None
     out["flagged_test_se"] = se
 
+    if args.quick:
+        return out
     # ---- cost
     model, det = load_model(args.checkpoint)
     n_run = det.stage % model.config.n_stages + 1
@@ -419,6 +426,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default="/work/runs/s23/fpi/shipped_maps.pkl")
+    ap.add_argument("--name", default="fpi.pt", help="the FPI checkpoint's file name in --out")
+    ap.add_argument("--keep-epochs", action="store_true", help="train: a checkpoint per epoch")
+    ap.add_argument("--quick", action="store_true", help="evaluate: no cost, no panels")
+    ap.add_argument("--last", action="store_true", help="evaluate: last weights, not best")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

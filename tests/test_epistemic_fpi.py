@@ -133,12 +133,24 @@ def test_tiny_training_loss_falls_and_checkpoint_loads(tmp_path):
         channels=(8, 16), patch_min=4, patch_max=16, epochs=8, steps_per_epoch=6,
         batch_size=8, lr=5e-3, seed=1,
     )  # fmt: skip
-    net, hist = train_fpi(imgs[:10], cfg, holdout=imgs[10:], checkpoint=tmp_path / "f.pt", log=str)
+    net, hist = train_fpi(
+        imgs[:10], cfg, holdout=imgs[10:], checkpoint=tmp_path / "f.pt", keep_epochs=True, log=str
+    )
     assert len(hist["train"]) == 8 and len(hist["holdout"]) == 8
     assert np.mean(hist["train"][-2:]) < 0.8 * hist["train"][0]
     assert min(hist["holdout"]) < hist["holdout"][0]
-    again = load_fpi(tmp_path / "f.pt")
+    again = load_fpi(tmp_path / "f.pt")  # the lowest-holdout weights, as returned
     torch.testing.assert_close(fpi_map(again, imgs[10:]), fpi_map(net, imgs[10:]))
+    # one copy per epoch, each with that epoch's own weights; the last equals the final weights
+    assert sorted(p.name for p in tmp_path.glob("f_e*.pt")) == [
+        f"f_e{e:02d}.pt" for e in range(1, 9)
+    ]
+    last = torch.load(tmp_path / "f.pt", weights_only=False)["state_dict"]
+    e8 = load_fpi(tmp_path / "f_e08.pt").state_dict()
+    for k, v in last.items():
+        torch.testing.assert_close(e8[k], v)
+    e1 = load_fpi(tmp_path / "f_e01.pt").state_dict()
+    assert not torch.equal(e1["head.weight"], e8["head.weight"])
     # seeded: the same run gives the same weights
     net2, _ = train_fpi(imgs[:10], cfg, holdout=imgs[10:], log=str)
     for a, b in zip(net.state_dict().values(), net2.state_dict().values(), strict=True):

@@ -282,6 +282,7 @@ def train_fpi(
     holdout: torch.Tensor | None = None,
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
+    keep_epochs: bool = False,
     log=print,
 ) -> tuple[FPINet, dict]:
     """Train :class:`FPINet` on in-distribution ``images`` (N, 1, H, W) (N >= 2) by FPI.
@@ -290,7 +291,8 @@ def train_fpi(
     :func:`corrupt_batch`, BCE with logits, Adam with a cosine learning rate over ``epochs``.
     ``holdout`` (M, 1, H, W), optional: a fixed seeded corruption of it gives a holdout BCE per
     epoch, and the weights of the lowest one are returned. ``checkpoint``: written after each
-    epoch ({"config", "state_dict", "epoch", "history"}, atomic). Stops at ``max_minutes``.
+    epoch ({"config", "state_dict", "epoch", "history"}, atomic); ``keep_epochs``: also a copy
+    per epoch, ``<stem>_eNN<suffix>``. Stops at ``max_minutes``.
     Returns the net (eval mode, CPU) and the history {"train", "holdout", "minutes"}."""
     cfg = cfg or FPIConfig()
     if images.ndim != 4 or images.shape[1] != 1 or len(images) < 2:
@@ -351,16 +353,18 @@ def train_fpi(
             + f", {minutes:.1f} min"
         )
         if checkpoint is not None:
-            _save_atomic(
-                {
-                    "config": asdict(cfg),
-                    "state_dict": net.state_dict(),
-                    "best_state_dict": best_state,
-                    "epoch": epoch + 1,
-                    "history": hist,
-                },
-                Path(checkpoint),
-            )
+            ck = {
+                "config": asdict(cfg),
+                "state_dict": net.state_dict(),
+                "best_state_dict": best_state,
+                "epoch": epoch + 1,
+                "history": hist,
+            }
+            path = Path(checkpoint)
+            _save_atomic(ck, path)
+            if keep_epochs:
+                ck["best_state_dict"] = None  # the copy holds this epoch's weights only
+                _save_atomic(ck, path.with_name(f"{path.stem}_e{epoch + 1:02d}{path.suffix}"))
         if minutes >= cfg.max_minutes:
             log(f"stopped at {minutes:.1f} min (max_minutes {cfg.max_minutes})")
             break
