@@ -19,7 +19,12 @@ by validation statistics over body pixels (chosen on the tune half only; "worst"
 of the 3 devices x 2 references). Per image: device cases against the ``test`` images (halved
 the same way), thresholds the 95th percentile of ``val``, real radiographs against the test
 median. Cost: the FPI map of one 256 px image (two passes, flip) as a ratio to one deterministic
-pass of the shipped generator, fastest of ``--rounds``, in the same run.
+pass of the shipped generator, fastest of ``--rounds``, in the same run. The shipped
+detector's maps are cached in ``--cache`` (one pass per image, about 3 minutes); ``--quick``
+skips cost and panels (to score one checkpoint per epoch: ``--name fpi_s1_e03.pt``).
+
+Session 23 (``bench/RESULTS.md``): ``train`` with the defaults (seed 0, 11 epochs, 36 min);
+``train --seed 1 --minutes 19 --name fpi_s1.pt --keep-epochs``; ``evaluate --json ...``.
 """
 
 from __future__ import annotations
