@@ -9,6 +9,8 @@
 * :mod:`.knn`: distance to the nearest members of a coreset of training patch vectors
   (PatchCore);
 * :mod:`.knn_contrast`: the detector's optional per-image lung contrast from that density;
+* :mod:`.fpi` (import it by name): a self-supervised Foreign-Patch-Interpolation anomaly map,
+  measured against the density in ``bench/ood_fpi.py``; not part of the detector;
 * :mod:`.conversion`: distance to an epistemic sigma in dark-field units;
 * :mod:`.score`: a per-image out-of-distribution score and its calibrated threshold;
 * :mod:`.combined`: the default per-image score, a global (pooled distance) and a local
