@@ -421,16 +421,23 @@ def test_entry_with_a_mask_network_round_trips():
 
 
 def test_a_version_1_entry_keeps_its_digest():
-    """The shipped checkpoint's lung level (version 1, no mask network) has the digest its
-    recalibration recorded before version 2 existed, and loads without a mask network."""
+    """The shipped checkpoint's level is session 22's four networks plus a mask network: with
+    the mask network taken out (a version-1 entry), its digest is the one session 22's
+    recalibration recorded before version 2 existed, and it loads without a mask network; as
+    shipped, the recalibration records the digest of the whole entry and the level loads with
+    its mask network."""
     path = Path(__file__).parents[1] / "data_samples" / "pretrained.pt"
     ckpt = torch.load(path, weights_only=True, map_location="cpu")
     entry = ckpt["lung_level"]
-    assert entry["version"] == 1 and "lung_mask" not in entry
+    assert entry["version"] == 2 and "lung_mask" in entry
+    old = {k: v for k, v in entry.items() if k != "lung_mask"} | {"version": 1}
+    assert level_digest(old) == "5e3c733e54c8d93c"  # session 22's shipped level
+    assert level_from_entry(old, "old.pt").mask_net is None
     recorded = ckpt["recalibration"]["lung_level"]["digest"]
-    assert level_digest(entry) == recorded == "5e3c733e54c8d93c"
+    assert level_digest(entry) == recorded != "5e3c733e54c8d93c"
     level = stored_level(ckpt, ckpt["recalibration"], "pretrained.pt")
-    assert level.mask_net is None and level.digest == recorded
+    assert isinstance(level.mask_net, LungMaskNet) and level.digest == recorded
+    assert level.min_field_agreement == 0.5 and level.mask_threshold == 0.5
 
 
 @pytest.mark.parametrize(

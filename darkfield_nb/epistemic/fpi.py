@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from darkfield_nb.hardware import pick_device
+from darkfield_nb.models.small_unet import SmallUNet
 
 
 @dataclass
@@ -166,46 +167,19 @@ def fpi_corrupt(
 
 
 # ----------------------------------------------------------------------------- network
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-class FPINet(nn.Module):
-    """A small U-Net: one logit per pixel of a (B, 1, H, W) input (module docstring).
-
-    Any H, W work: each decoder level upsamples bilinearly to its skip's size."""
+class FPINet(SmallUNet):
+    """:class:`~darkfield_nb.models.small_unet.SmallUNet` with ``cfg.channels``: one logit per
+    pixel of a (B, 1, H, W) input (module docstring); any H, W work."""
 
     def __init__(self, cfg: FPIConfig | None = None) -> None:
-        super().__init__()
         cfg = cfg or FPIConfig()
-        ch = cfg.channels
-        self.down = nn.ModuleList([_block(1, ch[0])])
-        self.down.extend(_block(ch[i - 1], ch[i]) for i in range(1, len(ch)))
-        self.up = nn.ModuleList(
-            _block(ch[i] + ch[i - 1], ch[i - 1]) for i in range(len(ch) - 1, 0, -1)
-        )
-        self.head = nn.Conv2d(ch[0], 1, 1)
+        super().__init__(cfg.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, 1, H, W) logits."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"FPINet: need a (B, 1, H, W) input, got {tuple(x.shape)}")
-        skips = []
-        h = x
-        for i, blk in enumerate(self.down):
-            h = blk(h if i == 0 else F.max_pool2d(h, 2))
-            skips.append(h)
-        for blk, skip in zip(self.up, reversed(skips[:-1]), strict=True):
-            h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            h = blk(torch.cat([h, skip], 1))
-        return self.head(h)
+        return super().forward(x)
 
 
 @torch.no_grad()

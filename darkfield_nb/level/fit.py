@@ -13,9 +13,7 @@ by its Spearman correlation (the figure issue 9 measures); the best holdout epoc
 
 from __future__ import annotations
 
-import copy
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device, seed_everything
 from darkfield_nb.labels import LUNG, has_label
 
+from .epochs import train_early_stopped
 from .net import LevelConfig, LevelNet, predict_standardized
 
 #: an image needs this many lung pixels to give a training target
@@ -124,44 +123,19 @@ def train_level_net(
         raise ValueError("train_level_net: every training target is the same; nothing to learn")
     y = torch.from_numpy((t - m) / s).float()
     model = LevelNet(x.shape[1], cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_epochs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best, best_state, history, stale, start = -2.0, None, [], 0, time.time()
-    bar = tqdm(total=cfg.max_epochs, desc="lung level", unit="epoch", disable=not progress)
-    for epoch in range(cfg.max_epochs):
-        model.train()
-        perm = torch.from_numpy(fit)[torch.randperm(len(fit), generator=gen)]
-        losses = []
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two
-                continue
-            xb = x[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb[flip] = xb[flip].flip(-1)
-            loss = F.mse_loss(model(xb.to(device)), y[idx].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        sched.step()
-        rho = float(spearmanr(t[hold], predict_standardized(model, x[hold], device))[0])
-        minutes = (time.time() - start) / 60
-        history.append(
-            {"epoch": epoch, "loss": float(np.mean(losses)), "holdout_spearman": rho,
-             "minutes": minutes}
-        )  # fmt: skip
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}", holdout_rho=f"{rho:.3f}")
-        if rho > best or best_state is None:
-            best, best_state, stale = rho, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-        if (stale >= cfg.patience and epoch + 1 >= cfg.min_epochs) or minutes > cfg.max_minutes:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
+
+    def batch_loss(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        xb = x[idx]  # a copy: the flip below leaves x alone
+        xb[flip] = xb[flip].flip(-1)
+        return F.mse_loss(model(xb.to(device)), y[idx].to(device))
+
+    def holdout_spearman() -> float:
+        return float(spearmanr(t[hold], predict_standardized(model, x[hold], device))[0])
+
+    best, history = train_early_stopped(
+        model, fit, batch_loss, holdout_spearman, cfg,
+        desc="lung level", score_name="holdout_spearman", progress=progress,
+    )  # fmt: skip
     info = {
         "target_mean": m,
         "target_sd": s,

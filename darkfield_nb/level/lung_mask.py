@@ -7,10 +7,10 @@ and the ratio of the two means varies by about 6 % from image to image, enough t
 map's ranking of patients (Spearman 0.49 on seed-12 patients, where L alone ranks them at
 0.52). This network predicts the lung mask itself, trained on the simulator's labels.
 
-Architecture (:class:`LungMaskConfig`): a small U-Net. Encoder blocks of two
-[3x3 conv, BN, ReLU] with 2x2 max pooling between them; decoder blocks that upsample by
-bilinear interpolation (no transposed convolution, so no checkerboard), concatenate the skip
-connection and apply the same double convolution; a 1x1 convolution to one logit per pixel.
+Architecture (:class:`LungMaskConfig`): the package's small U-Net
+(:class:`~darkfield_nb.models.small_unet.SmallUNet`: double [3x3 conv, BN, ReLU] blocks, 2x2
+max pooling, bilinear upsampling with skip connections, so no checkerboard; one logit per
+pixel).
 Training (:func:`train_lung_mask_net`) minimises
 
     loss = BCE(sigmoid(z), m) + (1 - Dice_soft),
@@ -23,17 +23,17 @@ the image and its left-right mirror (:func:`predict_lung_probability`).
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from darkfield_nb.hardware import pick_device, seed_everything
+from darkfield_nb.models.small_unet import SmallUNet
+
+from .epochs import train_early_stopped
 
 
 @dataclass
@@ -71,48 +71,23 @@ class LungMaskConfig:
             raise ValueError("LungMaskConfig: max_epochs >= 1 and batch_size >= 2 needed")
 
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class LungMaskNet(nn.Module):
-    """A small U-Net with bilinear upsampling: (B, 1, H, W) -> (B, 1, H, W) logits of the lung
-    mask (module docstring). H and W must be divisible by 2^(len(channels) - 1)."""
+class LungMaskNet(SmallUNet):
+    """:class:`~darkfield_nb.models.small_unet.SmallUNet` with ``cfg.channels``: (B, 1, H, W) ->
+    (B, 1, H, W) logits of the lung mask (module docstring). H and W must be divisible by
+    2^(len(channels) - 1), so that every pooling halves the image exactly."""
 
     def __init__(self, cfg: LungMaskConfig | None = None) -> None:
-        super().__init__()
         cfg = cfg or LungMaskConfig()
+        super().__init__(cfg.channels)
         self.cfg = cfg
-        ch = cfg.channels
-        self.down = nn.ModuleList(
-            [_double_conv(1 if i == 0 else ch[i - 1], c) for i, c in enumerate(ch)]
-        )
-        self.up = nn.ModuleList(
-            [_double_conv(ch[i + 1] + ch[i], ch[i]) for i in reversed(range(len(ch) - 1))]
-        )
-        self.head = nn.Conv2d(ch[0], 1, 1)
-        self.multiple = 2 ** (len(ch) - 1)
+        self.multiple = 2 ** (len(cfg.channels) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % self.multiple or x.shape[-1] % self.multiple:
             raise ValueError(
                 f"LungMaskNet: input {tuple(x.shape[-2:])} is not divisible by {self.multiple}"
             )
-        skips = []
-        for i, block in enumerate(self.down):
-            x = block(x if i == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        return super().forward(x)
 
 
 @torch.no_grad()
@@ -181,45 +156,20 @@ def train_lung_mask_net(
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[:, None]
     mt = torch.from_numpy(np.ascontiguousarray(lung, np.float32))[:, None]
     model = LungMaskNet(cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.max_epochs)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    best, best_state, history, stale, start = -1.0, None, [], 0, time.time()
-    bar = tqdm(total=cfg.max_epochs, desc="lung mask", unit="epoch", disable=not progress)
-    for epoch in range(cfg.max_epochs):
-        model.train()
-        perm = torch.from_numpy(fit)[torch.randperm(len(fit), generator=gen)]
-        losses = []
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two
-                continue
-            xb, mb = xt[idx].clone(), mt[idx].clone()
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb[flip], mb[flip] = xb[flip].flip(-1), mb[flip].flip(-1)
-            loss = _loss(model(xb.to(device)), mb.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        sched.step()
+
+    def batch_loss(idx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        xb, mb = xt[idx], mt[idx]  # copies: the flips below leave xt and mt alone
+        xb[flip], mb[flip] = xb[flip].flip(-1), mb[flip].flip(-1)
+        return _loss(model(xb.to(device)), mb.to(device))
+
+    def holdout_dice() -> float:
         prob = predict_lung_probability(model, xt[hold], device)
-        score = float(dice(prob > 0.5, lung[hold]).mean())
-        minutes = (time.time() - start) / 60
-        history.append(
-            {"epoch": epoch, "loss": float(np.mean(losses)), "holdout_dice": score,
-             "minutes": minutes}
-        )  # fmt: skip
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}", holdout_dice=f"{score:.4f}")
-        if score > best or best_state is None:
-            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-        if (stale >= cfg.patience and epoch + 1 >= cfg.min_epochs) or minutes > cfg.max_minutes:
-            break
-    bar.close()
-    model.load_state_dict(best_state)
+        return float(dice(prob > 0.5, lung[hold]).mean())
+
+    best, history = train_early_stopped(
+        model, fit, batch_loss, holdout_dice, cfg,
+        desc="lung mask", score_name="holdout_dice", progress=progress,
+    )  # fmt: skip
     info = {
         "best_holdout_dice": best,
         "n_fit": len(fit),
