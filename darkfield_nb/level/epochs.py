@@ -16,6 +16,22 @@ import torch
 from tqdm.auto import tqdm
 
 
+def holdout_split(
+    n: int, fraction: float, seed: int, *, min_holdout: int, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(holdout, fit) indices of ``n`` images: a seeded permutation's first
+    round(fraction * n) and the rest. ValueError naming ``where`` when the holdout has fewer
+    than ``min_holdout`` images or fewer than 2 are left to fit."""
+    n_hold = int(round(fraction * n))
+    if n_hold < min_holdout or n - n_hold < 2:
+        raise ValueError(
+            f"{where}: {n} images leave too few for a holdout of {fraction:g} (need "
+            f"{min_holdout} or more holdout and 2 or more to fit)"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return order[:n_hold], order[n_hold:]
+
+
 def train_early_stopped(
     model: torch.nn.Module,
     fit: np.ndarray,
@@ -76,4 +92,4 @@ def train_early_stopped(
     return best, history
 
 
-__all__ = ["train_early_stopped"]
+__all__ = ["holdout_split", "train_early_stopped"]

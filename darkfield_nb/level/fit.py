@@ -28,7 +28,7 @@ from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device, seed_everything
 from darkfield_nb.labels import LUNG, has_label
 
-from .epochs import train_early_stopped
+from .epochs import holdout_split, train_early_stopped
 from .net import LevelConfig, LevelNet, predict_standardized
 
 #: an image needs this many lung pixels to give a training target
@@ -109,15 +109,9 @@ def train_level_net(
     if x.ndim == 3:  # (N, H, W): one channel
         x = x[:, None]
     t = data.t
-    n = len(t)
-    n_hold = int(round(cfg.holdout_fraction * n))
-    if n_hold < 3 or n - n_hold < 2:
-        raise ValueError(
-            f"train_level_net: {n} images leave too few for a holdout of "
-            f"{cfg.holdout_fraction:g} (need 3 or more holdout and 2 or more to fit)"
-        )
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    hold, fit = order[:n_hold], order[n_hold:]
+    hold, fit = holdout_split(
+        len(t), cfg.holdout_fraction, cfg.seed, min_holdout=3, where="train_level_net"
+    )
     m, s = float(t[fit].mean()), float(t[fit].std())
     if not (s > 0 and np.ptp(t[fit]) > 0):  # the sd of equal floats can be a rounding residue
         raise ValueError("train_level_net: every training target is the same; nothing to learn")
@@ -141,7 +135,7 @@ def train_level_net(
         "target_sd": s,
         "best_holdout_spearman": best,
         "n_fit": len(fit),
-        "n_holdout": n_hold,
+        "n_holdout": len(hold),
         "history": history,
     }
     return model.cpu().eval(), info

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from darkfield_nb.hardware import pick_device, seed_everything
 from darkfield_nb.models.small_unet import SmallUNet
 
-from .epochs import train_early_stopped
+from .epochs import holdout_split, train_early_stopped
 
 
 @dataclass
@@ -144,15 +144,9 @@ def train_lung_mask_net(
         )
     device = pick_device(device)
     seed_everything(cfg.seed)
-    n = len(x)
-    n_hold = int(round(cfg.holdout_fraction * n))
-    if n_hold < 2 or n - n_hold < 2:
-        raise ValueError(
-            f"train_lung_mask_net: {n} images leave too few for a holdout of "
-            f"{cfg.holdout_fraction:g} (need 2 or more each)"
-        )
-    order = np.random.default_rng(cfg.seed).permutation(n)
-    hold, fit = order[:n_hold], order[n_hold:]
+    hold, fit = holdout_split(
+        len(x), cfg.holdout_fraction, cfg.seed, min_holdout=2, where="train_lung_mask_net"
+    )
     xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[:, None]
     mt = torch.from_numpy(np.ascontiguousarray(lung, np.float32))[:, None]
     model = LungMaskNet(cfg).to(device)
@@ -173,7 +167,7 @@ def train_lung_mask_net(
     info = {
         "best_holdout_dice": best,
         "n_fit": len(fit),
-        "n_holdout": n_hold,
+        "n_holdout": len(hold),
         "history": history,
     }
     return model.cpu().eval(), info
