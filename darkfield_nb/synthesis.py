@@ -177,8 +177,13 @@ def synthesize(
     out = {k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}
     lung_level = level_factor = None
     if level is not None:
-        got = level.factors(xt, out["darkfield"][None])
-        lung_level, level_factor = float(got[0][0]), float(got[1][0])
+        mean = out["darkfield"][None]
+        field, agreement = level.lung_field_checked(xt, mean)
+        lung_level = float(level.estimate(xt)[0])
+        level_factor = float(level.factors_of(np.array([lung_level]), mean, field)[0])
+        said = level.level_warning(level_factor, None if agreement is None else agreement[0])
+        if said:
+            warnings.warn(f"{name}: {said}" if name else said, UserWarning, stacklevel=2)
     out, scale = apply_recalibration_maps(out, recalibration, level_factor=level_factor)
     ood = {}
     if mode == "combined":

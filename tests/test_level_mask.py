@@ -630,3 +630,52 @@ def test_recalibration_fitted_with_a_mask_network(setup, everywhere):
     assert rec["digest"] == level_digest(everywhere["entry"])
     assert rec["factor_min"] == pytest.approx(g.min(), rel=1e-6)
     assert rec["factor_max"] == pytest.approx(g.max(), rel=1e-6)
+
+
+def test_level_warning_says_why_a_level_was_dropped_or_clipped():
+    """The message for a field disagreement names both Dice figures; g at either bound of the
+    factor range says clipped; otherwise (or without a mask network's agreement) nothing."""
+    level = _const_level(mask_net=_Ramp(), factor_range=(0.5, 2.0), min_field_agreement=0.5)
+    said = level.level_warning(1.0, 0.22)
+    assert "lung level not applied (g = 1)" in said and "Dice 0.22 < 0.5" in said
+    assert "clipped: g = 2" in level.level_warning(2.0, 0.9)
+    assert "clipped: g = 0.5" in level.level_warning(0.5, None)
+    assert level.level_warning(1.3, 0.9) is None and level.level_warning(0.7, None) is None
+
+
+@pytest.fixture(scope="module")
+def disagreeing(setup):
+    """The everywhere level (F = the whole image) with a_min 0.99 and t 0.45: the whole image
+    and {mu > 0.45} never agree that well, so the guard drops every image's field."""
+    level = _const_level(
+        mask_net=_everywhere_net(), factor_range=(0.25, 4.0), field_threshold=0.45,
+        min_field_agreement=0.99,
+    )  # fmt: skip
+    entry = entry_from_level(level, FITTED_ON, SMALL)
+    return write_level_checkpoint(setup["base"], setup["root"] / "disagreeing.pt", entry)
+
+
+def test_predict_and_synthesize_warn_when_the_guard_drops_the_level(
+    setup, disagreeing, tmp_path, capsys
+):
+    """g = 1 for every image, and predict (one printed warning per image, naming it, and the
+    summary's warnings column) and synthesize (a UserWarning) say why; synthesize's maps equal
+    the model's without the level."""
+    src = setup["data"] / "attenuation"
+    args = ["predict", str(src), "--out", str(tmp_path / "out"), "--checkpoint", str(disagreeing)]
+    opts = ["--samples", "2", "--device", "cpu", "--workers", "0", "--resample", "off", "--quiet"]
+    assert main([*args, *opts]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "lung level not applied" in line]
+    assert len(said) == 30 and all(str(src) in line for line in said)
+    with open(tmp_path / "out" / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(float(r["level_factor"]) == 1.0 for r in rows)
+    assert all("lung level not applied (g = 1)" in r["warnings"] for r in rows)
+    image = np.random.default_rng(6).uniform(20000, 40000, (SIZE, SIZE)).astype(np.float32)
+    kw = dict(samples=2, seed=1, resample=False, device="cpu", name="x.png")
+    with pytest.warns(UserWarning, match=r"x.png: lung level not applied"):
+        out = synthesize(load_model(disagreeing).model, image, **kw)
+    plain = synthesize(load_model(setup["base"]).model, image, **kw)
+    assert out.level_factor == 1.0
+    np.testing.assert_array_equal(out.darkfield, plain.darkfield)

@@ -94,19 +94,24 @@ def level_items(level, x: torch.Tensor, mean: np.ndarray, items: list[dict]) -> 
     (B, H, W) over its lung field (``LungLevel.factors``, ``LungLevel.lung_field``), setting
     ``it["level"]`` = {"lung_level": L,
     "lung_level_sd": the members' standard deviation (ddof 1; 0 for one member),
-    "level_factor": g} for each of ``items`` (the summary columns); None without a level."""
+    "level_factor": g} for each of ``items`` (the summary columns) and ``it["level_warning"]``
+    (``LungLevel.level_warning``: the level dropped or clipped; None); None without a level."""
     if level is None:
         return None
     each = level.member_estimates(x)
     lung = each.mean(axis=0)
     spread = each.std(axis=0, ddof=1) if len(each) > 1 else np.zeros_like(lung)
-    g = level.factors_of(lung, mean, level.lung_field(x, mean))
+    field, agreement = level.lung_field_checked(x, mean)
+    g = level.factors_of(lung, mean, field)
     for i, it in enumerate(items):
         it["level"] = {
             "lung_level": float(lung[i]),
             "lung_level_sd": float(spread[i]),
             "level_factor": float(g[i]),
         }
+        it["level_warning"] = level.level_warning(
+            float(g[i]), None if agreement is None else float(agreement[i])
+        )
     return g
 
 

@@ -376,6 +376,11 @@ def _run_batches(model, groups, loader, pending, out_dir, key, cfg, dev, stage, 
                     density = score_items(detector, mode, seen, det, x, model, items, pending, dev)
                 maps = {k: v[:, 0].float().cpu().numpy() for k, v in maps.items()}
                 g = level_items(level, x, maps["darkfield"], items)
+                for it in items:
+                    if it.get("level_warning") and it["path"] in pending:
+                        w = f"{it['path']}: {it['level_warning']}"
+                        warnings.warn(w, UserWarning, stacklevel=2)
+                        report.warnings.append(w)
                 maps, _ = apply_recalibration_maps(maps, recal, level_factor=g)
                 maps = combine_epistemic(maps, density)
                 seconds = (time.perf_counter() - t) / len(items)

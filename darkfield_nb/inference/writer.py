@@ -62,7 +62,10 @@ class SetWriter(threading.Thread):
         row.update(item.get("ood") or {})
         row.update(item.get("level") or {})
         row["seconds"] = round(seconds, 4)
-        row["warnings"] = " | ".join(w.split(": ", 1)[-1] for w in plan.warnings)
+        said = [w.split(": ", 1)[-1] for w in plan.warnings]
+        if item.get("level_warning"):
+            said.append(item["level_warning"])
+        row["warnings"] = " | ".join(said)
         row["epistemic"] = outputs.EPISTEMIC_COLUMN[self.key.get("epistemic") or "mc"]
         records.write_record(
             self.out_dir,

@@ -156,17 +156,44 @@ class LungLevel:
         """The lung field F (B, H, W) bool at ``mu``'s shape (module docstring): the mask
         network's P(lung) > ``mask_threshold``, empty for an image where its Dice with
         {mu > t} is under ``min_field_agreement``; {mu > t} without a mask network."""
+        return self.lung_field_checked(x, mu)[0]
+
+    def lung_field_checked(
+        self, x: torch.Tensor | np.ndarray, mu: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(:meth:`lung_field`, the Dice (B,) of the mask network's field with {mu > t}: what
+        the guard compared with ``min_field_agreement``; None without a mask network)."""
         mu = np.asarray(mu)
         if mu.ndim == 2:
             mu = mu[None]
         own = mu > self.field_threshold
         if self.mask_net is None:
-            return own
+            return own, None
         mask = self.lung_probability(x, mu.shape[-2:]) > self.mask_threshold
         if len(mask) != len(mu):
             raise ValueError(f"LungLevel.lung_field: {len(mask)} inputs but {len(mu)} means")
-        mask[dice(mask, own) < self.min_field_agreement] = False
-        return mask
+        agreement = dice(mask, own)
+        mask[agreement < self.min_field_agreement] = False
+        return mask, agreement
+
+    def level_warning(self, g: float, agreement: float | None) -> str | None:
+        """What a user should be told about one image's factor ``g`` (None: nothing): the
+        level was not applied because the two lung fields disagree (``agreement`` under
+        ``min_field_agreement``), or g sits at a bound of ``factor_range``."""
+        if agreement is not None and agreement < self.min_field_agreement:
+            return (
+                "lung level not applied (g = 1): the lung-mask network's field and the "
+                f"model's own {{mean > {self.field_threshold:g}}} disagree on where the lungs "
+                f"are (Dice {agreement:.2f} < {self.min_field_agreement:g}); an inverted or "
+                "non-chest image?"
+            )
+        lo, hi = self.factor_range
+        if np.isclose(g, lo) or np.isclose(g, hi):
+            return (
+                f"lung level clipped: g = {g:g}, a bound of {lo:g}-{hi:g}; the level networks "
+                "and the model disagree strongly on this image's lung D"
+            )
+        return None
 
     def field_means(
         self, mu: np.ndarray, field: np.ndarray | None = None
