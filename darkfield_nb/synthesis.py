@@ -81,7 +81,9 @@ class Synthesis:
     (``plan.model_shape``), from which the sigma maps were resampled back;
     ``ood_score`` / ``ood_flag`` the OOD detector's verdict on the model input (None: no
     detector); ``lung_level`` / ``level_factor`` the lung level L and the factor g that scaled
-    the maps (None: the checkpoint carries no lung level)."""
+    the maps, ``lung_field`` (H, W) bool the lung field F its mean was taken over (resampled to
+    the input's size; empty where the level was not applied) (None: the checkpoint carries no
+    lung level)."""
 
     darkfield: np.ndarray
     aleatoric: np.ndarray
@@ -93,6 +95,7 @@ class Synthesis:
     ood_flag: bool | None = None
     lung_level: float | None = None
     level_factor: float | None = None
+    lung_field: np.ndarray | None = None
 
 
 def model_geometry(model: torch.nn.Module) -> TrainingGeometry:
@@ -175,10 +178,11 @@ def synthesize(
     xt = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(device)
     maps = mc_predict_batch(model, xt, samples=samples, seed=seed, stage=stage)
     out = {k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}
-    lung_level = level_factor = None
+    lung_level = level_factor = lung_field = None
     if level is not None:
         mean = out["darkfield"][None]
         field, agreement = level.lung_field_checked(xt, mean)
+        lung_field = field[0]
         lung_level = float(level.estimate(xt)[0])
         level_factor = float(level.factors_of(np.array([lung_level]), mean, field)[0])
         said = level.level_warning(level_factor, None if agreement is None else agreement[0])
@@ -197,12 +201,15 @@ def synthesize(
             k: resize_mean(v, shape) if k == "darkfield" else resize_sigma(v, shape)
             for k, v in out.items()
         }
+        if lung_field is not None:
+            lung_field = resize(lung_field.astype(np.float32), shape) > 0.5
     return Synthesis(
         **{k: out[k] for k in MAPS},
         plan=plan,
         scale=scale,
         lung_level=lung_level,
         level_factor=level_factor,
+        lung_field=lung_field,
         **ood,
     )
 

@@ -578,6 +578,13 @@ def test_synthesize_with_a_mask_network(setup, everywhere):
     assert abs(g - 1) > 0.1
     assert scaled.lung_level == pytest.approx(L, rel=1e-12)
     assert scaled.level_factor == pytest.approx(g, rel=1e-6)
+    assert plain.lung_field is None and scaled.lung_field.shape == image.shape
+    assert scaled.lung_field.all()  # F = the whole image
+    big = synthesize(
+        loaded.model, np.kron(image, np.ones((2, 2), np.float32)), **{**kw, "resample": True}
+    )
+    assert not big.plan.identity  # predicted at 32 px, the field resampled back to 64
+    assert big.lung_field.shape == (2 * SIZE, 2 * SIZE) and big.lung_field.all()
     for k in MAPS:
         want = g * np.float64(getattr(plain, k))
         np.testing.assert_allclose(getattr(scaled, k), want, rtol=2e-6, atol=1e-9, err_msg=k)
@@ -677,5 +684,5 @@ def test_predict_and_synthesize_warn_when_the_guard_drops_the_level(
     with pytest.warns(UserWarning, match=r"x.png: lung level not applied"):
         out = synthesize(load_model(disagreeing).model, image, **kw)
     plain = synthesize(load_model(setup["base"]).model, image, **kw)
-    assert out.level_factor == 1.0
+    assert out.level_factor == 1.0 and not out.lung_field.any()  # the field was dropped
     np.testing.assert_array_equal(out.darkfield, plain.darkfield)
