@@ -184,8 +184,9 @@ def level_message(level, checkpoint: str | Path) -> str:
     n = len(level.members)
     return (
         f"applying the lung level stored in {checkpoint} ({n} network{'s' * (n > 1)}): each "
-        "image's dark-field and sigma maps x g, so that its predicted lung field's mean D is the "
-        "level read from the whole radiograph (summary columns lung_level, level_factor)"
+        "image's dark-field and sigma maps x g, so that its mean D over the lung field (the "
+        "level's lung-mask network's where it has one) is the level read from the whole "
+        "radiograph (summary columns lung_level, level_factor)"
     )
 
 

@@ -195,7 +195,7 @@ def stored_level(ckpt: dict, recal: dict | None, where: str) -> LungLevel | None
     level = None if entry is None else level_from_entry(entry, where)  # weights checked first
     if recal is not None:
         fitted_with = (recal.get("lung_level") or {}).get("digest")
-        have = level_digest(entry)
+        have = None if level is None else level.digest  # level_digest(entry), hashed once
         if fitted_with != have:
             saw = f"lung level {fitted_with}" if fitted_with else "no lung level"
             carries = f"carries lung level {have}" if have else "carries no lung level"
