@@ -47,6 +47,7 @@ from ood_targets import DEVICES, REFS, case_table, halves, image_table, refs  # 
 from darkfield_nb import checkpoint  # noqa: E402
 from darkfield_nb.data import PairedDataset  # noqa: E402
 from darkfield_nb.epistemic import image_auroc  # noqa: E402
+from darkfield_nb.epistemic.foreign_body import ForeignBodyConfig  # noqa: E402
 from darkfield_nb.epistemic.fpi import (  # noqa: E402
     FPIConfig,
     body_from_input,
@@ -84,7 +85,8 @@ def cmd_train(args) -> dict:
         f"{time.perf_counter() - t0:.0f} s",
         flush=True,
     )
-    cfg = FPIConfig(
+    config_class = ForeignBodyConfig if args.method == "foreign_body" else FPIConfig
+    cfg = config_class(
         channels=tuple(args.channels),
         crop=args.crop,
         epochs=args.epochs,
@@ -432,6 +434,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default="/work/runs/s23/fpi/shipped_maps.pkl")
     ap.add_argument("--name", default="fpi.pt", help="the FPI checkpoint's file name in --out")
+    ap.add_argument(
+        "--method", choices=("fpi", "foreign_body"), default="fpi", help="train: the corruption"
+    )
     ap.add_argument("--keep-epochs", action="store_true", help="train: a checkpoint per epoch")
     ap.add_argument("--quick", action="store_true", help="evaluate: no cost, no panels")
     ap.add_argument("--last", action="store_true", help="evaluate: last weights, not best")

@@ -213,7 +213,7 @@ def test_attach_passes_the_option_through_and_stores_float16(tmp_path) -> None:
     from darkfield_nb.epistemic.store import (
         GAUSSIAN_VERSION,
         KEY,
-        VERSION,
+        KNN_VERSION,
         attach_ood_detector,
         detector_from_checkpoint,
     )
@@ -228,7 +228,7 @@ def test_attach_passes_the_option_through_and_stores_float16(tmp_path) -> None:
     )
     assert g_entry["version"] == GAUSSIAN_VERSION == 3 and "contrast" not in g_entry["detector"]
     raw = torch.load(k_path, map_location="cpu", weights_only=True)[KEY]
-    assert raw["version"] == VERSION == 4
+    assert raw["version"] == KNN_VERSION == 4
     mem = raw["detector"]["contrast"]["knn"]["memory"]
     assert mem.dtype == torch.float16 and mem.shape == (100, 36)
     # the Gaussian part of both entries is the same fit

@@ -7,6 +7,7 @@ mode is part of the completion key; "combined" without a detector names the chec
 from __future__ import annotations
 
 import csv
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from darkfield_nb import checkpoint
 from darkfield_nb.calibration.store import write_calibrated_checkpoint
 from darkfield_nb.cli import build_parser
 from darkfield_nb.cli.predict import _cmd_predict
+from darkfield_nb.epistemic.foreign_body import ForeignBodyConfig
+from darkfield_nb.epistemic.fpi import FPINet
 from darkfield_nb.epistemic.store import attach_ood_detector, detector_from_checkpoint
 from darkfield_nb.inference import PredictConfig, load_model, predict_folder
 from darkfield_nb.inference.decoding import decode
@@ -45,7 +48,19 @@ def setup(tmp_path_factory):
     base = checkpoint.save_trained(root / "base.pt", model, stage=1, epoch=1, geometry=GEOMETRY)
     ood, _ = attach_ood_detector(base, data, root / "ood.pt", device="cpu", levels=(0, 1))
     both = write_calibrated_checkpoint(ood, root / "both.pt", _recal())
-    return {"data": data, "base": base, "ood": ood, "both": both}
+    # the same with a foreign-body term (an untrained segmenter: its map is what it is)
+    torch.manual_seed(3)
+    net = FPINet(ForeignBodyConfig(channels=(4, 8)))
+    seg = root / "seg.pt"
+    torch.save(
+        {"method": "foreign_body", "config": asdict(net.config), "state_dict": net.state_dict()},
+        seg,
+    )
+    fb, _ = attach_ood_detector(
+        base, data, root / "fb.pt", device="cpu", levels=(0, 1), foreign_body=seg
+    )
+    fb_both = write_calibrated_checkpoint(fb, root / "fb_both.pt", _recal())
+    return {"data": data, "base": base, "ood": ood, "both": both, "fb_both": fb_both}
 
 
 def _run(ckpt, out, epistemic="auto", samples=3):
@@ -71,28 +86,30 @@ def _summary(out):
         return {r["id"]: r for r in csv.DictReader(fh)}
 
 
-def _density_sigma(setup, path):
+def _density_sigma(setup, path, key="both"):
     """d of one input by an independent path: the detector rebuilt from the checkpoint file on a
     fresh generator, ``OODDetector.predict`` of the normalized model input."""
-    loaded = load_model(setup["both"])
+    loaded = load_model(setup[key])
     item = decode(path, loaded.geometry, resample=True)
     assert item["plan"].identity and tuple(item["x"].shape) == (SIZE, SIZE)
-    det = detector_from_checkpoint(checkpoint.load_checkpoint(setup["both"]))
+    det = detector_from_checkpoint(checkpoint.load_checkpoint(setup[key]))
     with torch.no_grad():
         return det.predict(item["x"][None, None]).epistemic[0, 0].double().numpy()
 
 
+@pytest.mark.parametrize("key", ["both", "fb_both"])
 @pytest.mark.parametrize("samples", [3, 0])
-def test_combined_adds_the_density_sigma_in_quadrature(setup, tmp_path, samples):
-    """samples=3: d from the MC prefix's features; samples=0 (no prefix): one detector pass."""
-    comb = _run(setup["both"], tmp_path / "comb", "combined", samples)
-    mc = _run(setup["both"], tmp_path / "mc", "mc", samples)
+def test_combined_adds_the_density_sigma_in_quadrature(setup, tmp_path, samples, key):
+    """samples=3: d from the MC prefix's features; samples=0 (no prefix): one detector pass.
+    "fb_both": the detector carries a foreign-body term, and d includes its sigma."""
+    comb = _run(setup[key], tmp_path / "comb", "combined", samples)
+    mc = _run(setup[key], tmp_path / "mc", "mc", samples)
     assert comb.epistemic == "combined" and mc.epistemic == "mc"
     assert len(comb.written) == len(mc.written) == 14
     grew = 0
     for p in sorted((setup["data"] / "attenuation").glob("*.png")):
         c, m = _maps(tmp_path / "comb", p.stem), _maps(tmp_path / "mc", p.stem)
-        d = _density_sigma(setup, p)
+        d = _density_sigma(setup, p, key)
         np.testing.assert_array_equal(c["darkfield"], m["darkfield"])
         np.testing.assert_array_equal(c["aleatoric"], m["aleatoric"])  # s ale, both modes
         # s scales the MC part (already in m), not d

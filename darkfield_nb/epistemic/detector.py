@@ -58,6 +58,8 @@ from .density import (
     encoder_outputs,
     patch_features,
 )
+from .foreign_body_term import NAME as FOREIGN_BODY
+from .foreign_body_term import ForeignBodyTerm
 from .knn import KNNDensity
 from .knn_contrast import (
     CONTRAST_DENSITIES,
@@ -85,6 +87,7 @@ class OODPrediction:
     distance: torch.Tensor
     score: np.ndarray
     flag: np.ndarray
+    foreign_body: torch.Tensor | None = None  # the foreign-body map m, where the detector has one
 
 
 class _Mean(NamedTuple):
@@ -104,7 +107,9 @@ class OODDetector:
     score (:class:`LungContrast`); ``contrast_density`` (``"gaussian"``: the contrast of u;
     ``"knn"``: of the kNN distance map, module docstring), ``contrast_knn`` (its settings,
     unfitted; default :func:`default_contrast_knn`) and ``contrast_dtype`` (``"float16"`` or
-    ``"float32"``, the memory bank as kept and stored)."""
+    ``"float32"``, the memory bank as kept and stored); ``foreign_body``: a
+    :class:`~.foreign_body_term.ForeignBodyTerm` (a trained foreign-body segmenter) whose map adds
+    an epistemic sigma and a third per-image statistic (None: none)."""
 
     def __init__(
         self,
@@ -123,6 +128,7 @@ class OODDetector:
         contrast_density: str = "gaussian",
         contrast_knn: KNNDensity | None = None,
         contrast_dtype: str = "float16",
+        foreign_body: ForeignBodyTerm | None = None,
         **density_kw,
     ) -> None:
         if contrast_density not in CONTRAST_DENSITIES:
@@ -157,6 +163,7 @@ class OODDetector:
         self.val_scores: np.ndarray | None = None  # per-image scores of the validation images
         self.image_score: MaxZScore | None = None  # None: the pooled distance alone (legacy)
         self.contrast_dtype = contrast_dtype
+        self.foreign_body = foreign_body
         self.contrast_knn: KNNDensity | None = None  # set: the kNN contrast (fitted by fit())
         if contrast_density == "knn":
             knn = contrast_knn if contrast_knn is not None else default_contrast_knn()
@@ -202,6 +209,8 @@ class OODDetector:
         flagged fraction, the conversion's shape, the lung-field contrast); returns self."""
         for k in CALIBRATION_OPTIONS:
             setattr(self, k, getattr(other, k))
+        if other.foreign_body is not None:
+            self.foreign_body = other.foreign_body
         return self
 
     def calibrate(self, val: Iterable[torch.Tensor]) -> OODDetector:
@@ -209,15 +218,20 @@ class OODDetector:
         distance-to-sigma conversion, the per-image score's references and the threshold."""
         if not self.density.image_ref:
             raise RuntimeError("OODDetector.calibrate: the densities are not fitted")
-        dist, sig, stats = [], [], []
+        dist, sig, stats, fb = [], [], [], []
         for x in val:
             feats, d, s, out = self._evaluate(x)
+            m = self.foreign_body_map(x)
             dist.append(d.double().flatten().cpu().numpy())
             sig.append(ggd_std(out.alpha, out.beta).double().flatten().cpu().numpy())
-            stats.append(self._statistics(d, s, out, feats, x))
+            stats.append(self._statistics(d, s, out, feats, x, m))
+            if m is not None:
+                fb.append(m.double().flatten().cpu().numpy())
         if not dist:
             raise ValueError("OODDetector.calibrate: no validation images")
         dist, sig = np.concatenate(dist), np.concatenate(sig)
+        if self.foreign_body is not None:
+            self.foreign_body.calibrate(np.concatenate(fb), sig)
         self.d_ref = float(np.quantile(dist, 0.95))
         self.sigma_ref = float(np.median(sig))
         self.conversion = DistanceSigma.calibrate(
@@ -227,7 +241,9 @@ class OODDetector:
         n = len(stats["pooled"])
         if n >= MIN_VAL_COMBINED:
             self.image_score, self.val_scores = MaxZScore.calibrate(stats, local=self.local)
-            name = "max z of log pooled distance, log lung-field contrast"
+            name = "max z of log pooled distance, log lung-field contrast" + (
+                ", log foreign-body top-k mean" if self.foreign_body is not None else ""
+            )
         else:  # too few images for a mean and spread: the pooled distance alone
             warnings.warn(
                 f"OODDetector.calibrate: {n} validation image(s), fewer than "
@@ -245,19 +261,28 @@ class OODDetector:
         feats, out = encoder_outputs(self.model, x, self.density.levels, self.stage)
         return (feats, *self.density.evaluate_features(feats, out, x))
 
-    def _statistics(self, dist, pooled, out, feats, x) -> dict[str, np.ndarray]:
+    def _statistics(self, dist, pooled, out, feats, x, m=None) -> dict[str, np.ndarray]:
         """Per image (B,) each: the pooled distance and the lung-field contrast (of ``dist``,
-        or with ``contrast_density="knn"`` of the kNN map, :meth:`knn_contrast`)."""
+        or with ``contrast_density="knn"`` of the kNN map, :meth:`knn_contrast`); with a
+        foreign-body term also its top-k statistic of the map ``m``."""
         if self.contrast_knn is None:
             contrast = self.local(dist, out.mu)
         else:
             contrast = self.knn_contrast(feats, out.mu, x)
-        return {"pooled": np.asarray(pooled, dtype=np.float64), "lung_contrast": contrast}
+        stats = {"pooled": np.asarray(pooled, dtype=np.float64), "lung_contrast": contrast}
+        if m is not None:
+            stats[FOREIGN_BODY] = self.foreign_body.statistic(m, x)
+        return stats
 
-    def _score(self, dist, pooled, out, feats, x) -> np.ndarray:
+    def _score(self, dist, pooled, out, feats, x, m=None) -> np.ndarray:
         if self.image_score is None:
             return np.asarray(pooled, dtype=np.float64)
-        return self.image_score(self._statistics(dist, pooled, out, feats, x))
+        return self.image_score(self._statistics(dist, pooled, out, feats, x, m))
+
+    def foreign_body_map(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The foreign-body map ``m`` (B, 1, H, W) of model inputs ``x``, or None without a
+        foreign-body term."""
+        return None if self.foreign_body is None else self.foreign_body.map(x)
 
     def knn_contrast(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
         """The lung-field contrast (B,) of the kNN map ``v = d_knn(g) / reference`` of the
@@ -283,7 +308,18 @@ class OODDetector:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         feats, dist, pooled, out = self._evaluate(x)
-        return self._score(dist, pooled, out, feats, x), dist
+        m = self.foreign_body_map(x)
+        return self._score(dist, pooled, out, feats, x, m), dist
+
+    def score_and_sigma(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """(:meth:`score` (B,), the epistemic sigma map (B, 1, H, W), D units) of normalized
+        inputs ``x`` from one pass: ``epistemic_sigma(u, m)`` with the foreign-body map where
+        the detector has one."""
+        if self.threshold is None:
+            raise RuntimeError("OODDetector: call fit(train, val) first")
+        feats, dist, pooled, out = self._evaluate(x)
+        m = self.foreign_body_map(x)
+        return self._score(dist, pooled, out, feats, x, m), self.epistemic_sigma(dist, m)
 
     def score_features(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
         """:meth:`score` from the stage's encoder outputs ``feats`` (one per level, padded
@@ -298,25 +334,42 @@ class OODDetector:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         dist, pooled, out = self.density.evaluate_features(feats, _Mean(mu), x)
-        return self._score(dist, pooled, out, feats, x), dist
+        m = self.foreign_body_map(x)
+        return self._score(dist, pooled, out, feats, x, m), dist
+
+    def score_and_sigma_features(
+        self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """:meth:`score_and_sigma` from encoder outputs (as :meth:`score_features`)."""
+        if self.threshold is None:
+            raise RuntimeError("OODDetector: call fit(train, val) first")
+        dist, pooled, out = self.density.evaluate_features(feats, _Mean(mu), x)
+        m = self.foreign_body_map(x)
+        return self._score(dist, pooled, out, feats, x, m), self.epistemic_sigma(dist, m)
 
     def predict(self, x: torch.Tensor) -> OODPrediction:
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         feats, dist, pooled, out = self._evaluate(x)  # one forward pass
-        score = self._score(dist, pooled, out, feats, x)
+        m = self.foreign_body_map(x)
+        score = self._score(dist, pooled, out, feats, x, m)
         mean, ale = out.mu, ggd_std(out.alpha, out.beta)
-        epi = self.epistemic_sigma(dist).to(ale.dtype)
+        epi = self.epistemic_sigma(dist, m).to(ale.dtype)
         return OODPrediction(
-            mean, ale, epi, (ale**2 + epi**2).sqrt(), dist, score, self.threshold.flag(score)
+            mean, ale, epi, (ale**2 + epi**2).sqrt(), dist, score, self.threshold.flag(score), m
         )
 
-    def epistemic_sigma(self, u: torch.Tensor) -> torch.Tensor:
+    def epistemic_sigma(self, u: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
         """Epistemic sigma (D units) of the distance map ``u``: the fitted
-        :class:`DistanceSigma`, or the hinge rule of a state that predates it."""
+        :class:`DistanceSigma`, or the hinge rule of a state that predates it; with the
+        foreign-body map ``m``, ``sqrt(sigma_u^2 + sigma_m^2)`` (:class:`MapSigma`)."""
         if self.conversion is not None:
-            return self.conversion(u)
-        return distance_to_sigma(u, self.d_ref, self.sigma_ref)
+            s = self.conversion(u)
+        else:
+            s = distance_to_sigma(u, self.d_ref, self.sigma_ref)
+        if m is None or self.foreign_body is None:
+            return s
+        return (s**2 + self.foreign_body.sigma(m).to(s.device, s.dtype) ** 2).sqrt()
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict:
@@ -348,6 +401,8 @@ class OODDetector:
         }
         if self.contrast_knn is not None:  # absent: the Gaussian contrast (older states too)
             state["contrast"] = contrast_state(self.contrast_knn, self.contrast_dtype)
+        if self.foreign_body is not None:  # absent: no foreign-body term (older states too)
+            state["foreign_body"] = self.foreign_body.state()
         return state
 
     @classmethod
@@ -383,4 +438,7 @@ class OODDetector:
         contrast = state.get("contrast")  # absent: the Gaussian contrast of u
         if contrast is not None:
             det.contrast_dtype, det.contrast_knn = contrast_from_state(contrast)
+        fb = state.get("foreign_body")
+        if fb is not None:
+            det.foreign_body = ForeignBodyTerm.from_state(fb)
         return det

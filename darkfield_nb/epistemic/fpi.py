@@ -33,6 +33,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -70,6 +71,7 @@ class FPIConfig:
     crop: int = 0
     max_minutes: float = 45.0
     seed: int = 0
+    method: ClassVar[str] = "fpi"  # the corruption; subclasses name theirs (checkpoints keep it)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -174,6 +176,7 @@ class FPINet(SmallUNet):
     def __init__(self, cfg: FPIConfig | None = None) -> None:
         cfg = cfg or FPIConfig()
         super().__init__(cfg.channels)
+        self.config = cfg  # the corruption and training it was built for (kept when stored)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) -> (B, 1, H, W) logits."""
@@ -243,6 +246,26 @@ def corrupt_batch(
     return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(ys))[:, None]
 
 
+def _batch_function(cfg: FPIConfig):
+    """The corruption of ``cfg.method``: :func:`corrupt_batch` (FPI) or
+    :func:`~.foreign_body.foreign_body_batch`."""
+    if cfg.method == "foreign_body":
+        from .foreign_body import foreign_body_batch
+
+        return foreign_body_batch
+    return corrupt_batch
+
+
+def _config_class(method: str):
+    if method == "foreign_body":
+        from .foreign_body import ForeignBodyConfig
+
+        return ForeignBodyConfig
+    if method == "fpi":
+        return FPIConfig
+    raise ValueError(f"unknown anomaly-map method {method!r} (known: 'fpi', 'foreign_body')")
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -269,6 +292,7 @@ def train_fpi(
     per epoch, ``<stem>_eNN<suffix>``. Stops at ``max_minutes``.
     Returns the net (eval mode, CPU) and the history {"train", "holdout", "minutes"}."""
     cfg = cfg or FPIConfig()
+    make_batch = _batch_function(cfg)
     if images.ndim != 4 or images.shape[1] != 1 or len(images) < 2:
         raise ValueError(f"train_fpi: need (N >= 2, 1, H, W) images, got {tuple(images.shape)}")
     dev = pick_device(device)
@@ -281,7 +305,7 @@ def train_fpi(
     ho = None
     if holdout is not None:
         hrng = np.random.default_rng(cfg.seed + 1)
-        ho = corrupt_batch(holdout, np.arange(len(holdout)), hrng, cfg)
+        ho = make_batch(holdout, np.arange(len(holdout)), hrng, cfg)
     hist: dict = {"train": [], "holdout": [], "minutes": []}
     best, best_state = math.inf, None
     t0 = time.perf_counter()
@@ -294,7 +318,7 @@ def train_fpi(
             idx = order[k : k + cfg.batch_size]
             if len(idx) < 2:
                 idx = rng.choice(len(images), cfg.batch_size, replace=False)
-            xb, yb = corrupt_batch(images, idx, rng, cfg)
+            xb, yb = make_batch(images, idx, rng, cfg)
             loss = F.binary_cross_entropy_with_logits(net(xb.to(dev)), yb.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -328,6 +352,7 @@ def train_fpi(
         )
         if checkpoint is not None:
             ck = {
+                "method": cfg.method,
                 "config": asdict(cfg),
                 "state_dict": net.state_dict(),
                 "best_state_dict": best_state,
@@ -348,12 +373,17 @@ def train_fpi(
 
 
 def load_fpi(path: str | os.PathLike, best: bool = True) -> FPINet:
-    """The net of a :func:`train_fpi` checkpoint (the lowest-holdout weights when ``best`` and
-    stored), eval mode, CPU. Raises ValueError naming the file if it is not such a checkpoint."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    """The net of a :func:`train_fpi` checkpoint (FPI or foreign-body corruption; the
+    lowest-holdout weights when ``best`` and stored), eval mode, CPU. Raises ValueError naming
+    the file if it is not such a checkpoint."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ck, dict) or "config" not in ck or "state_dict" not in ck:
         raise ValueError(f"{path}: not an FPI checkpoint (need 'config' and 'state_dict')")
-    net = FPINet(FPIConfig(**ck["config"]))
+    try:
+        cfg = _config_class(ck.get("method", "fpi"))(**ck["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad anomaly-map config: {e}") from e
+    net = FPINet(cfg)
     state = ck.get("best_state_dict") if best else None
     net.load_state_dict(state or ck["state_dict"])
     return net.eval()

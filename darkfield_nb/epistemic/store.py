@@ -6,11 +6,11 @@ The entry survives ``torch.load(weights_only=True)``: the detector's NumPy array
 precisions of every level) become float64 tensors, everything else is plain numbers, strings,
 lists and dicts::
 
-    version      4 when the detector carries a kNN lung contrast (``contrast``, below), else 3
-                 (so that a reader of version 3 still reads every Gaussian entry, and refuses
-                 a kNN one it would score wrongly); 2: written before the combined per-image
-                 score, 1: before pixel_levels / patch / conversion; all read and scored as
-                 they were written
+    version      5 when the detector carries a foreign-body term (``foreign_body``, below), else
+                 4 when it carries a kNN lung contrast (``contrast``), else 3 (so that an older
+                 reader still reads every entry it can score, and refuses one it would score
+                 wrongly); 2: written before the combined per-image score, 1: before
+                 pixel_levels / patch / conversion; all read and scored as they were written
     detector     OODDetector.state(), arrays as tensors: levels, level (0.05: 5 % of
                  in-distribution images flagged), stage, pixel_levels, patch, conversion
                  {u_ref, sigma_ref, power, quantile, offset, gain}, d_ref, sigma_ref,
@@ -21,7 +21,11 @@ lists and dicts::
                  {density "knn", dtype, knn {kind, size, dim, k, projection, seed, memory
                  (size x p, float16 by default: 10,000 x 144 is 2.9 MB, float32 5.8 MB),
                  matrix (None unless projection "all"), index (int64), radius,
-                 reference}} (absent: the Gaussian contrast of the pixel map)
+                 reference}} (absent: the Gaussian contrast of the pixel map); version 5 only:
+                 foreign_body {method, config, state (the segmenter's weights, float16),
+                 conversion {m_ref, sigma_ref, quantile, gain}, top_k}
+                 (``foreign_body_term.ForeignBodyTerm``; the score's names then include
+                 "foreign_body")
     fitted_on    {data, n_train, n_val, stage, densities_from (only when the densities were
                  kept from an earlier entry: its fitted_on)}
     score        one sentence: what the per-image score is and what the flag promises
@@ -44,10 +48,14 @@ from darkfield_nb.data import PairedDataset, require_splits
 from darkfield_nb.hardware import pick_device
 
 from .detector import OODDetector
+from .foreign_body_term import ForeignBodyTerm
+from .fpi import load_fpi
 
 KEY = "ood"
-VERSION = 4  # the newest entry this code reads
-GAUSSIAN_VERSION = 3  # written for an entry without a kNN contrast
+VERSION = 5  # the newest entry this code reads
+FOREIGN_BODY_VERSION = 5  # written for an entry with a foreign-body term
+KNN_VERSION = 4  # written for an entry with a kNN contrast (and no foreign-body term)
+GAUSSIAN_VERSION = 3  # written for an entry without either
 SCORE_TEXT = (
     "per-image score: the larger of two z-scores against the validation images, of the log "
     "pooled distance (mean over encoder levels of the Mahalanobis distance of the pooled "
@@ -154,11 +162,21 @@ def fit_ood_detector(
     if densities_from is not None:
         fitted_on["densities_from"] = dict(densities_from["fitted_on"])
     knn = det.contrast_knn is not None
+    fb = det.foreign_body is not None
+    version = FOREIGN_BODY_VERSION if fb else KNN_VERSION if knn else GAUSSIAN_VERSION
+    text = KNN_SCORE_TEXT if knn else SCORE_TEXT
+    if fb:
+        text = text.replace("the larger of two z-scores", "the largest of three z-scores")
+        text = text.replace(
+            " inside the predicted lung field;",
+            " inside the predicted lung field, and of the log mean of the "
+            f"{det.foreign_body.top_k} largest values of the foreign-body map inside the body;",
+        )
     return {
-        "version": VERSION if knn else GAUSSIAN_VERSION,
+        "version": version,
         "detector": _to_tensors(det.state()),
         "fitted_on": fitted_on,
-        "score": KNN_SCORE_TEXT if knn else SCORE_TEXT,
+        "score": text,
     }
 
 
@@ -246,8 +264,14 @@ def attach_ood_detector(
     ``keep_densities``: keep the train-split densities of the detector ``src`` carries and
     refit only its validation step (ValueError naming ``src`` when it carries none).
     ``contrast_density="knn"`` (with ``contrast_knn``, ``contrast_dtype``) passes through to
-    :class:`OODDetector`: the per-image score's lung contrast from a kNN patch density."""
+    :class:`OODDetector`: the per-image score's lung contrast from a kNN patch density.
+    ``foreign_body`` (a :class:`~.foreign_body_term.ForeignBodyTerm`, or the path of a
+    ``train_fpi`` checkpoint of a foreign-body segmenter, taken with the term's defaults): the
+    segmenter's map joins the epistemic sigma and the per-image score (entry version 5)."""
     src, dst = Path(src), Path(dst)
+    fb = fit_kw.get("foreign_body")
+    if isinstance(fb, (str, os.PathLike)):  # a train_fpi checkpoint of the segmenter
+        fit_kw["foreign_body"] = ForeignBodyTerm(load_fpi(fb))
     ckpt, model, last = open_source(src, dst, overwrite, pick_device(device))
     fit_kw.setdefault("stage", last)
     if keep_densities:

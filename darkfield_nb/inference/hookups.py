@@ -28,9 +28,10 @@ OOD: the detector's score of the image the model sees (normalized, resampled to 
 geometry) and its flag (score above the stored threshold), ``ood.score_radiograph``.
 
 Epistemic map (``PredictConfig.epistemic``, :func:`epistemic_mode`): "mc" writes the Monte
-Carlo dropout spread as it is; "combined" adds the detector's feature-density sigma
-``d = detector.epistemic_sigma(u)`` of the same model input (u: the per-pixel distance of the
-features the score reads), at the model geometry, before the maps are resampled back::
+Carlo dropout spread as it is; "combined" adds the detector's sigma ``d =
+detector.epistemic_sigma(u, m)`` of the same model input (u: the per-pixel distance of the
+features the score reads; m: the foreign-body map, where the detector carries one, which adds
+in quadrature), at the model geometry, before the maps are resampled back::
 
     epistemic' = sqrt((s mc)^2 + d^2),  total' = sqrt((s aleatoric)^2 + epistemic'^2)
                = sqrt((s aleatoric)^2 + (s mc)^2 + d^2)
@@ -208,8 +209,9 @@ def shared_ood(
 def shared_density(
     detector, prefix, x: torch.Tensor, model, mean: torch.Tensor | None = None
 ) -> tuple[list[dict], torch.Tensor] | None:
-    """(:func:`shared_ood`'s rows, the density's epistemic sigma ``detector.epistemic_sigma(u)``
-    (B, 1, H, W) of the same features), or None where :func:`shared_ood` is None."""
+    """(:func:`shared_ood`'s rows, the detector's epistemic sigma ``detector.epistemic_sigma(u,
+    m)`` (B, 1, H, W) of the same features and input), or None where :func:`shared_ood` is
+    None."""
     if prefix is None or prefix.inp is not None:
         return None
     if prefix.stage > 0 and model.config.conditioning != "concat":  # gated encoder features
@@ -221,8 +223,7 @@ def shared_density(
     feats = [prefix.feats[lv].float() for lv in levels]
     with torch.no_grad():
         mu = model.mc_suffix(prefix, 1, prefix.stage).mu if mean is None else mean
-        scores, u = detector.score_and_distance_features(feats, mu.float(), x.float())
-        sigma = detector.epistemic_sigma(u)
+        scores, sigma = detector.score_and_sigma_features(feats, mu.float(), x.float())
     return _rows(detector, scores), sigma
 
 
@@ -245,8 +246,7 @@ def density_of_input(detector, x: np.ndarray | torch.Tensor, device) -> tuple[di
     from one detector pass (``OODDetector.score_and_distance``)."""
     t = torch.as_tensor(x, dtype=torch.float32).detach()
     with torch.no_grad():
-        scores, u = detector.score_and_distance(t[None, None].to(device))
-        sigma = detector.epistemic_sigma(u)
+        scores, sigma = detector.score_and_sigma(t[None, None].to(device))
     return _rows(detector, scores)[0], sigma[0, 0].float().cpu().numpy()
 
 
