@@ -48,6 +48,7 @@ from darkfield_nb import checkpoint  # noqa: E402
 from darkfield_nb.data import PairedDataset  # noqa: E402
 from darkfield_nb.epistemic import image_auroc  # noqa: E402
 from darkfield_nb.epistemic.foreign_body import ForeignBodyConfig  # noqa: E402
+from darkfield_nb.epistemic.foreign_body_term import convex_hull_mask  # noqa: E402
 from darkfield_nb.epistemic.fpi import (  # noqa: E402
     FPIConfig,
     body_from_input,
@@ -147,6 +148,28 @@ def collect_shipped(args, ds) -> dict:
     return data
 
 
+def add_mu(args, data: dict) -> None:
+    """The shipped model's predicted mean ``mu`` of every record (one deterministic pass; cached
+    beside ``--cache`` as ``<stem>_mu.pkl``): the thorax region of the per-image statistics."""
+    cache = Path(args.cache).with_name(Path(args.cache).stem + "_mu.pkl")
+    if cache.exists():
+        mus = pickle.loads(cache.read_bytes())
+    else:
+        model, _ = load_model(args.checkpoint)
+        mus = {}
+        with torch.no_grad():
+            for split, recs in data.items():
+                x = torch.from_numpy(np.stack([r["x"] for r in recs])[:, None]).float()
+                out = model(x)
+                out = out[-1] if isinstance(out, (list, tuple)) else out
+                mus[split] = out.mu[:, 0].double().numpy()
+        cache.write_bytes(pickle.dumps(mus))
+    for split, recs in data.items():
+        for r, mu in zip(recs, mus[split], strict=True):
+            r["mu"] = mu
+            r["thorax"] = convex_hull_mask(mu > 0.15) if (mu > 0.15).sum() >= 64 else r["fg"]
+
+
 def add_fpi(net, data: dict) -> None:
     for recs in data.values():
         x = torch.from_numpy(np.stack([r["x"] for r in recs])[:, None]).float()
@@ -220,6 +243,11 @@ def _z_loo(val: np.ndarray) -> tuple[np.ndarray, float, float]:
     return loo, float(val.mean()), float(val.std())
 
 
+def _top_k(v: np.ndarray, k: int) -> float:
+    k = min(k, v.size)
+    return float(np.partition(v, v.size - k)[v.size - k :].mean())
+
+
 def image_scores(data: dict, dev: list[dict]) -> dict:
     """Name -> {split: scores} for FPI statistics alone, the shipped score, and the larger
     validation z-score of the shipped score and one FPI statistic (log)."""
@@ -230,6 +258,8 @@ def image_scores(data: dict, dev: list[dict]) -> dict:
         stats[f"FPI top-{k} mean (body)"] = lambda r, k=k: fpi_image_score(r["fpi"], r["x"], k)
     for q in (0.99, 0.999):
         stats[f"FPI Q{q} (body)"] = lambda r, q=q: float(np.quantile(r["fpi"][r["fg"]], q))
+    for k in (10, 50, 100):  # inside the convex hull of the predicted lung field {mu > 0.15}
+        stats[f"FPI top-{k} mean (thorax)"] = lambda r, k=k: _top_k(r["fpi"][r["thorax"]], k)
     out = {n: {s: np.array([f(r) for r in v]) for s, v in sets.items()} for n, f in stats.items()}
     out["shipped score"] = {s: np.array([r["shipped"] for r in v]) for s, v in sets.items()}
     sh = out["shipped score"]
@@ -255,6 +285,7 @@ def cmd_evaluate(args) -> dict:
     print(f"shipped detector maps in {time.perf_counter() - t0:.0f} s", flush=True)
     net = load_fpi(Path(args.out) / args.name, best=not args.last)
     add_fpi(net, data)
+    add_mu(args, data)
     cases = sorted({r["case"] for r in data["ood"]})
     half = halves(ds["ood"], cases)
     test_half = halves(ds["test"], None)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from helpers import write_toy_pairs
+from skimage.morphology import convex_hull_image
 
 from darkfield_nb.epistemic import OODDetector
 from darkfield_nb.epistemic.conversion import MapSigma
 from darkfield_nb.epistemic.foreign_body import ForeignBodyConfig
-from darkfield_nb.epistemic.foreign_body_term import ForeignBodyTerm
+from darkfield_nb.epistemic.foreign_body_term import ForeignBodyTerm, convex_hull_mask
 from darkfield_nb.epistemic.fpi import FPINet, body_from_input, fpi_map
 from darkfield_nb.models import GeneratorConfig, ProgressiveGenerator
 
@@ -82,6 +83,39 @@ def test_statistic_is_the_top_k_mean_inside_the_body():
         ForeignBodyTerm(_net(), top_k=0)
 
 
+def test_convex_hull_matches_scikit_image():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        m = np.zeros((48, 64), bool)
+        m[rng.integers(3, 45, 9), rng.integers(3, 60, 9)] = True
+        np.testing.assert_array_equal(
+            convex_hull_mask(m), convex_hull_image(m, offset_coordinates=False)
+        )
+    line = np.zeros((8, 8), bool)
+    line[2, 1:6] = True  # collinear: the mask itself
+    np.testing.assert_array_equal(convex_hull_mask(line), line)
+
+
+def test_statistic_reads_the_thorax_between_the_lungs():
+    term = ForeignBodyTerm(_net(), top_k=3)
+    x = torch.full((1, 1, 40, 40), 0.5)
+    mu = torch.zeros(1, 1, 40, 40)
+    mu[0, 0, 10:30, 5:15] = 0.3  # right lung
+    mu[0, 0, 10:30, 25:35] = 0.3  # left lung
+    m = torch.zeros(1, 1, 40, 40)
+    m[0, 0, 20, 20] = 0.9  # between the lungs: inside the hull
+    m[0, 0, 2, 2] = 1.0  # a corner: in the body, outside the thorax
+    assert term.statistic(m, x, mu)[0] == pytest.approx(0.9 / 3)
+    assert term.statistic(m, x)[0] == pytest.approx((1.0 + 0.9) / 3)  # no mu: the body
+    body = ForeignBodyTerm(_net(), top_k=3, region="body")
+    assert body.statistic(m, x, mu)[0] == pytest.approx((1.0 + 0.9) / 3)
+    few = torch.zeros_like(mu)
+    few[0, 0, 0, :10] = 0.3  # 10 field pixels < min_pixels: the body
+    assert term.statistic(m, x, few)[0] == pytest.approx((1.0 + 0.9) / 3)
+    with pytest.raises(ValueError, match="region"):
+        ForeignBodyTerm(_net(), region="lung")
+
+
 def test_detector_with_the_term_by_hand():
     model = _model()
     torch.manual_seed(6)
@@ -98,10 +132,18 @@ def test_detector_with_the_term_by_hand():
     assert conv.m_ref == pytest.approx(np.quantile(m_val, 0.99), rel=1e-5)
     # the leave-one-out validation score of image i, from the three statistics by hand
     d, pooled, out = det.density.evaluate(vx)
+    mu = out.mu.double().numpy()[:, 0]
+
+    def area(xi, ui):  # the thorax (skimage's hull of the lung field), else the body
+        field = ui > 0.15
+        if field.sum() >= 64:
+            return convex_hull_image(field, offset_coordinates=False)
+        return body_from_input(xi)
+
     top = np.array(
         [
-            np.sort(mi[body_from_input(xi)])[::-1][:10].mean()
-            for mi, xi in zip(m_val[:, 0], vx.numpy()[:, 0], strict=True)
+            np.sort(mi[area(xi, ui)])[::-1][:10].mean()
+            for mi, xi, ui in zip(m_val[:, 0], vx.numpy()[:, 0], mu, strict=True)
         ]
     )
     stats = {"pooled": pooled, "lung_contrast": det.local(d, out.mu), "foreign_body": top}
@@ -151,7 +193,11 @@ def test_attach_with_a_segmenter_checkpoint_writes_version_5(tmp_path):
     raw = torch.load(dst, map_location="cpu", weights_only=True)
     assert raw[KEY]["version"] == 5 and "largest of three" in raw[KEY]["score"]
     fb = raw[KEY]["detector"]["foreign_body"]
-    assert fb["state"]["down.0.0.weight"].dtype == torch.float16 and fb["top_k"] == 100
+    assert (
+        fb["state"]["down.0.0.weight"].dtype == torch.float16
+        and fb["top_k"] == 50
+        and fb["region"] == "thorax"
+    )
     det = detector_from_checkpoint(checkpoint.load_checkpoint(dst))
     x = torch.rand(2, 1, 32, 32)
     torch.testing.assert_close(det.foreign_body_map(x), fpi_map(net, x))

@@ -109,28 +109,33 @@ class MapSigma:
     """Epistemic sigma of an anomaly map ``m`` in [0, 1] (the foreign-body map,
     :mod:`.foreign_body`), a hinge at the validation quantile ``m_ref``:
 
-        sigma(m) = sigma_ref * gain * clip((m - m_ref) / (1 - m_ref), 0, 1),
+        sigma(m) = sigma_ref * gain * clip((m - m_ref) / (1 - m_ref), 0, 1) ** power,
 
         m_ref     = Q_q(m over the validation pixels),
         sigma_ref = median aleatoric sigma of the validation pixels,
 
     zero for the ``q`` most ordinary validation pixels, ``gain * sigma_ref`` where the map is
-    certain (``m = 1``)."""
+    certain (``m = 1``); ``power`` < 1 raises the sigma of a map value just above ``m_ref``."""
 
     m_ref: float
     sigma_ref: float
     quantile: float = 0.99
     gain: float = 3.0
+    power: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.m_ref < 1.0 and self.sigma_ref >= 0 and self.gain > 0):
+        if not (
+            0.0 <= self.m_ref < 1.0 and self.sigma_ref >= 0 and self.gain > 0 and self.power > 0
+        ):
             raise ValueError(
-                f"MapSigma: need 0 <= m_ref < 1, sigma_ref >= 0, gain > 0 (got {self.m_ref}, "
-                f"{self.sigma_ref}, {self.gain})"
+                f"MapSigma: need 0 <= m_ref < 1, sigma_ref >= 0, gain > 0, power > 0 (got "
+                f"{self.m_ref}, {self.sigma_ref}, {self.gain}, {self.power})"
             )
 
     @classmethod
-    def calibrate(cls, m, aleatoric, quantile: float = 0.99, gain: float = 3.0) -> MapSigma:
+    def calibrate(
+        cls, m, aleatoric, quantile: float = 0.99, gain: float = 3.0, power: float = 1.0
+    ) -> MapSigma:
         """``m_ref`` = the ``quantile`` of the validation map values ``m`` (NumPy's linear
         interpolation, at most 0.999 so the hinge has room), ``sigma_ref`` = the median of the
         validation aleatoric sigmas."""
@@ -144,14 +149,15 @@ class MapSigma:
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"MapSigma.calibrate: quantile={quantile} must be in (0, 1)")
         m_ref = min(float(np.quantile(m, quantile)), 0.999)
-        return cls(m_ref, float(np.median(a)), float(quantile), float(gain))
+        return cls(m_ref, float(np.median(a)), float(quantile), float(gain), float(power))
 
     def __call__(self, m):
         """The epistemic sigma of the map values ``m`` (tensor or array)."""
         scale, span = self.sigma_ref * self.gain, 1.0 - self.m_ref
         if isinstance(m, torch.Tensor):
-            return scale * ((m - self.m_ref) / span).clamp(0.0, 1.0)
-        return scale * np.clip((np.asarray(m, dtype=np.float64) - self.m_ref) / span, 0.0, 1.0)
+            return scale * ((m - self.m_ref) / span).clamp(0.0, 1.0) ** self.power
+        r = np.clip((np.asarray(m, dtype=np.float64) - self.m_ref) / span, 0.0, 1.0)
+        return scale * r**self.power
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -271,7 +271,7 @@ class OODDetector:
             contrast = self.knn_contrast(feats, out.mu, x)
         stats = {"pooled": np.asarray(pooled, dtype=np.float64), "lung_contrast": contrast}
         if m is not None:
-            stats[FOREIGN_BODY] = self.foreign_body.statistic(m, x)
+            stats[FOREIGN_BODY] = self.foreign_body.statistic(m, x, out.mu)
         return stats
 
     def _score(self, dist, pooled, out, feats, x, m=None) -> np.ndarray:

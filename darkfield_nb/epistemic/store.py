@@ -23,7 +23,8 @@ lists and dicts::
                  matrix (None unless projection "all"), index (int64), radius,
                  reference}} (absent: the Gaussian contrast of the pixel map); version 5 only:
                  foreign_body {method, config, state (the segmenter's weights, float16),
-                 conversion {m_ref, sigma_ref, quantile, gain}, top_k}
+                 conversion {m_ref, sigma_ref, quantile, gain, power}, top_k, region,
+                 mu_threshold, min_pixels}
                  (``foreign_body_term.ForeignBodyTerm``; the score's names then include
                  "foreign_body")
     fitted_on    {data, n_train, n_val, stage, densities_from (only when the densities were
@@ -170,7 +171,8 @@ def fit_ood_detector(
         text = text.replace(
             " inside the predicted lung field;",
             " inside the predicted lung field, and of the log mean of the "
-            f"{det.foreign_body.top_k} largest values of the foreign-body map inside the body;",
+            f"{det.foreign_body.top_k} largest values of the foreign-body segmenter's map inside "
+            f"the {det.foreign_body.region};",
         )
     return {
         "version": version,
