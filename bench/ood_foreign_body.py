@@ -189,7 +189,8 @@ def _fmt(t: dict) -> str:
 def cmd_evaluate(args) -> dict:
     data, work = Path(args.data), Path(args.work)
     out = {}
-    for name, ckpt in (("candidate", args.candidate), ("baseline", args.baseline)):
+    pairs = {"candidate": args.candidate, "baseline": args.baseline}
+    for name, ckpt in ((n, pairs[n]) for n in args.which):
         print(f"== {name}: {ckpt}", flush=True)
         w = written_maps(ckpt, data, work, args.samples)
         s = image_scores(ckpt, data, args.real)
@@ -330,6 +331,9 @@ def main() -> None:
     ap.add_argument("--work", default="/work/runs/s24/cand/eval")
     ap.add_argument("--real", default="/work/shared/real_cxr")
     ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument(
+        "--which", nargs="+", choices=("candidate", "baseline"), default=["candidate", "baseline"]
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="")

@@ -32,7 +32,14 @@ Maps of :func:`device_table`, each a per-pixel score:
                     neighbourhoods of the full-resolution level-0 features)
 ``density_total``   sqrt(aleatoric^2 + sigma_epi^2), sigma_epi the detector's epistemic sigma
                     ``sigma_ref gain max(u / u_ref - offset, 0)^power``
-                    (:class:`~darkfield_nb.epistemic.DistanceSigma`)
+                    (:class:`~darkfield_nb.epistemic.DistanceSigma`), with a foreign-body
+                    term also its sigma of m in quadrature (:class:`~darkfield_nb.epistemic.
+                    conversion.MapSigma`)
+``foreign_body``    the foreign-body segmenter's map ``m(x)`` in [0, 1]
+                    (:mod:`darkfield_nb.epistemic.foreign_body`; only for a detector with one)
+``combined``        sqrt(MC epistemic^2 + sigma_epi^2): the epistemic map ``predict`` writes
+                    (``--epistemic auto``), before the recalibration's factor on the MC part
+``combined_total``  sqrt(aleatoric^2 + MC epistemic^2 + sigma_epi^2): its total map, likewise
 =================== =========================================================================
 """
 
@@ -85,7 +92,15 @@ __all__ = [
     "time_costs",
 ]
 
-MAPS = ("epistemic", "total", "density", "density_total")
+MAPS = (
+    "epistemic",
+    "total",
+    "density",
+    "density_total",
+    "foreign_body",
+    "combined",
+    "combined_total",
+)
 REFERENCES = ("lung", "body")
 BODY_THRESHOLD = 0.05
 
@@ -205,14 +220,19 @@ def _maps(model, detector, x, samples: int, seed: int) -> dict[str, np.ndarray]:
     def a(t):
         return t[0, 0].detach().double().cpu().numpy()
 
-    return {
+    maps = {
         "epistemic": a(mc.epistemic),
         "total": a(mc.total),
         "density": a(det.distance),
         "density_total": a(det.total),
+        "combined": np.hypot(a(mc.epistemic), a(det.epistemic)),
+        "combined_total": np.sqrt(a(mc.total) ** 2 + a(det.epistemic) ** 2),
         "_score": float(det.score[0]),
         "_flag": bool(det.flag[0]),
     }
+    if det.foreign_body is not None:
+        maps["foreign_body"] = a(det.foreign_body)
+    return maps
 
 
 @torch.no_grad()
@@ -245,7 +265,7 @@ def device_table(
             continue
         maps = _maps(model, detector, item["input"][None].to(device), samples, seed)
         case = dataset.rows[i].get("case", "")
-        for name in MAPS:
+        for name in (k for k in MAPS if k in maps):
             for ref, neg in refs.items():
                 if not neg.any():
                     continue

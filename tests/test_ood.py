@@ -24,6 +24,7 @@ from darkfield_nb.ood import (
     pixel_auroc,
     summarize_table,
 )
+from darkfield_nb.uncertainty import mc_dropout_predict
 
 
 def test_hand_computed_cases():
@@ -120,13 +121,16 @@ def test_device_table_rows_match_scikit_learn_on_each_map():
         val = [0.3 + 0.05 * torch.rand(4, 1, 16, 16) for _ in range(3)]
         det = OODDetector(model, levels=(0, 1)).fit(train, val)
         rows = device_table(model, ds, det, samples=8, device="cpu", progress=False)
-        assert len(rows) == 2 * len(MAPS) * 2
+        assert len(rows) == 2 * (len(MAPS) - 1) * 2  # no foreign-body map without its term
         item = ds[0]
         mask = item["mask"][0].numpy()
         dev = (mask & PACEMAKER) > 0
         lung = ((mask & LUNG) > 0) & ~dev
         pred = det.predict(item["input"][None])
+        mc = mc_dropout_predict(model, item["input"][None], samples=8, seed=0, stage=det.stage)
+        combined = np.hypot(mc.epistemic[0, 0].double(), pred.epistemic[0, 0].double()).numpy()
         ref = {
+            ("combined", "lung"): (combined, lung),
             ("density", "lung"): (pred.distance[0, 0].double().numpy(), lung),
             ("density_total", "body"): (
                 pred.total[0, 0].double().numpy(),
