@@ -247,7 +247,9 @@ def cmd_grid(args) -> dict:
             out.append(rec)
         recs[split] = out
     m_val = np.concatenate([r["m"].ravel() for r in recs["val"]])
-    a_val = np.concatenate([r["aleatoric"].ravel() for r in recs["val"]])
+    # sigma_ref as the detector calibrates it: the median of the model's own (not recalibrated)
+    # aleatoric sigma over the validation pixels, the baseline detector's DistanceSigma value
+    sigma_ref = load_model(args.baseline).detector.conversion.sigma_ref
     base_infl = float(np.mean([np.mean(r["total"] / r["aleatoric"]) for r in recs["val"]]))
     dev = recs["ood"]
     half = {}
@@ -272,7 +274,8 @@ def cmd_grid(args) -> dict:
     for q in args.grid_quantiles:
         for gain in args.grid_gains:
             for power in args.grid_powers:
-                conv = MapSigma.calibrate(m_val, a_val, q, gain, power)
+                m_ref = min(float(np.quantile(m_val, q)), 0.999)
+                conv = MapSigma(m_ref, sigma_ref, q, gain, power)
                 infl = float(
                     np.mean(
                         [

@@ -12,7 +12,8 @@ from darkfield_nb.cli.parser import flags_for
 EPISTEMIC_WORDS = {
     "mc": "the MC dropout spread (--epistemic mc)",
     "combined": (
-        "sqrt(mc^2 + d^2), the MC dropout spread and the checkpoint's feature-density sigma d; "
+        "sqrt(mc^2 + d^2), the MC dropout spread and the checkpoint's OOD-detector sigma d "
+        "(feature density, and its foreign-body map where it has one); "
         "total = sqrt(aleatoric^2 + epistemic^2) (--epistemic combined)"
     ),
 }
