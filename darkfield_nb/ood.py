@@ -19,8 +19,10 @@ distance ``mean_l d_l(pool(x)) / med_l`` over levels 0-4 (a global shift: anothe
 of the log contrast ``Q_0.99(u) / Q_0.5(u)`` of the pixel map inside the predicted lung field
 (a local anomaly: a device; :mod:`darkfield_nb.epistemic.combined`), flagged above the 95th
 percentile of the validation images (:class:`OODThreshold`), so 5 % of in-distribution images
-are flagged up to the validation split's sampling error. A detector stored before that score
-(entry version 2) keeps scoring by the pooled distance alone. :func:`image_auroc` says how well the
+are flagged up to the validation split's sampling error. A detector with a foreign-body term
+(the shipped one since session 24, :mod:`darkfield_nb.epistemic.foreign_body_term`) adds a third
+z-score, of the log mean of the 50 largest values of its segmenter's map inside the thorax. A
+detector stored before that score (entry version 2) keeps scoring by the pooled distance alone. :func:`image_auroc` says how well the
 score separates out-of-distribution images from in-distribution ones.
 
 Maps of :func:`device_table`, each a per-pixel score:

@@ -27,6 +27,15 @@ Predict, for an image x:
 
 so 5 % of in-distribution images are flagged (up to the sampling error of the validation split).
 
+With a foreign-body term (``foreign_body``, :mod:`.foreign_body_term`: a segmenter trained on
+synthetic objects added to in-distribution inputs, :mod:`.foreign_body`) its map m(x) in [0, 1]
+joins both::
+
+    sigma_epi     = sqrt(sigma_u(u)^2 + sigma_m(m)^2),
+                    sigma_m = sigma_ref gain clip((m - m_ref) / (1 - m_ref), 0, 1)^power
+    score         = max of three z-scores: also log of the mean of the top_k largest m inside
+                    the thorax (convex hull of the predicted lung field)
+
 ``contrast_density="knn"`` (opt-in) takes the lung-field contrast from a nearest-neighbour
 patch density instead of u (:mod:`.knn_contrast`: the formula, its cost, its storage).
 
