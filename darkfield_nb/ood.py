@@ -22,8 +22,9 @@ percentile of the validation images (:class:`OODThreshold`), so 5 % of in-distri
 are flagged up to the validation split's sampling error. A detector with a foreign-body term
 (the shipped one since session 24, :mod:`darkfield_nb.epistemic.foreign_body_term`) adds a third
 z-score, of the log mean of the 50 largest values of its segmenter's map inside the thorax. A
-detector stored before that score (entry version 2) keeps scoring by the pooled distance alone. :func:`image_auroc` says how well the
-score separates out-of-distribution images from in-distribution ones.
+detector stored before that score (entry version 2) keeps scoring by the pooled distance alone.
+:func:`image_auroc` says how well the score separates out-of-distribution images from
+in-distribution ones.
 
 Maps of :func:`device_table`, each a per-pixel score:
 
