@@ -25,6 +25,12 @@ skips cost and panels (to score one checkpoint per epoch: ``--name fpi_s1_e03.pt
 
 Session 23 (``bench/RESULTS.md``): ``train`` with the defaults (seed 0, 11 epochs, 36 min);
 ``train --seed 1 --minutes 19 --name fpi_s1.pt --keep-epochs``; ``evaluate --json ...``.
+
+Session 24: ``train --method foreign_body`` trains the same network on synthetic foreign bodies
+(``darkfield_nb.epistemic.foreign_body``) instead of pasted patches (``--out /work/runs/s24/fb
+--name fb.pt --epochs 12 --minutes 40 --keep-epochs``); ``evaluate`` then scores its map under
+the same names ("FPI ..."), plus per-image statistics inside the thorax (the convex hull of the
+shipped model's predicted lung field {mu > 0.15}; ``mu`` cached beside ``--cache``).
 """
 
 from __future__ import annotations
