@@ -53,7 +53,8 @@ class ForeignBodyConfig(FPIConfig):
     ellipse); polyline: probability that a curve is 2-3 straight segments; radius: curve
     half-width range (px); length: curve length range (px); axes: ellipse semi-axis range (px);
     contrast: range of ``c`` (log-uniform, normalized input units); blur: range of the Gaussian
-    blur ``b`` (px; 0 draws none); label_threshold: ``t``."""
+    blur ``b`` (px; 0 draws none); label_threshold: ``t``. The inherited FPI patch fields
+    (``patch_min`` ... ``second_scale``) are not used by this corruption."""
 
     max_objects: int = 4
     p_clean: float = 0.2
