@@ -35,6 +35,21 @@ import numpy as np
 import torch
 
 
+def validation_references(values, aleatoric, quantile: float, who: str) -> tuple[float, float]:
+    """(the ``quantile`` of the validation ``values`` (NumPy's linear interpolation), the median
+    of the validation aleatoric sigmas); ValueError naming ``who`` for empty or non-finite
+    input or a quantile outside (0, 1)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    a = np.asarray(aleatoric, dtype=np.float64).ravel()
+    if v.size == 0 or a.size == 0 or not (np.isfinite(v).all() and np.isfinite(a).all()):
+        raise ValueError(
+            f"{who}.calibrate: need finite validation values ({v.size} map values, {a.size} sigmas)"
+        )
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"{who}.calibrate: quantile={quantile} must be in (0, 1)")
+    return float(np.quantile(v, quantile)), float(np.median(a))
+
+
 @dataclass
 class DistanceSigma:
     """``sigma_epi(u) = sigma_ref * gain * max(u / u_ref - offset, 0) ** power`` (module
@@ -69,16 +84,7 @@ class DistanceSigma:
     ) -> DistanceSigma:
         """``u_ref`` = the ``quantile`` of the validation distances ``u`` (NumPy's linear
         interpolation), ``sigma_ref`` = the median of the validation aleatoric sigmas."""
-        u = np.asarray(u, dtype=np.float64).ravel()
-        a = np.asarray(aleatoric, dtype=np.float64).ravel()
-        if u.size == 0 or a.size == 0 or not (np.isfinite(u).all() and np.isfinite(a).all()):
-            raise ValueError(
-                f"DistanceSigma.calibrate: need finite validation values ({u.size} distances, "
-                f"{a.size} sigmas)"
-            )
-        if not 0.0 < quantile < 1.0:
-            raise ValueError(f"DistanceSigma.calibrate: quantile={quantile} must be in (0, 1)")
-        u_ref, s_ref = float(np.quantile(u, quantile)), float(np.median(a))
+        u_ref, s_ref = validation_references(u, aleatoric, quantile, "DistanceSigma")
         return cls(u_ref, s_ref, float(power), float(quantile), float(offset), float(gain))
 
     def __call__(self, u):
@@ -139,17 +145,8 @@ class MapSigma:
         """``m_ref`` = the ``quantile`` of the validation map values ``m`` (NumPy's linear
         interpolation, at most 0.999 so the hinge has room), ``sigma_ref`` = the median of the
         validation aleatoric sigmas."""
-        m = np.asarray(m, dtype=np.float64).ravel()
-        a = np.asarray(aleatoric, dtype=np.float64).ravel()
-        if m.size == 0 or a.size == 0 or not (np.isfinite(m).all() and np.isfinite(a).all()):
-            raise ValueError(
-                f"MapSigma.calibrate: need finite validation values ({m.size} map values, "
-                f"{a.size} sigmas)"
-            )
-        if not 0.0 < quantile < 1.0:
-            raise ValueError(f"MapSigma.calibrate: quantile={quantile} must be in (0, 1)")
-        m_ref = min(float(np.quantile(m, quantile)), 0.999)
-        return cls(m_ref, float(np.median(a)), float(quantile), float(gain), float(power))
+        m_ref, s_ref = validation_references(m, aleatoric, quantile, "MapSigma")
+        return cls(min(m_ref, 0.999), s_ref, float(quantile), float(gain), float(power))
 
     def __call__(self, m):
         """The epistemic sigma of the map values ``m`` (tensor or array)."""

@@ -314,21 +314,23 @@ class OODDetector:
     def score_and_distance(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """(:meth:`score` (B,), the pixel distance map u (B, 1, H, W)) of normalized inputs
         ``x``, from one pass; ``epistemic_sigma(u)`` is the density's epistemic sigma."""
-        if self.threshold is None:
-            raise RuntimeError("OODDetector: call fit(train, val) first")
-        feats, dist, pooled, out = self._evaluate(x)
-        m = self.foreign_body_map(x)
-        return self._score(dist, pooled, out, feats, x, m), dist
+        score, dist, _ = self._from_input(x)
+        return score, dist
 
     def score_and_sigma(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """(:meth:`score` (B,), the epistemic sigma map (B, 1, H, W), D units) of normalized
         inputs ``x`` from one pass: ``epistemic_sigma(u, m)`` with the foreign-body map where
         the detector has one."""
+        score, dist, m = self._from_input(x)
+        return score, self.epistemic_sigma(dist, m)
+
+    def _from_input(self, x):
+        """(score, distance map u, foreign-body map m or None) from one pass of ``x``."""
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         feats, dist, pooled, out = self._evaluate(x)
         m = self.foreign_body_map(x)
-        return self._score(dist, pooled, out, feats, x, m), self.epistemic_sigma(dist, m)
+        return self._score(dist, pooled, out, feats, x, m), dist, m
 
     def score_features(self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor):
         """:meth:`score` from the stage's encoder outputs ``feats`` (one per level, padded
@@ -340,21 +342,23 @@ class OODDetector:
         self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor
     ) -> tuple[np.ndarray, torch.Tensor]:
         """:meth:`score_and_distance` from encoder outputs (as :meth:`score_features`)."""
-        if self.threshold is None:
-            raise RuntimeError("OODDetector: call fit(train, val) first")
-        dist, pooled, out = self.density.evaluate_features(feats, _Mean(mu), x)
-        m = self.foreign_body_map(x)
-        return self._score(dist, pooled, out, feats, x, m), dist
+        score, dist, _ = self._from_features(feats, mu, x)
+        return score, dist
 
     def score_and_sigma_features(
         self, feats: list[torch.Tensor], mu: torch.Tensor, x: torch.Tensor
     ) -> tuple[np.ndarray, torch.Tensor]:
         """:meth:`score_and_sigma` from encoder outputs (as :meth:`score_features`)."""
+        score, dist, m = self._from_features(feats, mu, x)
+        return score, self.epistemic_sigma(dist, m)
+
+    def _from_features(self, feats, mu, x):
+        """(score, distance map u, foreign-body map m or None) from encoder outputs."""
         if self.threshold is None:
             raise RuntimeError("OODDetector: call fit(train, val) first")
         dist, pooled, out = self.density.evaluate_features(feats, _Mean(mu), x)
         m = self.foreign_body_map(x)
-        return self._score(dist, pooled, out, feats, x, m), self.epistemic_sigma(dist, m)
+        return self._score(dist, pooled, out, feats, x, m), dist, m
 
     def predict(self, x: torch.Tensor) -> OODPrediction:
         if self.threshold is None:
