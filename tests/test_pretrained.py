@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,36 @@ def test_shipped_model_reproduces_its_recorded_sample_metrics():
     result = evaluate(model, test, mc_samples=0, progress=False)
     for name in ("mse", "psnr", "ssim"):
         assert result[name] == pytest.approx(info["sample_test"][name], abs=1e-4)
+
+
+def test_shipped_detector_carries_the_foreign_body_term_and_sees_a_drawn_wire():
+    """Session 24's detector (entry version 5): the segmenter is stored in float16 and its map
+    ranks the pixels of a wire added to a sample input (a straight band, drawn here, not by the
+    simulator's device models) above the rest of the body, and the wire raises the score."""
+    from sklearn.metrics import roc_auc_score
+
+    from darkfield_nb.data import PairedDataset
+    from darkfield_nb.epistemic.foreign_body import band_profile, distance_to_polyline
+    from darkfield_nb.epistemic.fpi import body_from_input
+    from darkfield_nb.inference import load_model
+
+    torch.set_num_threads(1)
+    raw = torch.load(pretrained_checkpoint(), map_location="cpu", weights_only=True)["ood"]
+    assert raw["version"] == 5
+    fb = raw["detector"]["foreign_body"]
+    assert fb["method"] == "foreign_body" and fb["region"] == "thorax"
+    assert all(v.dtype == torch.float16 for v in fb["state"].values() if v.is_floating_point())
+    assert "foreign_body" in raw["detector"]["image_score"]["names"]
+    det = load_model().detector
+    x = PairedDataset(sample_data_dir(), split="test", pad_multiple=1, check=False)[0]["input"]
+    x = x[None].float()
+    wire = band_profile(
+        distance_to_polyline(np.array([[60.0, 40.0], [200.0, 110.0]]), (256, 256)), 0.7
+    )
+    x2 = x + 0.3 * torch.from_numpy(wire).float()[None, None]
+    m = det.foreign_body_map(x2)[0, 0].double().numpy()
+    body = body_from_input(x[0, 0].numpy())
+    on = wire > 0.5
+    sel = body & ((wire == 0) | on)
+    assert roc_auc_score(on[sel], m[sel]) > 0.9
+    assert det.score(x2)[0] > det.score(x)[0]
