@@ -130,7 +130,9 @@ def lung_region(shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-#: What the ``epistemic`` column of the summary says for each mode.
+#: What the ``epistemic`` column of the summary says for each mode ("mc+density": the MC
+#: spread and the OOD detector's sigma, its feature density and, where the detector has one, its
+#: foreign-body map).
 EPISTEMIC_COLUMN = {"mc": "mc", "combined": "mc+density"}
 
 
