@@ -61,6 +61,7 @@ from darkfield_nb.epistemic.fpi import (  # noqa: E402
     fpi_image_score,
     fpi_map,
     load_fpi,
+    top_k_mean,
     train_fpi,
 )
 from darkfield_nb.epistemic.store import detector_from_entry, ood_of  # noqa: E402
@@ -249,11 +250,6 @@ def _z_loo(val: np.ndarray) -> tuple[np.ndarray, float, float]:
     return loo, float(val.mean()), float(val.std())
 
 
-def _top_k(v: np.ndarray, k: int) -> float:
-    k = min(k, v.size)
-    return float(np.partition(v, v.size - k)[v.size - k :].mean())
-
-
 def image_scores(data: dict, dev: list[dict]) -> dict:
     """Name -> {split: scores} for FPI statistics alone, the shipped score, and the larger
     validation z-score of the shipped score and one FPI statistic (log)."""
@@ -265,7 +261,7 @@ def image_scores(data: dict, dev: list[dict]) -> dict:
     for q in (0.99, 0.999):
         stats[f"FPI Q{q} (body)"] = lambda r, q=q: float(np.quantile(r["fpi"][r["fg"]], q))
     for k in (10, 50, 100):  # inside the convex hull of the predicted lung field {mu > 0.15}
-        stats[f"FPI top-{k} mean (thorax)"] = lambda r, k=k: _top_k(r["fpi"][r["thorax"]], k)
+        stats[f"FPI top-{k} mean (thorax)"] = lambda r, k=k: top_k_mean(r["fpi"][r["thorax"]], k)
     out = {n: {s: np.array([f(r) for r in v]) for s, v in sets.items()} for n, f in stats.items()}
     out["shipped score"] = {s: np.array([r["shipped"] for r in v]) for s, v in sets.items()}
     sh = out["shipped score"]

@@ -29,7 +29,7 @@ import torch
 from scipy.spatial import ConvexHull, QhullError
 
 from .conversion import MapSigma
-from .fpi import FPINet, _config_class, body_from_input, fpi_map
+from .fpi import FPINet, body_from_input, config_for_method, fpi_map, top_k_mean
 
 NAME = "foreign_body"  # the per-image statistic's name in MaxZScore
 REGIONS = ("thorax", "body")
@@ -113,9 +113,7 @@ class ForeignBodyTerm:
         out = np.empty(len(mm))
         for i, (mi, xi, ui) in enumerate(zip(mm, xx, mus, strict=True)):
             v = mi[self.area(xi, ui)]
-            v = v if v.size else mi.ravel()
-            k = min(self.top_k, v.size)
-            out[i] = np.partition(v, v.size - k)[v.size - k :].mean()
+            out[i] = top_k_mean(v if v.size else mi, self.top_k)
         return out
 
     def calibrate(self, m, aleatoric) -> ForeignBodyTerm:
@@ -153,7 +151,7 @@ class ForeignBodyTerm:
         """The term of :meth:`state` (weights as tensors or arrays: the store's reader turns
         tensors into float64 arrays)."""
         try:
-            cfg_cls = _config_class(str(state["method"]))
+            cfg_cls = config_for_method(str(state["method"]))
             cfg = cfg_cls(
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
             )

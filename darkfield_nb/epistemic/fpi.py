@@ -216,7 +216,13 @@ def fpi_image_score(m: np.ndarray, x: np.ndarray, top_k: int = 100) -> float:
     if m.shape != x.shape:
         raise ValueError(f"fpi_image_score: map {m.shape} and input {x.shape} differ in shape")
     v = m[body_from_input(x)]
-    v = v if v.size else m.ravel()
+    return top_k_mean(v if v.size else m.ravel(), top_k)
+
+
+def top_k_mean(values: np.ndarray, top_k: int) -> float:
+    """The mean of the ``top_k`` largest of ``values`` (all of them when fewer; at least one
+    value needed)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
     k = min(top_k, v.size)
     return float(np.partition(v, v.size - k)[v.size - k :].mean())
 
@@ -256,7 +262,8 @@ def _batch_function(cfg: FPIConfig):
     return corrupt_batch
 
 
-def _config_class(method: str):
+def config_for_method(method: str):
+    """The config class of an anomaly-map ``method`` ("fpi" or "foreign_body")."""
     if method == "foreign_body":
         from .foreign_body import ForeignBodyConfig
 
@@ -380,7 +387,7 @@ def load_fpi(path: str | os.PathLike, best: bool = True) -> FPINet:
     if not isinstance(ck, dict) or "config" not in ck or "state_dict" not in ck:
         raise ValueError(f"{path}: not an FPI checkpoint (need 'config' and 'state_dict')")
     try:
-        cfg = _config_class(ck.get("method", "fpi"))(**ck["config"])
+        cfg = config_for_method(ck.get("method", "fpi"))(**ck["config"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad anomaly-map config: {e}") from e
     net = FPINet(cfg)
@@ -400,5 +407,7 @@ __all__ = [
     "fpi_map",
     "load_fpi",
     "random_patch",
+    "config_for_method",
+    "top_k_mean",
     "train_fpi",
 ]
